@@ -1,0 +1,267 @@
+"""Stateless operations on float32 NCHW arrays, with ``torch.nn.functional``'s names and semantics.
+
+Each function validates its arguments, converts the input to C-contiguous float32, and hands
+it to the chosen backend (``backend=None`` is the default one, see :mod:`fastalex.backends`).
+This module is the only place that chooses between backends.
+
+A single image ``(C, H, W)`` is accepted wherever a batch ``(N, C, H, W)`` is, and gives a
+single result back.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .backends import get_backend
+from .shapes import pool_output_size
+
+__all__ = [
+    "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "local_response_norm",
+    "linear", "relu", "softmax", "flatten", "dropout",
+]
+
+ACTIVATIONS = (None, "relu")
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _shape(a) -> str:
+    return "(" + ", ".join(str(d) for d in a.shape) + ")"
+
+
+def _as_float32(x, op, name="input"):
+    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{op}: {name} cannot be converted to an array: {exc}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"{op}: {name} must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{op}: {name} must be real, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _image_batch(x, op):
+    """Return ``(batch, squeezed)``: a 4-D float32 array and whether a batch axis was added."""
+    x = _as_float32(x, op)
+    if x.ndim == 3:
+        return x[None], True
+    if x.ndim != 4:
+        raise ValueError(f"{op}: input must be (N, C, H, W) or (C, H, W), got shape {_shape(x)}")
+    return x, False
+
+
+def _unbatch(y, squeezed):
+    return y[0] if squeezed else y
+
+
+def _pair(value, op, name, minimum):
+    """Normalize an int or a pair of ints to a pair, checking ``>= minimum``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        rule = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{op}: {name} must be {rule}, got {value!r}")
+    return pair
+
+
+def _activation(activation, op):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
+    return activation == "relu"
+
+
+def _bias(bias, out_features, op):
+    if bias is None:
+        return None
+    bias = _as_float32(bias, op, "bias")
+    if bias.shape != (out_features,):
+        raise ValueError(f"{op}: bias must have shape ({out_features},) to match the weight, "
+                         f"got {_shape(bias)}")
+    return bias
+
+
+# ----------------------------------------------------------------------------- convolution
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+           backend=None):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``, with an optional fused ReLU.
+
+    ``x`` is ``(N, C, H, W)`` or ``(C, H, W)``; ``weight`` is ``(out, C/groups, kh, kw)``;
+    ``bias`` is ``(out,)`` or None; ``stride``, ``padding`` and ``dilation`` are ints or
+    ``(h, w)`` pairs; ``activation`` is None or ``"relu"``.
+    """
+    op = "conv2d"
+    x, squeezed = _image_batch(x, op)
+    weight = _as_float32(weight, op, "weight")
+    if weight.ndim != 4:
+        raise ValueError(f"{op}: weight must be (out_channels, in_channels/groups, kh, kw), "
+                         f"got shape {_shape(weight)}")
+    stride = _pair(stride, op, "stride", 1)
+    padding = _pair(padding, op, "padding", 0)
+    dilation = _pair(dilation, op, "dilation", 1)
+    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    groups = int(groups)
+    relu_ = _activation(activation, op)
+    N, C, H, W = x.shape
+    out_ch, cin_g, kh, kw = weight.shape
+    if C % groups or out_ch % groups:
+        raise ValueError(f"{op}: groups={groups} must divide both the input channels ({C}) and "
+                         f"the output channels ({out_ch}); input {_shape(x)}, weight {_shape(weight)}")
+    if cin_g * groups != C:
+        raise ValueError(f"{op}: input has {C} channels but weight {_shape(weight)} with "
+                         f"groups={groups} expects {cin_g * groups}")
+    if min(out_ch, kh, kw) < 1:
+        raise ValueError(f"{op}: weight has an empty dimension: {_shape(weight)}")
+    span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    padded = (H + 2 * padding[0], W + 2 * padding[1])
+    if span[0] > padded[0] or span[1] > padded[1]:
+        raise ValueError(f"{op}: kernel {kh}x{kw} (dilation {dilation}, spanning {span[0]}x{span[1]}) "
+                         f"is larger than the padded input {padded[0]}x{padded[1]}; input {_shape(x)}")
+    bias = _bias(bias, out_ch, op)
+    y = get_backend(backend).conv2d(x, weight, bias, stride, padding, dilation, groups, relu_)
+    return _unbatch(y, squeezed)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+def _pool_args(x, kernel_size, stride, padding, ceil_mode, op):
+    kernel = _pair(kernel_size, op, "kernel_size", 1)
+    stride = kernel if stride is None else _pair(stride, op, "stride", 1)
+    padding = _pair(padding, op, "padding", 0)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
+    H, W = x.shape[2:]
+    out = [pool_output_size(n, k, s, p, ceil_mode) for n, k, s, p in zip((H, W), kernel, stride, padding)]
+    if min(out) < 1:  # torch's rule: ceil_mode may keep one window that overhangs the input
+        raise ValueError(f"{op}: kernel_size {kernel} is larger than the padded input "
+                         f"{H + 2 * padding[0]}x{W + 2 * padding[1]}; input {_shape(x)}")
+    return kernel, stride, padding
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, backend=None):
+    """Max pooling, as ``torch.nn.functional.max_pool2d`` (``stride=None`` means the kernel size)."""
+    op = "max_pool2d"
+    x, squeezed = _image_batch(x, op)
+    kernel, stride, padding = _pool_args(x, kernel_size, stride, padding, ceil_mode, op)
+    y = get_backend(backend).max_pool2d(x, kernel, stride, padding, bool(ceil_mode))
+    return _unbatch(y, squeezed)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               backend=None):
+    """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
+    op = "avg_pool2d"
+    x, squeezed = _image_batch(x, op)
+    kernel, stride, padding = _pool_args(x, kernel_size, stride, padding, ceil_mode, op)
+    y = get_backend(backend).avg_pool2d(x, kernel, stride, padding, bool(ceil_mode),
+                                        bool(count_include_pad))
+    return _unbatch(y, squeezed)
+
+
+def adaptive_avg_pool2d(x, output_size, backend=None):
+    """Adaptive average pooling to ``output_size`` (an int or a pair; None keeps that side)."""
+    op = "adaptive_avg_pool2d"
+    x, squeezed = _image_batch(x, op)
+    H, W = x.shape[2:]
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        output_size = tuple(H if s is None else s for s, H in zip(output_size, (H, W)))
+    size = _pair(output_size, op, "output_size", 1)
+    if H < 1 or W < 1:
+        raise ValueError(f"{op}: input must have a non-empty spatial size, got {_shape(x)}")
+    y = get_backend(backend).adaptive_avg_pool2d(x, size)
+    return _unbatch(y, squeezed)
+
+
+def pool_output_shape(input_hw, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """``(H', W')`` of a max/avg pooling of an ``(H, W)`` map (no data needed)."""
+    kernel = _pair(kernel_size, "pool", "kernel_size", 1)
+    stride = kernel if stride is None else _pair(stride, "pool", "stride", 1)
+    padding = _pair(padding, "pool", "padding", 0)
+    return tuple(pool_output_size(s, k, st, p, ceil_mode)
+                 for s, k, st, p in zip(input_hw, kernel, stride, padding))
+
+
+# ----------------------------------------------------------------------------- normalization
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, backend=None):
+    """Local response normalization across channels, as ``torch.nn.functional.local_response_norm``.
+
+    ``b_c = a_c / (k + alpha/size * sum of a_j^2 over j in [c - size//2, c + (size-1)//2])^beta``.
+    """
+    op = "local_response_norm"
+    x, squeezed = _image_batch(x, op)
+    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"{op}: size must be a positive int, got {size!r}")
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if not isinstance(value, numbers.Real) or not np.isfinite(value):
+            raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
+    y = get_backend(backend).local_response_norm(x, int(size), float(alpha), float(beta), float(k))
+    return _unbatch(y, squeezed)
+
+
+# ----------------------------------------------------------------------------- dense and friends
+
+def linear(x, weight, bias=None, activation=None, backend=None):
+    """``x @ weight.T + bias`` with ``weight`` of shape ``(out, in)``; ``x`` is ``(N, in)`` or ``(in,)``."""
+    op = "linear"
+    x = _as_float32(x, op)
+    squeezed = x.ndim == 1
+    if squeezed:
+        x = x[None]
+    if x.ndim != 2:
+        raise ValueError(f"{op}: input must be (N, in_features) or (in_features,), got shape "
+                         f"{_shape(x)} (flatten it first)")
+    weight = _as_float32(weight, op, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"{op}: weight must be (out_features, in_features), got {_shape(weight)}")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: input has {x.shape[1]} features but weight {_shape(weight)} "
+                         f"expects {weight.shape[1]}; input {_shape(x)}")
+    bias = _bias(bias, weight.shape[0], op)
+    y = get_backend(backend).linear(x, weight, bias, _activation(activation, op))
+    return y[0] if squeezed else y
+
+
+def relu(x, backend=None):
+    """``max(x, 0)`` elementwise."""
+    return get_backend(backend).relu(_as_float32(x, "relu"))
+
+
+def softmax(x, axis=-1):
+    """Numerically stable softmax along ``axis`` (the max is subtracted before ``exp``)."""
+    x = _as_float32(x, "softmax")
+    if x.ndim == 0:
+        raise ValueError("softmax: input must have at least one axis, got a scalar")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"softmax: axis {axis} is out of range for input of shape {_shape(x)}")
+    shifted = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32, copy=False)
+
+
+def flatten(x, start_dim=1):
+    """Flatten all axes from ``start_dim`` on (``(N, C, H, W) -> (N, C*H*W)`` by default)."""
+    x = _as_float32(x, "flatten")
+    if not 0 <= start_dim < max(x.ndim, 1):
+        raise ValueError(f"flatten: start_dim {start_dim} is out of range for input of shape {_shape(x)}")
+    return x.reshape(x.shape[:start_dim] + (-1,))
+
+
+def dropout(x, p=0.5, training=False):
+    """Dropout; fastalex is an inference engine, so only ``training=False`` (identity) is supported."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be between 0 and 1, got {p!r}")
+    if training:
+        raise NotImplementedError("dropout: fastalex runs inference only; training=True is not supported")
+    return _as_float32(x, "dropout")
