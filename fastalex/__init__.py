@@ -1,0 +1,18 @@
+"""fastalex: AlexNet inference on the CPU.
+
+A readable NumPy reference path and a fast path of parallel Numba kernels behind one API::
+
+    import fastalex
+    model = fastalex.alexnet("torchvision", weights="imagenet")
+    x = fastalex.load_image("photo.jpg", variant="torchvision")
+    probs, classes = model.predict(x, top=5)
+"""
+
+from . import functional, layers
+from .backends import get_backend_name, set_backend
+from .models import Model, Sequential, alexnet, build
+
+__version__ = "0.1.0"
+
+__all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend",
+           "get_backend_name", "__version__"]

@@ -1,0 +1,309 @@
+"""Layers: thin objects that hold parameters and call :mod:`fastalex.functional`.
+
+Every layer is callable (``layer(x)``), knows its ``output_shape(input_shape)``, its
+``num_params`` and its multiply-accumulate count ``macs(input_shape)`` without running (MACs
+are those of convolutions and dense layers, as torchvision counts them; pooling, LRN and
+activations report 0), and
+carries a ``backend`` (None = the process default) that it passes to the functional op.
+Shapes given to ``output_shape`` / ``macs`` are per-sample, without the batch axis:
+``(C, H, W)`` for images, ``(F,)`` after flattening.
+
+Parameters are float32 numpy arrays in torch's layouts; setting one checks its shape and
+rejects NaN/inf once, at assignment, instead of on every call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import functional as F
+from .shapes import conv_output_size
+
+__all__ = [
+    "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "AdaptiveAvgPool2D", "LocalResponseNorm",
+    "Dense", "ReLU", "Softmax", "Flatten", "Dropout",
+]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _rng(rng_or_seed):
+    return rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
+
+
+def _expect_image(layer, input_shape):
+    if len(input_shape) != 3:
+        raise ValueError(f"{layer}: expects a (C, H, W) input, got shape {tuple(input_shape)}")
+    return input_shape
+
+
+class Layer:
+    """Base class: no parameters, shape-preserving, free to run."""
+
+    #: names of the parameter attributes, in state-dict order
+    param_names: tuple[str, ...] = ()
+
+    def __init__(self):
+        self.backend = None
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):  # pragma: no cover - every concrete layer overrides it
+        raise NotImplementedError
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def macs(self, input_shape) -> int:
+        return 0
+
+    @property
+    def num_params(self) -> int:
+        return sum(getattr(self, n).size for n in self.param_names if getattr(self, n) is not None)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {n: getattr(self, n) for n in self.param_names if getattr(self, n) is not None}
+
+    def _set_param(self, name, value, shape):
+        """Assign a parameter after checking its shape and that it is finite."""
+        arr = np.ascontiguousarray(value, dtype=np.float32)
+        if arr.shape != tuple(shape):
+            raise ValueError(f"{self}: {name} must have shape {tuple(shape)}, got {arr.shape}")
+        if not np.isfinite(arr).all():
+            bad = int(arr.size - np.isfinite(arr).sum())
+            raise ValueError(f"{self}: {name} contains {bad} NaN/inf value(s)")
+        object.__setattr__(self, name, arr)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class _Parametric(Layer):
+    """A layer whose ``weight``/``bias`` are validated whenever they are assigned."""
+
+    param_names = ("weight", "bias")
+
+    def __setattr__(self, name, value):
+        if name == "weight":
+            self._set_param("weight", value, self.weight_shape)
+        elif name == "bias":
+            if value is None:
+                object.__setattr__(self, "bias", None)
+            else:
+                self._set_param("bias", value, (self.weight_shape[0],))
+        else:
+            object.__setattr__(self, name, value)
+
+    def _init_params(self, weight, bias, use_bias, fan_in, rng):
+        """He-normal weights from a seeded RNG (``std = sqrt(2 / fan_in)``) and zero biases."""
+        if weight is None:
+            weight = _rng(rng).standard_normal(self.weight_shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
+        self.weight = weight
+        if bias is None and use_bias:
+            bias = np.zeros(self.weight_shape[0], np.float32)
+        self.bias = bias
+
+
+class Conv2D(_Parametric):
+    """2-D convolution over ``(C, H, W)`` maps; weight ``(out, in/groups, kh, kw)``.
+
+    ``Conv2D(3, 96, 11, stride=4, activation="relu")``. Weights are He-normal from ``rng``
+    (a seed or a ``numpy.random.Generator``) unless given.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, activation=None, weight=None, bias_value=None, rng=0):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2D: groups={groups} must divide in_channels={in_channels} "
+                             f"and out_channels={out_channels}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.activation = activation
+        self.weight_shape = (out_channels, in_channels // groups) + self.kernel_size
+        fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
+        self._init_params(weight, bias_value, bias, fan_in, rng)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups, self.activation, backend=self.backend)
+
+    def output_shape(self, input_shape):
+        c, h, w = _expect_image(self, input_shape)
+        if c != self.in_channels:
+            raise ValueError(f"{self}: expects {self.in_channels} input channels, got shape {tuple(input_shape)}")
+        hw = [conv_output_size(n, k, s, p, d) for n, k, s, p, d in
+              zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation)]
+        if min(hw) < 1:
+            raise ValueError(f"{self}: input {tuple(input_shape)} is smaller than the kernel")
+        return (self.out_channels, *hw)
+
+    def macs(self, input_shape):
+        c, h, w = self.output_shape(input_shape)
+        return c * h * w * (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.activation:
+            s += f", activation={self.activation!r}"
+        return s
+
+
+class Dense(_Parametric):
+    """Fully connected layer, ``y = x @ W.T + b``, weight ``(out, in)``."""
+
+    def __init__(self, in_features, out_features, bias=True, activation=None, weight=None,
+                 bias_value=None, rng=0):
+        super().__init__()
+        self.in_features, self.out_features, self.activation = in_features, out_features, activation
+        self.weight_shape = (out_features, in_features)
+        self._init_params(weight, bias_value, bias, in_features, rng)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias, self.activation, backend=self.backend)
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(f"{self}: expects ({self.in_features},) features, got shape {tuple(input_shape)}")
+        return (self.out_features,)
+
+    def macs(self, input_shape):
+        self.output_shape(input_shape)
+        return self.in_features * self.out_features
+
+    def extra_repr(self):
+        s = f"{self.in_features}, {self.out_features}"
+        return s + (f", activation={self.activation!r}" if self.activation else "")
+
+
+class _Pool(Layer):
+    op = None  # set by subclasses
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = self.kernel_size if stride is None else _pair(stride)
+        self.padding, self.ceil_mode = _pair(padding), bool(ceil_mode)
+
+    def output_shape(self, input_shape):
+        c, h, w = _expect_image(self, input_shape)
+        hw = F.pool_output_shape((h, w), self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        if min(hw) < 1:
+            raise ValueError(f"{self}: input {tuple(input_shape)} is smaller than the window")
+        return (c, *hw)
+
+    def extra_repr(self):
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        return s + (", ceil_mode=True" if self.ceil_mode else "")
+
+
+class MaxPool2D(_Pool):
+    """Max pooling; ``stride=None`` means the kernel size."""
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            backend=self.backend)
+
+
+class AvgPool2D(_Pool):
+    """Average pooling; ``count_include_pad`` as in torch."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, backend=self.backend)
+
+
+class AdaptiveAvgPool2D(Layer):
+    """Average pooling to a fixed ``output_size`` whatever the input size (torchvision's AlexNet)."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _pair(output_size)
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
+
+    def output_shape(self, input_shape):
+        c, _, _ = _expect_image(self, input_shape)
+        return (c, *self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class LocalResponseNorm(Layer):
+    """LRN across channels: ``b_c = a_c / (k + alpha/size * sum a_j^2)^beta``."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+
+    def forward(self, x):
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k, backend=self.backend)
+
+    def output_shape(self, input_shape):
+        return tuple(_expect_image(self, input_shape))
+
+    def extra_repr(self):
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class ReLU(Layer):
+    def forward(self, x):
+        return F.relu(x, backend=self.backend)
+
+
+class Softmax(Layer):
+    def __init__(self, axis=-1):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x):
+        return F.softmax(x, self.axis)
+
+
+class Flatten(Layer):
+    """``(N, C, H, W) -> (N, C*H*W)``."""
+
+    def forward(self, x):
+        return F.flatten(x)
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+
+class Dropout(Layer):
+    """Identity at inference (fastalex does not train); ``p`` is kept for the record."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be between 0 and 1, got {p!r}")
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, training=False)
+
+    def extra_repr(self):
+        return f"p={self.p}"

@@ -1,0 +1,381 @@
+"""Models as data: a spec (a list of named layer specs) becomes a :class:`Model`.
+
+Two AlexNets are described here, the 2012 paper's (LRN, overlapping pooling, grouped
+convolutions from the two-GPU split) and torchvision's (the one with published ImageNet
+weights). Layer names follow the equivalent ``torch.nn.Sequential`` so state-dict keys
+(``features.0.weight`` ... ``classifier.6.bias``) line up with torch's. A new variant is a
+new spec, not new code.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import functional as F
+from . import layers as L
+
+__all__ = ["Sequential", "Model", "build", "alexnet", "VARIANTS", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+LAYER_TYPES = {cls.__name__: cls for cls in (
+    L.Conv2D, L.MaxPool2D, L.AvgPool2D, L.AdaptiveAvgPool2D, L.LocalResponseNorm, L.Dense,
+    L.ReLU, L.Softmax, L.Flatten, L.Dropout)}
+
+
+# ----------------------------------------------------------------------------- specs (data)
+
+def original_spec(num_classes: int = 1000) -> dict:
+    """The 2012 paper's AlexNet (Krizhevsky, Sutskever & Hinton): 3x227x227 in, 60,965,224 params."""
+    lrn = ("LocalResponseNorm", dict(size=5, alpha=1e-4, beta=0.75, k=2.0))
+    pool = ("MaxPool2D", dict(kernel_size=3, stride=2))
+    relu = ("ReLU", {})
+    return {
+        "variant": "original",
+        "input_shape": (3, 227, 227),
+        "preprocess": {"resize": 256, "crop": 227, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        "layers": [
+            ("features", [
+                ("Conv2D", dict(in_channels=3, out_channels=96, kernel_size=11, stride=4)), relu, lrn, pool,
+                ("Conv2D", dict(in_channels=96, out_channels=256, kernel_size=5, padding=2, groups=2)), relu, lrn, pool,
+                ("Conv2D", dict(in_channels=256, out_channels=384, kernel_size=3, padding=1)), relu,
+                ("Conv2D", dict(in_channels=384, out_channels=384, kernel_size=3, padding=1, groups=2)), relu,
+                ("Conv2D", dict(in_channels=384, out_channels=256, kernel_size=3, padding=1, groups=2)), relu,
+                pool,
+            ]),
+            ("flatten", ("Flatten", {})),
+            ("classifier", [
+                ("Dropout", dict(p=0.5)), ("Dense", dict(in_features=9216, out_features=4096)), relu,
+                ("Dropout", dict(p=0.5)), ("Dense", dict(in_features=4096, out_features=4096)), relu,
+                ("Dense", dict(in_features=4096, out_features=num_classes)),
+            ]),
+        ],
+    }
+
+
+def torchvision_spec(num_classes: int = 1000) -> dict:
+    """torchvision's ``alexnet()``: 3x224x224 in (any size >= 63), 61,100,840 params."""
+    pool = ("MaxPool2D", dict(kernel_size=3, stride=2))
+    relu = ("ReLU", {})
+    return {
+        "variant": "torchvision",
+        "input_shape": (3, 224, 224),
+        "preprocess": {"resize": 256, "crop": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        "layers": [
+            ("features", [
+                ("Conv2D", dict(in_channels=3, out_channels=64, kernel_size=11, stride=4, padding=2)), relu, pool,
+                ("Conv2D", dict(in_channels=64, out_channels=192, kernel_size=5, padding=2)), relu, pool,
+                ("Conv2D", dict(in_channels=192, out_channels=384, kernel_size=3, padding=1)), relu,
+                ("Conv2D", dict(in_channels=384, out_channels=256, kernel_size=3, padding=1)), relu,
+                ("Conv2D", dict(in_channels=256, out_channels=256, kernel_size=3, padding=1)), relu,
+                pool,
+            ]),
+            ("avgpool", ("AdaptiveAvgPool2D", dict(output_size=6))),
+            ("flatten", ("Flatten", {})),
+            ("classifier", [
+                ("Dropout", dict(p=0.5)), ("Dense", dict(in_features=9216, out_features=4096)), relu,
+                ("Dropout", dict(p=0.5)), ("Dense", dict(in_features=4096, out_features=4096)), relu,
+                ("Dense", dict(in_features=4096, out_features=num_classes)),
+            ]),
+        ],
+    }
+
+
+#: variant name -> spec function taking ``num_classes``
+VARIANTS = {"original": original_spec, "torchvision": torchvision_spec}
+
+
+# ----------------------------------------------------------------------------- containers
+
+class Sequential(L.Layer):
+    """Named layers run in order. Children are layers or nested ``Sequential``s.
+
+    Before running, a convolution or dense layer directly followed by a ``ReLU`` is run as one
+    fused op (``activation="relu"``), which saves a pass over the activations; the result is
+    the same as running them one by one.
+    """
+
+    def __init__(self, children):
+        super().__init__()
+        if isinstance(children, dict):
+            children = list(children.items())
+        self.children = [(str(name), layer) for name, layer in children]
+
+    # -- running
+    def _plan(self):
+        """The layers to run, with conv/dense + ReLU pairs fused."""
+        steps, i, kids = [], 0, [layer for _, layer in self.children]
+        while i < len(kids):
+            layer = kids[i]
+            fusable = isinstance(layer, (L.Conv2D, L.Dense)) and layer.activation is None
+            if fusable and i + 1 < len(kids) and type(kids[i + 1]) is L.ReLU:
+                steps.append(_fused_relu(layer))
+                i += 2
+            else:
+                steps.append(layer)
+                i += 1
+        return steps
+
+    def forward(self, x):
+        for step in self._plan():
+            x = step(x)
+        return x
+
+    # -- structure
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self.children[key][1]
+        for name, layer in self.children:
+            if name == key:
+                return layer
+        raise KeyError(key)
+
+    def __len__(self):
+        return len(self.children)
+
+    def named_layers(self, prefix=""):
+        """``(dotted_name, layer)`` for every leaf layer, depth first."""
+        for name, layer in self.children:
+            full = f"{prefix}{name}"
+            if isinstance(layer, Sequential):
+                yield from layer.named_layers(full + ".")
+            else:
+                yield full, layer
+
+    @property
+    def backend(self):
+        return self.__dict__.get("_backend")
+
+    @backend.setter
+    def backend(self, name):
+        if name is not None:
+            from .backends import _check_name
+            _check_name(name)
+        self.__dict__["_backend"] = name
+        for _, layer in self.__dict__.get("children", []):
+            layer.backend = name
+
+    @property
+    def num_params(self):
+        return sum(layer.num_params for _, layer in self.named_layers())
+
+    def output_shape(self, input_shape):
+        for _, layer in self.named_layers():
+            input_shape = layer.output_shape(input_shape)
+        return tuple(input_shape)
+
+    def macs(self, input_shape):
+        total = 0
+        for _, layer in self.named_layers():
+            total += layer.macs(input_shape)
+            input_shape = layer.output_shape(input_shape)
+        return total
+
+    # -- weights
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``{"features.0.weight": array, ...}`` in torch's key names and layouts (no copies)."""
+        return {f"{name}.{p}": arr for name, layer in self.named_layers()
+                for p, arr in layer.parameters().items()}
+
+    def load_state_dict(self, state_dict, strict=True) -> "LoadResult":
+        """Copy matching arrays into the layers.
+
+        With ``strict`` (the default), any missing key, unexpected key or shape mismatch raises
+        one ``ValueError`` listing all of them and nothing is changed. With ``strict=False``
+        what matches is loaded and the rest is returned in the :class:`LoadResult`.
+        """
+        own = {f"{name}.{p}": (layer, p, getattr(layer, p).shape)
+               for name, layer in self.named_layers() for p in layer.parameters()}
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched = [(k, own[k][2], tuple(np.shape(state_dict[k]))) for k in own
+                      if k in state_dict and tuple(np.shape(state_dict[k])) != own[k][2]]
+        result = LoadResult(missing, unexpected, mismatched)
+        if strict and (missing or unexpected or mismatched):
+            raise ValueError(f"load_state_dict: the weights do not fit this model: {result.describe()}")
+        bad = {k for k, _, _ in mismatched}
+        staged = []
+        for key, (layer, p, shape) in own.items():  # check every value before assigning any
+            if key in state_dict and key not in bad:
+                arr = np.ascontiguousarray(state_dict[key], dtype=np.float32)
+                if not np.isfinite(arr).all():
+                    raise ValueError(f"load_state_dict: {key} contains NaN/inf values")
+                staged.append((layer, p, arr))
+        for layer, p, arr in staged:
+            setattr(layer, p, arr)
+        return result
+
+    def extra_repr(self):
+        return ", ".join(name for name, _ in self.children)
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}("]
+        for name, layer in self.children:
+            body = repr(layer).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        return "\n".join(lines) + "\n)"
+
+
+class _fused_relu:
+    """Runs a conv/dense layer with its ReLU fused, without changing the layer."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, x):
+        layer = self.layer
+        if isinstance(layer, L.Conv2D):
+            return F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation,
+                            layer.groups, "relu", backend=layer.backend)
+        return F.linear(x, layer.weight, layer.bias, "relu", backend=layer.backend)
+
+
+class LoadResult(NamedTuple):
+    """What :meth:`Sequential.load_state_dict` could not load."""
+
+    missing_keys: list
+    unexpected_keys: list
+    mismatched: list  # (key, expected shape, given shape)
+
+    def describe(self) -> str:
+        parts = []
+        if self.missing_keys:
+            parts.append("missing keys: " + ", ".join(self.missing_keys))
+        if self.unexpected_keys:
+            parts.append("unexpected keys: " + ", ".join(self.unexpected_keys))
+        if self.mismatched:
+            parts.append("shape mismatches: " + ", ".join(
+                f"{k} expects {e} but got {g}" for k, e, g in self.mismatched))
+        return "; ".join(parts) if parts else "all keys matched"
+
+
+# ----------------------------------------------------------------------------- models
+
+def _build_layer(spec, rng):
+    kind, kwargs = spec
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"model spec: unknown layer type {kind!r}; known: {', '.join(LAYER_TYPES)}")
+    cls = LAYER_TYPES[kind]
+    if cls in (L.Conv2D, L.Dense):
+        kwargs = {**kwargs, "rng": rng}
+    return cls(**kwargs)
+
+
+def _build_children(entries, rng):
+    """Entries are layer specs ``(type, kwargs)``, named by position like ``torch.nn.Sequential``,
+    or named entries ``(name, [entries...])`` (a nested Sequential) / ``(name, (type, kwargs))``."""
+    children = []
+    for index, entry in enumerate(entries):
+        name, body = entry
+        if isinstance(body, dict):
+            children.append((str(index), _build_layer(entry, rng)))
+        elif isinstance(body, list):
+            children.append((name, Sequential(_build_children(body, rng))))
+        else:
+            children.append((name, _build_layer(body, rng)))
+    return children
+
+
+class Model(Sequential):
+    """A :class:`Sequential` built from a spec, with prediction, a summary and preprocessing info."""
+
+    def __init__(self, spec, seed=0, backend=None):
+        rng = np.random.default_rng(seed)
+        super().__init__(_build_children(spec["layers"], rng))
+        self.spec = spec
+        self.variant = spec.get("variant", "custom")
+        self.input_shape = tuple(spec["input_shape"])
+        self.preprocess = dict(spec.get("preprocess", {}))
+        self.backend = backend
+        self.num_classes = self.output_shape(self.input_shape)[0]
+
+    def __call__(self, x):
+        """Logits ``(N, num_classes)`` for a float32 batch ``(N, 3, H, W)`` or ``(num_classes,)`` for one image."""
+        x = np.asarray(x)
+        squeezed = x.ndim == 3
+        if x.ndim not in (3, 4):
+            raise ValueError(f"{self.variant} AlexNet: input must be (N, C, H, W) or (C, H, W), got shape {x.shape}")
+        if x.shape[-3] != self.input_shape[0]:
+            raise ValueError(f"{self.variant} AlexNet: input must have {self.input_shape[0]} channels, "
+                             f"got shape {x.shape}")
+        try:
+            self.output_shape(x.shape[-3:])
+        except ValueError as exc:
+            raise ValueError(f"{self.variant} AlexNet: input of shape {x.shape} does not fit the model "
+                             f"(expects {self.input_shape}): {exc}") from None
+        y = self.forward(x[None] if squeezed else x)
+        return y[0] if squeezed else y
+
+    def predict(self, x, top=5):
+        """``(probabilities, indices)``, each ``(N, top)`` (or ``(top,)`` for one image), best first."""
+        logits = self(x)
+        probs = F.softmax(logits, axis=-1)
+        top = max(1, min(int(top), self.num_classes))
+        idx = np.argsort(-probs, axis=-1, kind="stable")[..., :top]
+        return np.take_along_axis(probs, idx, axis=-1), idx
+
+    def layer_table(self, input_shape=None):
+        """One dict per leaf layer: name, type, output shape, params, MACs (per image)."""
+        shape = tuple(input_shape or self.input_shape)
+        rows = []
+        for name, layer in self.named_layers():
+            macs = layer.macs(shape)
+            shape = layer.output_shape(shape)
+            rows.append({"name": name, "type": type(layer).__name__, "output_shape": shape,
+                         "params": layer.num_params, "macs": macs, "layer": layer})
+        return rows
+
+    def summary(self, input_shape=None) -> str:
+        """A Keras-style table: one row per layer with output shape, parameters and MACs, then totals."""
+        shape = tuple(input_shape or self.input_shape)
+        rows = self.layer_table(shape)
+        header = ("Layer", "Type", "Output shape", "Params", "MACs")
+        body = [(r["name"], r["type"], "(" + ", ".join(map(str, r["output_shape"])) + ")",
+                 f"{r['params']:,}", f"{r['macs']:,}") for r in rows]
+        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+        fmt = "  ".join(["{:<%d}" % widths[0], "{:<%d}" % widths[1], "{:<%d}" % widths[2],
+                         "{:>%d}" % widths[3], "{:>%d}" % widths[4]])
+        rule = "-" * len(fmt.format(*header))
+        total_params = sum(r["params"] for r in rows)
+        total_macs = sum(r["macs"] for r in rows)
+        lines = [f'AlexNet ("{self.variant}"), input {shape}', rule, fmt.format(*header), rule]
+        lines += [fmt.format(*b) for b in body]
+        lines += [rule,
+                  f"Total params: {total_params:,} ({total_params * 4 / 2**20:.1f} MiB as float32)",
+                  f"Total MACs:   {total_macs:,} ({total_macs / 1e9:.2f} G per image)",
+                  rule]
+        return "\n".join(lines)
+
+    def extra_repr(self):
+        return self.variant
+
+
+def build(spec, seed=0, backend=None) -> Model:
+    """A :class:`Model` from a spec dict (see :func:`original_spec` for the format)."""
+    return Model(spec, seed=seed, backend=backend)
+
+
+def alexnet(variant="original", num_classes=1000, weights=None, backend=None, seed=0) -> Model:
+    """An AlexNet.
+
+    ``variant``: ``"original"`` (the 2012 paper: LRN, groups, 227x227) or ``"torchvision"``
+    (224x224, the published ImageNet weights). ``weights``: None (seeded He-normal init),
+    ``"imagenet"`` (torchvision's published weights, downloaded once and cached), a path to a
+    ``.npz``/``.pth`` file, or a state dict. ``backend``: ``"numba"``, ``"numpy"`` or None
+    (the process default).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"alexnet: unknown variant {variant!r}; valid variants are "
+                         + ", ".join(repr(v) for v in VARIANTS))
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"alexnet: num_classes must be a positive int, got {num_classes!r}")
+    model = Model(VARIANTS[variant](num_classes), seed=seed, backend=backend)
+    if weights is not None:
+        from .weights import resolve_weights
+        model.load_state_dict(resolve_weights(weights, variant=variant))
+    return model
