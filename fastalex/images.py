@@ -1,0 +1,282 @@
+"""Images in, float32 ``(3, H, W)`` tensors out, with each model's own preprocessing.
+
+The steps are torchvision's ImageNet evaluation transform on a PIL image, so weights trained
+with it see the same numbers here::
+
+    Resize(256)             shorter side -> 256, longer side -> int(256 * long / short),
+                            Pillow bilinear (antialiased) resampling
+    CenterCrop(224 or 227)  top = int(round((h - crop) / 2)), left likewise
+    ToTensor()              uint8 -> [0, 1]
+    Normalize(mean, std)    per channel, in float32
+
+The sizes, mean and std come from the model spec (``model.preprocess``), never from here.
+
+Before that, every image becomes 8-bit RGB: the EXIF orientation is applied, an animated
+image gives its first frame, alpha (``LA``, ``RGBA``, ``P`` with transparency, ...) is
+composited on white, 16-bit and 32-bit integer images are scaled (not clipped) to 8 bits,
+float images are read as [0, 1], and ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr`` become RGB.
+
+Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is respected: an image
+with more pixels than that raises :class:`ImageError` (Pillow itself only warns below twice
+the limit). Every failure to read an image raises :class:`ImageError`, naming the file and
+the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageError", "load_image", "load_images", "open_image", "to_rgb", "preprocess_image",
+           "get_preprocess", "IMAGE_EXTENSIONS"]
+
+#: file extensions picked up when a directory is searched for images (compared lower-case)
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".bmp", ".dib", ".tif", ".tiff",
+    ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif",
+})
+
+WHITE = (255, 255, 255)
+
+
+class ImageError(ValueError):
+    """An image could not be read or converted; ``path`` names it and ``reason`` says why."""
+
+    def __init__(self, path, reason):
+        self.path = None if path is None else str(path)
+        self.reason = str(reason)
+        super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
+
+
+# ----------------------------------------------------------------------------- preprocessing spec
+
+def get_preprocess(variant="torchvision") -> dict:
+    """The preprocessing dict (``resize``, ``crop``, ``mean``, ``std``) of a variant name, a model
+    (anything with a ``preprocess`` attribute) or a dict given as is."""
+    if isinstance(variant, dict):
+        spec = variant
+    elif isinstance(variant, str):
+        from .models import VARIANTS
+        if variant not in VARIANTS:
+            raise ValueError(f"load_image: unknown variant {variant!r}; valid variants are "
+                             + ", ".join(repr(v) for v in VARIANTS))
+        spec = VARIANTS[variant]()["preprocess"]
+    elif hasattr(variant, "preprocess"):
+        spec = variant.preprocess
+    else:
+        raise TypeError(f"load_image: variant must be a variant name, a model or a preprocess dict, "
+                        f"got {type(variant).__name__}")
+    missing = {"mean", "std"} - set(spec)
+    if missing:
+        raise ValueError(f"load_image: the preprocess dict lacks {', '.join(sorted(missing))}")
+    return spec
+
+
+def _lut(mean, std) -> np.ndarray:
+    """``(3, 256)`` float32 table: ``lut[c, v] == (float32(v) / 255 - mean[c]) / std[c]``
+    computed exactly as ToTensor + Normalize do in float32."""
+    v = np.arange(256, dtype=np.float32) / np.float32(255)
+    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(3, 1)
+    return np.ascontiguousarray((v[None, :] - mean) / std, dtype=np.float32)
+
+
+_LUTS: dict = {}
+
+
+def _cached_lut(mean, std):
+    key = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    lut = _LUTS.get(key)
+    if lut is None:
+        lut = _LUTS[key] = _lut(*key)
+    return lut
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image (Pillow cannot identify the format)"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"too large, refused as a possible decompression bomb ({exc})"
+    text = str(exc) or type(exc).__name__
+    if "truncated" in text.lower() or isinstance(exc, EOFError):
+        return f"truncated or corrupt image ({text})"
+    return f"cannot decode image ({type(exc).__name__}: {text})"
+
+
+def _bomb_check(img, path):
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise ImageError(path, f"too large, refused as a possible decompression bomb "
+                               f"({img.width}x{img.height} = {img.width * img.height:,} pixels, "
+                               f"more than PIL.Image.MAX_IMAGE_PIXELS = {int(limit):,})")
+
+
+def open_image(source) -> Image.Image:
+    """Decode ``source`` (a path or an already open PIL image) into an 8-bit RGB PIL image
+    with the EXIF orientation applied. Raises :class:`ImageError`."""
+    if isinstance(source, Image.Image):
+        _bomb_check(source, None)
+        return to_rgb(_upright(source))
+    if isinstance(source, np.ndarray):
+        return to_rgb(_from_array(source))
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"load_image: expected a path, a PIL image or a uint8 array, "
+                        f"got {type(source).__name__}")
+    path = os.fspath(source)
+    try:
+        if os.path.isdir(path):
+            raise ImageError(path, "is a directory")
+        if os.path.exists(path) and os.path.getsize(path) == 0:
+            raise ImageError(path, "empty file")
+        with Image.open(path) as img:
+            _bomb_check(img, path)
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # animated: the first frame
+            img.load()
+            return to_rgb(_upright(img))
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(path, "out of memory while decoding") from None
+    except Exception as exc:  # Pillow raises many types for corrupt data (OSError, ValueError, SyntaxError, ...)
+        raise ImageError(path, _describe(exc)) from exc
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise ImageError(None, f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4); "
+                               f"got {a.dtype} {a.shape}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    img = Image.fromarray(np.ascontiguousarray(a))
+    _bomb_check(img, None)
+    return img
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag; broken EXIF data is ignored rather than fatal."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def _to_8bit(a: np.ndarray, scale: float) -> Image.Image:
+    return Image.fromarray(np.clip(a * (255.0 / scale) + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit ``RGB``: alpha over white, 16/32-bit integers scaled by their
+    full range, floats read as [0, 1]."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16"):  # 16-bit grayscale (PNG, TIFF, PGM)
+        img = _to_8bit(np.asarray(img, dtype=np.float64), 65535.0)
+    elif mode == "I":  # 32-bit signed; in practice 16-bit data widened by the decoder
+        a = np.asarray(img, dtype=np.float64)
+        img = _to_8bit(a, 65535.0 if a.size and a.max() > 255 else 255.0)
+    elif mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+        img = _to_8bit(a, 1.0 if not a.size or a.max() <= 1.0 else 255.0)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, WHITE)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    try:
+        return img.convert("RGB")
+    except Exception as exc:
+        raise ImageError(getattr(img, "filename", None) or None,
+                         f"unsupported image mode {img.mode!r} ({exc})") from exc
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision's ``Resize(size)`` rule: the shorter side becomes ``size``, the longer one
+    ``int(size * long / short)``."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
+    """torchvision's ``CenterCrop`` box ``(left, top, right, bottom)`` (``round`` as Python's)."""
+    top = int(round((height - crop) / 2.0))
+    left = int(round((width - crop) / 2.0))
+    return left, top, left + crop, top + crop
+
+
+def preprocess_image(img: Image.Image, preprocess: dict, out: np.ndarray | None = None) -> np.ndarray:
+    """An RGB PIL image -> float32 ``(3, crop, crop)`` per ``preprocess``; writes into ``out``
+    when given."""
+    resize, crop = preprocess.get("resize"), preprocess.get("crop")
+    if resize:
+        size = resized_size(img.width, img.height, int(resize))
+        if size != img.size:
+            img = img.resize(size, Image.BILINEAR)
+    if crop:
+        crop = int(crop)
+        if img.width < crop or img.height < crop:  # only without resize: torchvision pads with 0
+            padded = Image.new("RGB", (max(crop, img.width), max(crop, img.height)))
+            padded.paste(img, ((padded.width - img.width) // 2, (padded.height - img.height) // 2))
+            img = padded
+        box = center_crop_box(img.width, img.height, crop)
+        if box != (0, 0, img.width, img.height):
+            img = img.crop(box)
+    pixels = np.asarray(img)  # (H, W, 3) uint8
+    lut = _cached_lut(preprocess["mean"], preprocess["std"])
+    if out is None:
+        out = np.empty((3,) + pixels.shape[:2], dtype=np.float32)
+    for c in range(3):
+        np.take(lut[c], pixels[:, :, c], out=out[c])
+    return out
+
+
+# ----------------------------------------------------------------------------- public API
+
+def load_image(image, variant="torchvision") -> np.ndarray:
+    """One image -> float32 ``(3, H, W)``, preprocessed for a model.
+
+    ``image``: a path, a PIL image or a uint8 array ``(H, W[, 3|4])``. ``variant``: a variant
+    name (``"torchvision"`` -> 224x224, ``"original"`` -> 227x227), a model, or a preprocess
+    dict like ``model.preprocess``. Raises :class:`ImageError` when the image cannot be read.
+    """
+    preprocess = get_preprocess(variant)
+    return preprocess_image(open_image(image), preprocess)
+
+
+def load_images(images, variant="torchvision") -> np.ndarray:
+    """Several images -> float32 ``(N, 3, H, W)``; see :func:`load_image`. The first image that
+    cannot be read raises :class:`ImageError` (``fastalex.classify`` reports and skips instead)."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    preprocess = get_preprocess(variant)
+    arrays = [preprocess_image(open_image(image), preprocess) for image in images]
+    if not arrays:
+        crop = int(preprocess.get("crop") or 0)
+        return np.empty((0, 3, crop, crop), dtype=np.float32)
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"load_images: the images have different sizes {sorted(shapes)}; "
+                         f"use a preprocess with a crop")
+    return np.stack(arrays)
+
+
+def is_image_file(path) -> bool:
+    """Whether ``path``'s extension is one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
