@@ -11,8 +11,9 @@ A readable NumPy reference path and a fast path of parallel Numba kernels behind
 from . import functional, layers
 from .backends import get_backend_name, set_backend
 from .models import Model, Sequential, alexnet, build
+from .weights import load_weights, save_weights
 
 __version__ = "0.1.0"
 
 __all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend",
-           "get_backend_name", "__version__"]
+           "get_backend_name", "load_weights", "save_weights", "__version__"]
