@@ -1,0 +1,273 @@
+"""Classify files, folders, PIL images or arrays, in batches, reporting bad inputs instead of failing.
+
+::
+
+    for p in fastalex.classify(["photos/", "cat.jpg"], top=3):
+        print(p.path, p.error or list(zip(p.labels, p.probabilities)))
+
+Images are decoded one batch at a time, by one worker thread that decodes the next batch
+while the model runs on the current one (Pillow releases the GIL while decoding and
+resizing), so at most about two batches of decoded images are in memory however many files
+there are.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .images import ImageError, get_preprocess, is_image_file, open_image, preprocess_image
+from .labels import imagenet_labels, load_labels
+
+__all__ = ["Prediction", "classify", "iter_classify", "expand_inputs", "default_model"]
+
+
+@dataclass
+class Prediction:
+    """The result for one input: its ``path`` (None for in-memory inputs) and ``input``
+    (its position in the expanded input list), then the top classes best first (``indices``,
+    ``labels`` (None entries without labels), ``probabilities``), or ``error`` if it failed."""
+
+    path: str | None
+    input: int
+    indices: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    probabilities: list = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def top(self) -> list[dict]:
+        return [{"index": i, "label": l, "probability": p}
+                for i, l, p in zip(self.indices, self.labels, self.probabilities)]
+
+    def to_dict(self) -> dict:
+        """``{"path": ..., "top": [{"index", "label", "probability"}, ...]}`` or
+        ``{"path": ..., "error": ...}`` (``"input": n`` instead of a path for in-memory inputs)."""
+        head = {"path": self.path} if self.path is not None else {"input": self.input}
+        return {**head, "error": self.error} if self.error else {**head, "top": self.top}
+
+
+@dataclass
+class _Item:
+    path: str | None
+    source: object = None  # what to decode: a path, a PIL image, an array
+    error: str | None = None
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def _walk(directory: str):
+    """Image files under ``directory``, recursively, sorted, hidden entries skipped."""
+    errors = []
+    for root, dirs, files in os.walk(directory, onerror=errors.append):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and is_image_file(name):
+                yield _Item(os.path.join(root, name), os.path.join(root, name))
+        while errors:
+            exc = errors.pop(0)
+            yield _Item(exc.filename or directory, error=f"cannot list directory ({exc.strerror or exc})")
+    while errors:
+        exc = errors.pop(0)
+        yield _Item(exc.filename or directory, error=f"cannot list directory ({exc.strerror or exc})")
+
+
+def _expand_one(x):
+    if isinstance(x, (str, os.PathLike)):
+        path = os.fspath(x)
+        if os.path.isdir(path):
+            yield from _walk(path)
+        elif os.path.exists(path):
+            yield _Item(path, path)  # a file named explicitly is tried whatever its extension
+        else:
+            yield _Item(path, error="no such file or directory")
+    elif isinstance(x, Image.Image):
+        yield _Item(None, x)
+    elif isinstance(x, np.ndarray):
+        if x.ndim == 4:  # a batch: of preprocessed tensors (float) or of uint8 images
+            for a in x:
+                yield _Item(None, a)
+        else:
+            yield _Item(None, x)
+    else:
+        raise TypeError(f"classify: inputs must be paths, PIL images or arrays, got {type(x).__name__}")
+
+
+def expand_inputs(inputs) -> list[_Item]:
+    """Paths (files, or folders searched recursively for image extensions), PIL images and arrays
+    -> a flat list of inputs in order. Nothing is decoded here."""
+    if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)):
+        inputs = [inputs]
+    items = []
+    for x in inputs:
+        items.extend(_expand_one(x))
+    return items
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _decode(item: _Item, preprocess: dict) -> np.ndarray:
+    src = item.source
+    if isinstance(src, np.ndarray) and src.dtype != np.uint8:  # an already preprocessed tensor
+        if src.ndim != 3 or src.shape[0] != 3:
+            raise ImageError(None, f"a preprocessed array must be (3, H, W), got {src.shape}")
+        return np.ascontiguousarray(src, dtype=np.float32)
+    return preprocess_image(open_image(src), preprocess)
+
+
+def _decode_batch(items, preprocess):
+    """Decode a batch: ``(results, seconds)`` with ``results[i]`` an array or an error string."""
+    start = time.perf_counter()
+    results = []
+    for item in items:
+        if item.error:
+            results.append(item.error)
+            continue
+        try:
+            results.append(_decode(item, preprocess))
+        except ImageError as exc:
+            results.append(exc.reason)
+        except Exception as exc:  # never let one bad input stop the rest
+            results.append(f"cannot decode image ({type(exc).__name__}: {exc})")
+    return results, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- model and labels
+
+@functools.lru_cache(maxsize=2)
+def default_model(backend=None):
+    """torchvision's AlexNet with the ImageNet weights (downloaded once, then cached)."""
+    from .models import alexnet
+    return alexnet("torchvision", weights="imagenet", backend=backend)
+
+
+def _resolve_labels(labels, num_classes):
+    if labels is None:
+        return imagenet_labels() if num_classes == len(imagenet_labels()) else None
+    if labels is False:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        return load_labels(labels, num_classes)
+    labels = tuple(str(l) for l in labels)
+    if len(labels) != num_classes:
+        raise ValueError(f"classify: {len(labels)} labels given for a model with {num_classes} classes")
+    return labels
+
+
+def _check_positive(name, value):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"classify: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+def iter_classify(inputs, model=None, top=5, batch_size=16, labels=None, prefetch=True, timings=None):
+    """Like :func:`classify` but a generator yielding one :class:`Prediction` per input, in input
+    order, as batches finish. ``inputs`` may also be the list from :func:`expand_inputs`.
+    ``timings``, if a dict, gets the seconds spent in ``"decode"``, ``"forward"`` and ``"wait"``
+    (the time the model waited for decoding, which ``prefetch`` hides behind the forward pass)."""
+    top = _check_positive("top", top)
+    batch_size = _check_positive("batch_size", batch_size)
+    model = default_model() if model is None else model
+    labels = _resolve_labels(labels, model.num_classes)
+    preprocess = get_preprocess(model)
+    if isinstance(inputs, list) and inputs and all(isinstance(i, _Item) for i in inputs):
+        items = inputs
+    else:
+        items = expand_inputs(inputs)
+    for key in ("decode", "forward", "wait"):
+        if timings is not None:
+            timings.setdefault(key, 0.0)
+    batches = [(start, items[start:start + batch_size]) for start in range(0, len(items), batch_size)]
+    if not batches:
+        return
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastalex-decode") if prefetch else None
+
+    def submit(k):
+        if k >= len(batches):
+            return None
+        if pool is None:
+            return _Done(_decode_batch(batches[k][1], preprocess))
+        return pool.submit(_decode_batch, batches[k][1], preprocess)
+
+    try:
+        pending = submit(0)
+        for k, (start, batch) in enumerate(batches):
+            t0 = time.perf_counter()
+            decoded, decode_seconds = pending.result()
+            waited = time.perf_counter() - t0
+            pending = submit(k + 1)  # decode the next batch while this one runs
+            t1 = time.perf_counter()
+            results = _forward(model, batch, decoded, start, top, labels)
+            if timings is not None:
+                timings["decode"] += decode_seconds
+                timings["wait"] += waited
+                timings["forward"] += time.perf_counter() - t1
+            del decoded
+            yield from results
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+def _forward(model, batch, decoded, start, top, labels):
+    out = [Prediction(item.path, start + i) for i, item in enumerate(batch)]
+    groups: dict = {}  # same-shape inputs run together (file inputs all share the crop size)
+    for i, d in enumerate(decoded):
+        if isinstance(d, str):
+            out[i].error = d
+        else:
+            groups.setdefault(d.shape, []).append(i)
+    for shape, members in groups.items():
+        x = np.stack([decoded[i] for i in members])
+        try:
+            probs, idx = model.predict(x, top=top)
+        except ValueError as exc:  # e.g. a preprocessed array of a size the model cannot take
+            for i in members:
+                out[i].error = str(exc)
+            continue
+        for row, i in enumerate(members):
+            p = out[i]
+            p.indices = [int(c) for c in idx[row]]
+            p.probabilities = [float(v) for v in probs[row]]
+            p.labels = [None if labels is None else labels[c] for c in p.indices]
+    return out
+
+
+def classify(inputs, model=None, top=5, batch_size=16, labels=None, progress=False):
+    """Classify images; a list of :class:`Prediction`, one per input, in order.
+
+    ``inputs``: a path, a PIL image, an array, or a list of them. Folders are searched
+    recursively for image files (by extension, case-insensitive; hidden files skipped); uint8
+    arrays are images ``(H, W[, 3|4])``, float arrays ``(3, H, W)`` are taken as already
+    preprocessed. Inputs that cannot be read get a Prediction with ``error`` set; the others
+    are still classified. ``model``: a :class:`~fastalex.Model` (default: torchvision's AlexNet
+    with the ImageNet weights). ``labels``: None (ImageNet names for 1000-class models), a
+    labels file, a sequence of names, or False for none. ``progress``: show a tqdm bar on stderr.
+    """
+    items = expand_inputs(inputs)
+    results = iter_classify(items, model=model, top=top, batch_size=batch_size, labels=labels)
+    if progress:
+        from tqdm import tqdm
+        results = tqdm(results, total=len(items), unit="img", desc="classify")
+    return list(results)

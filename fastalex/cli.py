@@ -1,0 +1,381 @@
+"""The ``fastalex`` command: classify images, show a model, manage weights, time the backends.
+
+Every error ends as one ``fastalex: error: ...`` line on stderr and an exit code, never a
+traceback: 0 success, 1 some inputs failed (or an unexpected error), 2 usage errors (bad
+options, missing or unavailable weights, bad labels file), 130 interrupted, 141 stdout closed
+(e.g. piped into ``head``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+
+from . import __version__
+
+PROG = "fastalex"
+PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images (and only on a terminal)
+
+CLASSIFY_EPILOG = """\
+weights: by default torchvision's ImageNet weights, downloaded once and cached
+(`fastalex weights download`); --weights FILE loads a .npz/.pth state dict (the variant and
+the number of classes are read from the file); --random-weights runs without weights.
+
+exit status: 0 all images classified, 1 some could not be read, 2 usage error."""
+
+
+class UsageError(Exception):
+    """Bad options or missing/unavailable weights: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _variants():
+    from .models import VARIANTS
+    return list(VARIANTS)
+
+
+def _backends():
+    from .backends import BACKENDS
+    return list(BACKENDS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="AlexNet inference on the CPU (NumPy reference and Numba fast path).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("classify", help="classify image files or folders",
+                       description="Classify images: files, or folders searched recursively.",
+                       epilog=CLASSIFY_EPILOG)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--variant", choices=_variants(), default=None,
+                   help="model variant (default: torchvision, or whatever the --weights file holds)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", metavar="FILE|imagenet", default="imagenet",
+                   help="weights file (.npz/.pth) or 'imagenet' (default)")
+    w.add_argument("--random-weights", action="store_true",
+                   help="seeded random weights (for testing: the labels are meaningless)")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (for non-ImageNet weights)")
+    p.add_argument("--num-classes", type=_positive_int, metavar="N",
+                   help="classes of the model (with --random-weights; otherwise read from the weights)")
+    p.add_argument("--top", type=_positive_int, default=5, metavar="K", help="classes to show per image (default 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per forward pass (default 16)")
+    p.add_argument("--backend", choices=_backends(), default=None,
+                   help="compute backend (default: numba, or $FASTALEX_BACKEND)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line per image")
+    p.add_argument("--timings", action="store_true", help="print where the time went on stderr")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("summary", help="print the model's layers, shapes, parameters and MACs",
+                       description="Print a model summary.")
+    p.add_argument("--variant", choices=_variants(), default="torchvision", help="model variant (default torchvision)")
+    p.add_argument("--num-classes", type=_positive_int, default=1000, metavar="N", help="classes (default 1000)")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("weights", help="download the ImageNet weights or show where they are cached",
+                       description="Manage the cached ImageNet weights.")
+    wsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    wsub.required = True
+    d = wsub.add_parser("download", help="download torchvision's ImageNet weights into the cache",
+                        description="Download torchvision's AlexNet ImageNet weights and cache them as .npz.")
+    d.add_argument("--url", help="download from this URL instead (default: $FASTALEX_WEIGHTS_URL or torchvision's)")
+    d.add_argument("--force", action="store_true", help="download again even if cached")
+    d.set_defaults(func=cmd_weights_download)
+    d = wsub.add_parser("path", help="print the cache directory and the cached weights file",
+                        description="Print the cache directory ($FASTALEX_HOME) and the cached weights, if any.")
+    d.set_defaults(func=cmd_weights_path)
+
+    p = sub.add_parser("bench", help="time the whole model on random input",
+                       description="Time a forward pass of the whole model (random weights and input): "
+                                   "median and min of several runs after a warm-up.")
+    p.add_argument("--variant", choices=_variants(), default="torchvision", help="model variant (default torchvision)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per batch (default 16)")
+    p.add_argument("--backend", choices=_backends() + ["all"], default="all", help="backend(s) to time (default all)")
+    p.add_argument("--repeat", type=_positive_int, default=5, metavar="N", help="timed runs (default 5)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _err(message):
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _load_state(path):
+    if not os.path.exists(path):
+        raise UsageError(f"weights file {path} does not exist (give a .npz/.pth file, 'imagenet', "
+                         f"or use --random-weights)")
+    if os.path.isdir(path):
+        raise UsageError(f"weights file {path} is a directory")
+    from .weights import load_weights
+    try:
+        return load_weights(path)
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise UsageError(f"cannot read weights file {path}: {exc}") from None
+
+
+def _infer_variant(state, path):
+    from .models import VARIANTS
+    first = state.get("features.0.weight")
+    if first is not None:
+        for name, spec in VARIANTS.items():
+            conv = spec()["layers"][0][1][0][1]
+            if tuple(first.shape) == (conv["out_channels"], conv["in_channels"] // conv.get("groups", 1),
+                                      conv["kernel_size"], conv["kernel_size"]):
+                return name
+    raise UsageError(f"weights file {path} does not look like an AlexNet state dict "
+                     f"(no recognizable features.0.weight); pass --variant")
+
+
+def _weights_unavailable_error():
+    try:
+        from .weights import WeightsUnavailableError
+        return WeightsUnavailableError
+    except ImportError:  # pragma: no cover - weights.py always ships it
+        return ()
+
+
+def load_model(args):
+    """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend."""
+    from .models import alexnet
+    if args.random_weights:
+        model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
+                        backend=args.backend, seed=0)
+        _err("WARNING: --random-weights: the model has random weights; its predictions and labels "
+             "are MEANINGLESS (use this only to test the pipeline)")
+        return model
+    if args.weights == "imagenet":
+        variant = args.variant or "torchvision"
+        if args.num_classes not in (None, 1000):
+            raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
+        try:
+            return alexnet(variant, weights="imagenet", backend=args.backend)
+        except _weights_unavailable_error() as exc:
+            from . import weights as W
+            cause = str(exc).replace(getattr(W, "_HOW_TO", "\0"), "").strip()
+            raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: {cause} "
+                             f"To get them: run `{PROG} weights download` where there is network "
+                             f"access (or set FASTALEX_WEIGHTS_URL to a mirror), or pass --weights FILE, "
+                             f"or use --random-weights to test without them.") from None
+        except ValueError as exc:
+            raise UsageError(f"{exc} (on the command line: --variant torchvision, or --weights FILE, "
+                             f"or --random-weights)") from None
+    state = _load_state(args.weights)
+    variant = args.variant or _infer_variant(state, args.weights)
+    last = state.get("classifier.6.weight")
+    num_classes = int(last.shape[0]) if last is not None and last.ndim == 2 else 1000
+    if args.num_classes is not None and args.num_classes != num_classes:
+        raise UsageError(f"--num-classes {args.num_classes} but the weights file {args.weights} "
+                         f"has {num_classes} classes")
+    model = alexnet(variant, num_classes=num_classes, backend=args.backend)
+    try:
+        model.load_state_dict(state)
+    except ValueError as exc:
+        raise UsageError(f"weights file {args.weights} does not fit the {variant} AlexNet: {exc}") from None
+    return model
+
+
+def _format_prediction(pred, width):
+    lines = [pred.path if pred.path is not None else f"<input {pred.input}>"]
+    for rank, (index, label, p) in enumerate(zip(pred.indices, pred.labels, pred.probabilities), 1):
+        name = label if label is not None else f"class {index}"
+        lines.append(f"  {rank:>{width}}. {p * 100:6.2f}%  {name}")
+    return "\n".join(lines)
+
+
+def _json_safe(d):
+    for entry in d.get("top", ()):
+        if not math.isfinite(entry["probability"]):
+            entry["probability"] = None
+    return json.dumps(d, ensure_ascii=False)
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_classify(args):
+    from PIL import Image
+
+    from .classify import expand_inputs, iter_classify
+    from .labels import LabelsError, load_labels
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse those images ourselves
+    warnings.filterwarnings("ignore", module="PIL")  # EXIF/palette chatter; bad files are reported below
+    t_start = time.perf_counter()
+    items = expand_inputs(args.paths)
+    if not items:
+        raise UsageError("no images found in " + ", ".join(args.paths)
+                         + " (searched recursively for image file extensions)")
+    t0 = time.perf_counter()
+    model = load_model(args)
+    t_model = time.perf_counter() - t0
+    labels = None
+    if args.labels:
+        try:
+            labels = load_labels(args.labels, model.num_classes)
+        except LabelsError as exc:
+            raise UsageError(str(exc)) from None
+    elif model.num_classes != 1000:
+        labels = False  # print class indices
+    t0 = time.perf_counter()
+    from .backends import get_backend
+    get_backend(args.backend)  # import (and for numba, load the compiled kernels' module) up front
+    t_backend = time.perf_counter() - t0
+
+    from tqdm import tqdm
+    show_bar = len(items) > PROGRESS_MIN_IMAGES and sys.stderr.isatty()
+    bar = tqdm(total=len(items), unit="img", file=sys.stderr, disable=not show_bar, dynamic_ncols=True,
+               leave=False)
+    write = (lambda s, file: tqdm.write(s, file=file)) if show_bar else (lambda s, file: print(s, file=file))
+    timings = {}
+    failed = 0
+    width = len(str(args.top))
+    try:
+        for pred in iter_classify(items, model=model, top=args.top, batch_size=args.batch_size,
+                                  labels=labels, timings=timings):
+            if pred.error:
+                failed += 1
+                write(f"{PROG}: cannot classify {pred.path}: {pred.error}", sys.stderr)
+                if args.json:
+                    write(_json_safe(pred.to_dict()), sys.stdout)
+            else:
+                write(_json_safe(pred.to_dict()) if args.json else _format_prediction(pred, width), sys.stdout)
+            bar.update(1)
+    finally:
+        bar.close()
+    if args.timings:
+        total = time.perf_counter() - t_start
+        _err(f"timings: model+weights {t_model:.3f}s, backend import {t_backend:.3f}s, "
+             f"decode {timings.get('decode', 0):.3f}s (waited {timings.get('wait', 0):.3f}s), "
+             f"forward {timings.get('forward', 0):.3f}s, total {total:.3f}s for {len(items)} inputs")
+    if failed:
+        _err(f"{failed} of {len(items)} inputs could not be classified")
+    return 1 if failed else 0
+
+
+def cmd_summary(args):
+    from .models import alexnet
+    print(alexnet(args.variant, num_classes=args.num_classes).summary())
+    return 0
+
+
+def cmd_weights_download(args):
+    from . import weights as W
+    try:
+        path = W.download_imagenet(url=args.url, progress=None, force=args.force)
+    except W.WeightsUnavailableError as exc:
+        _err(f"error: {exc}")
+        return 1
+    print(path)
+    return 0
+
+
+def cmd_weights_path(args):
+    from . import weights as W
+    directory = W.cache_dir()
+    print(f"cache directory: {directory}")
+    cached = sorted(p for p in directory.glob("*.npz")) if directory.is_dir() else []
+    if cached:
+        for p in cached:
+            print(f"cached weights:  {p} ({p.stat().st_size / 2**20:.1f} MiB)")
+    else:
+        print(f"cached weights:  none (run `{PROG} weights download`)")
+    return 0
+
+
+def cmd_bench(args):
+    import numpy as np
+
+    from .backends import BACKENDS
+    from .models import alexnet
+    names = list(BACKENDS) if args.backend == "all" else [args.backend]
+    names.sort(key=lambda n: n != "numba")  # numba first
+    model = alexnet(args.variant)
+    x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
+    print(f"AlexNet ({args.variant}), batch {args.batch_size} x {model.input_shape}, "
+          f"median and min of {args.repeat} runs after {args.warmup} warm-up")
+    header = f"{'backend':<8} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
+    print(header)
+    print("-" * len(header))
+    outputs = {}
+    for name in names:
+        model.backend = name
+        try:
+            for _ in range(max(0, args.warmup)):
+                outputs[name] = model(x)
+        except ImportError as exc:
+            print(f"{name:<8} unavailable: {exc}", flush=True)
+            continue
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            outputs[name] = model(x)
+            times.append(time.perf_counter() - t0)
+        med, best = float(np.median(times)), min(times)
+        print(f"{name:<8} {med:>11.3f} s {best:>8.3f} s {med / args.batch_size * 1e3:>10.1f} ms "
+              f"{args.batch_size / med:>9.1f}", flush=True)
+    if len(outputs) == 2:
+        (a, ya), (b, yb) = outputs.items()
+        rel = float(np.abs(ya - yb).max() / max(np.abs(yb).max(), 1e-30))
+        print(f"agreement: max |{a} - {b}| / max |{b}| = {rel:.2e}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        status = args.func(args)
+        sys.stdout.flush()
+        return status
+    except UsageError as exc:
+        _err(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`fastalex classify ... | head`): stop quietly, and point stdout
+        # at /dev/null so the interpreter's final flush does not complain either.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except Exception as exc:  # never a traceback
+        message = str(exc) or type(exc).__name__
+        _err(f"error: {message}" if isinstance(exc, (ValueError, OSError)) else
+             f"error: {type(exc).__name__}: {message}")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
