@@ -12,8 +12,12 @@ from . import functional, layers
 from .backends import get_backend_name, set_backend
 from .models import Model, Sequential, alexnet, build
 from .weights import load_weights, save_weights
+from .images import ImageError, load_image, load_images
+from .labels import imagenet_labels
+from .classify import classify  # the name is the function; import helpers with ``from fastalex.classify import ...``
 
 __version__ = "0.1.0"
 
 __all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend",
-           "get_backend_name", "load_weights", "save_weights", "__version__"]
+           "get_backend_name", "load_weights", "save_weights", "load_image", "load_images", "ImageError",
+           "imagenet_labels", "classify", "__version__"]
