@@ -1,0 +1,86 @@
+"""Whole-model forward passes: both AlexNet variants, batch 1 and 16, both backends and peers.
+
+Every benchmark first checks that its implementation agrees with the NumPy reference on the
+same input and weights, then times. Peers (PyTorch, ONNX Runtime) run the same model with the
+same weights on the same number of threads, and skip when not installed.
+
+    pytest benchmarks/test_models.py --benchmark-group-by=group --benchmark-columns=median,min,rounds
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import fastalex
+from conftest import assert_agree
+
+from model_peers import onnx_session, torch_model
+
+VARIANTS = ("original", "torchvision")
+BATCHES = (1, 16)
+IMPLS = ("numba", "numpy", "torch", "onnxruntime")
+
+
+@functools.lru_cache(maxsize=None)
+def model(variant):
+    return fastalex.alexnet(variant, seed=0)
+
+
+@functools.lru_cache(maxsize=None)
+def batch(variant, n):
+    shape = model(variant).input_shape
+    return np.random.default_rng(n).standard_normal((n, *shape), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def reference(variant, n):
+    m = model(variant)
+    m.backend = "numpy"
+    try:
+        return m(batch(variant, n))
+    finally:
+        m.backend = None
+
+
+def _threads():
+    import numba
+
+    return numba.get_num_threads()
+
+
+@functools.lru_cache(maxsize=None)
+def implementation(variant, impl):
+    m = model(variant)
+    if impl in ("numba", "numpy"):
+        def run(x):
+            m.backend = impl
+            try:
+                return m(x)
+            finally:
+                m.backend = None
+        return run
+    if impl == "torch":
+        return torch_model(m, _threads())
+    return onnx_session(m, _threads(), m.input_shape)
+
+
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_forward(benchmark, variant, n, impl):
+    if impl in ("torch", "onnxruntime"):
+        pytest.importorskip(impl)
+        if impl == "onnxruntime":
+            pytest.importorskip("onnx")
+    run = implementation(variant, impl)
+    x = batch(variant, n)
+    assert_agree(run(x), reference(variant, n), f"{variant} batch={n} {impl} vs numpy")
+    benchmark.group = f"model {variant} batch={n}"
+    benchmark.extra_info.update(variant=variant, batch=n, impl=impl)
+    if impl == "numpy" and n > 1:
+        benchmark.pedantic(run, args=(x,), rounds=3, iterations=1, warmup_rounds=0)
+    else:
+        benchmark.pedantic(run, args=(x,), rounds=15 if n == 1 else 5, iterations=1, warmup_rounds=1)
