@@ -1,0 +1,249 @@
+"""The ``fastalex`` command end to end, in subprocesses, on files made here with Pillow.
+
+No network and no real cache: ``FASTALEX_HOME`` is a temporary directory and
+``FASTALEX_WEIGHTS_URL`` points at a closed port. Weights come from ``--random-weights`` or a
+small saved file. Each subprocess pays the interpreter and import start-up, so each one
+checks many things.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastalex import cli
+
+N_GOOD = 9
+BAD = ["truncated.jpg", "text.jpg", "empty.png"]
+
+
+def _closed_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    e = dict(os.environ)
+    e.update(FASTALEX_HOME=str(home), FASTALEX_BACKEND="numpy",
+             FASTALEX_WEIGHTS_URL=f"http://127.0.0.1:{_closed_port()}/alexnet-owt-7be5be79.pth")
+    e.pop("XDG_CACHE_HOME", None)
+    return e
+
+
+def run(env, *args, stdin=None):
+    proc = subprocess.run([sys.executable, "-m", "fastalex", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout
+    return proc
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """A folder mixing every kind of image with broken files and a non-image."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+
+    def noise(h, w, c=3):
+        return rng.integers(0, 256, (h, w, c) if c else (h, w), dtype=np.uint8)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(noise(60, 90)).save(root / "exif.jpg", exif=exif)
+    Image.fromarray(noise(50, 70, 4), "RGBA").save(root / "alpha.png")
+    Image.fromarray(noise(64, 64, 0), "L").save(root / "gray.png")
+    pal = Image.fromarray(noise(40, 40, 0) % 8, "L").convert("P")
+    pal.save(root / "palette.png", transparency=0)
+    Image.fromarray((rng.integers(0, 65536, (30, 40))).astype(np.uint16)).save(root / "deep.png")
+    frames = [Image.new("RGB", (32, 32), c) for c in [(255, 0, 0), (0, 255, 0)]]
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(noise(10, 10)).save(root / "tiny.png")
+    Image.fromarray(noise(40, 30)).save(root / "UPPER.JPEG")
+    (root / "nested").mkdir()
+    Image.fromarray(noise(20, 30)).save(root / "nested" / "inner.bmp")
+    (root / "broken").mkdir()
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(noise(100, 100)).save(buf, "JPEG")
+    (root / "broken" / "truncated.jpg").write_bytes(buf.getvalue()[:800])
+    (root / "broken" / "text.jpg").write_text("definitely not a JPEG\n")
+    (root / "broken" / "empty.png").write_bytes(b"")
+    (root / "readme.txt").write_text("ignored: not an image extension")
+    (root / "no-images").mkdir()
+    (root / "no-images" / "notes.txt").write_text("x")
+    return root
+
+
+@pytest.fixture(scope="session")
+def weights7(tmp_path_factory):
+    """A 'fine-tuned' torchvision AlexNet with 7 classes, saved as .npz, and a labels file for it."""
+    from fastalex import alexnet, save_weights
+    d = tmp_path_factory.mktemp("weights")
+    save_weights(alexnet("torchvision", num_classes=7, seed=1), d / "seven.npz")
+    (d / "labels7.txt").write_text("\n".join(f"kind-{i}" for i in range(7)) + "\n")
+    (d / "labels3.txt").write_text("a\nb\nc\n")
+    return d
+
+
+ROW = re.compile(r"^  \d\. +\d+\.\d\d%  \S")
+
+
+def test_classify_folder_text_output(env, photos):
+    proc = run(env, "classify", photos, photos / "missing.jpg", "--random-weights", "--top", "3", "--batch-size", "4")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    headers = [l for l in lines if not l.startswith("  ")]
+    assert len(headers) == N_GOOD and all(h.startswith(str(photos)) for h in headers)
+    assert not any(h.endswith(("readme.txt", "notes.txt")) for h in headers)
+    assert any(h.endswith("nested/inner.bmp") for h in headers)
+    assert any(h.endswith("UPPER.JPEG") for h in headers)
+    rows = [l for l in lines if l.startswith("  ")]
+    assert len(rows) == 3 * N_GOOD and all(ROW.match(r) for r in rows), rows
+    err = proc.stderr
+    assert "random weights" in err and "MEANINGLESS" in err
+    for name in BAD + ["missing.jpg"]:
+        assert sum(name in l for l in err.splitlines()) == 1, err
+    assert "truncated" in err and "not an image" in err and "empty file" in err and "no such file" in err
+    assert "4 of 13 inputs could not be classified" in err
+    assert "img/s" not in err  # no progress bar when stderr is not a terminal
+
+
+def test_classify_json_lines(env, photos):
+    proc = run(env, "classify", photos, photos / "missing.jpg", "--random-weights", "--json", "--top", "2")
+    assert proc.returncode == 1
+    objs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(objs) == N_GOOD + len(BAD) + 1
+    ok = [o for o in objs if "top" in o]
+    bad = [o for o in objs if "error" in o]
+    assert len(ok) == N_GOOD
+    assert sorted(os.path.basename(o["path"]) for o in bad) == sorted(BAD + ["missing.jpg"])
+    for o in ok:
+        assert len(o["top"]) == 2
+        for t in o["top"]:
+            assert set(t) == {"index", "label", "probability"}
+            assert 0 <= t["index"] < 1000 and isinstance(t["label"], str) and 0 <= t["probability"] <= 1
+
+
+def test_weights_file_with_other_num_classes(env, photos, weights7):
+    w = weights7 / "seven.npz"
+    proc = run(env, "classify", photos / "gray.png", photos / "tiny.png", "--weights", w, "--top", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert len(re.findall(r"%  class [0-6]$", proc.stdout, re.M)) == 6
+    assert "MEANINGLESS" not in proc.stderr
+
+    proc = run(env, "classify", photos / "exif.jpg", "--weights", w, "--labels", weights7 / "labels7.txt",
+               "--json", "--top", "10")
+    assert proc.returncode == 0, proc.stderr
+    (obj,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(obj["top"]) == 7  # top is clamped to the number of classes
+    assert all(t["label"] == f"kind-{t['index']}" for t in obj["top"])
+    assert abs(sum(t["probability"] for t in obj["top"]) - 1) < 1e-5
+
+    proc = run(env, "classify", photos / "gray.png", "--weights", w, "--labels", weights7 / "labels3.txt")
+    assert proc.returncode == 2 and "3 labels but the model has 7 classes" in proc.stderr
+    proc = run(env, "classify", photos / "gray.png", "--weights", w, "--num-classes", "5")
+    assert proc.returncode == 2 and "7 classes" in proc.stderr
+
+
+def test_usage_errors_exit_2(env, photos, tmp_path):
+    proc = run(env, "classify", photos / "gray.png")  # default: ImageNet weights, not cached, offline
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("fastalex: error:") and "cannot be downloaded" in line
+    assert "fastalex weights download" in line and "--weights FILE" in line and "--random-weights" in line
+
+    checks = [
+        (["classify"], "required: PATH"),
+        (["classify", photos, "--bogus"], "unrecognized arguments"),
+        (["classify", photos, "--top", "0"], "positive integer"),
+        (["classify", photos, "--weights", tmp_path / "nope.npz"], "does not exist"),
+        (["classify", photos, "--weights", photos / "readme.txt"], "cannot read weights file"),
+        (["classify", photos, "--weights", "x.npz", "--random-weights"], "not allowed with"),
+        (["classify", photos / "no-images", "--random-weights"], "no images found"),
+        (["classify", photos / "gray.png", "--variant", "original"], "no published ImageNet weights"),
+        (["frobnicate"], "invalid choice"),
+        (["weights"], "required"),
+    ]
+    for args, message in checks:
+        proc = run(env, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert proc.stdout == ""
+
+
+def test_summary_bench_weights_version(env):
+    proc = run(env, "summary", "--variant", "original")
+    assert proc.returncode == 0 and "Total params: 60,965,224" in proc.stdout
+
+    proc = run(env, "summary", "--num-classes", "10")
+    assert proc.returncode == 0 and "(10)" in proc.stdout
+
+    proc = run(env, "bench", "--backend", "numpy", "--repeat", "2", "--warmup", "0", "--batch-size", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^numpy +\d+\.\d+ s +\d+\.\d+ s +\d+\.\d ms +\d+\.\d$", proc.stdout, re.M), proc.stdout
+
+    proc = run(env, "weights", "path")
+    assert proc.returncode == 0 and env["FASTALEX_HOME"] in proc.stdout and "none" in proc.stdout
+
+    proc = run(env, "weights", "download")
+    assert proc.returncode == 1 and proc.stderr.startswith("fastalex: error: cannot download")
+
+    proc = run(env, "--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("fastalex ")
+
+
+def test_broken_pipe_is_quiet(env, photos):
+    p = subprocess.Popen([sys.executable, "-m", "fastalex", "classify", photos, "--random-weights", "--json",
+                          "--batch-size", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+# ----------------------------------------------------------------------------- in-process
+
+def test_help_and_version_in_process(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "classify" in capsys.readouterr().out
+    for sub in (["classify"], ["summary"], ["bench"], ["weights"], ["weights", "download"]):
+        assert cli.main([*sub, "--help"]) == 0
+        assert cli.main([*sub, "--version"]) == 0
+    out = capsys.readouterr().out
+    assert "--random-weights" in out and "--repeat" in out and "--force" in out
+    assert cli.main([]) == 2
+
+
+def test_interrupt_and_unexpected_errors_in_process(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def boom(args):
+        raise RuntimeError("something odd")
+
+    monkeypatch.setattr(cli, "cmd_summary", interrupted)
+    assert cli.main(["summary"]) == 130
+    monkeypatch.setattr(cli, "cmd_summary", boom)
+    assert cli.main(["summary"]) == 1
+    err = capsys.readouterr().err
+    assert "fastalex: interrupted" in err and "fastalex: error: RuntimeError: something odd" in err
+
+
+def test_variant_is_inferred_from_the_weights():
+    from fastalex.cli import UsageError, _infer_variant
+    assert _infer_variant({"features.0.weight": np.zeros((96, 3, 11, 11))}, "w") == "original"
+    assert _infer_variant({"features.0.weight": np.zeros((64, 3, 11, 11))}, "w") == "torchvision"
+    with pytest.raises(UsageError, match="pass --variant"):
+        _infer_variant({"fc.weight": np.zeros((2, 2))}, "w")
