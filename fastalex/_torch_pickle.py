@@ -336,8 +336,8 @@ def read_torch_legacy(f, source: str, select):
         if what == "magic number" and header[0] != LEGACY_MAGIC:
             raise WeightsFileError(f"{source}: a pickle, but not a PyTorch file (no torch magic "
                                    "number); only PyTorch state dicts and .npz files can be loaded")
-    if header[1] != LEGACY_PROTOCOL:
-        raise WeightsFileError(f"{source}: unsupported PyTorch legacy protocol {header[1]!r}")
+        if what == "protocol version" and header[1] != LEGACY_PROTOCOL:
+            raise WeightsFileError(f"{source}: unsupported PyTorch legacy protocol {header[1]!r}")
     info = header[2] if isinstance(header[2], dict) else {}
     big_endian = not info.get("little_endian", True)
 
