@@ -1,0 +1,135 @@
+"""The fast backend under Python threads and under a restricted Numba thread count.
+
+* Four Python threads calling conv / pooling / LRN at once get the serial results.
+* The same in a subprocess forced onto Numba's ``workqueue`` threading layer, which aborts
+  the whole process on concurrent parallel launches unless the backend serializes them.
+* ``NUMBA_NUM_THREADS=1`` in the environment is what the kernels see.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastalex import functional as F
+
+pytest.importorskip("numba")
+
+ROOT = Path(__file__).resolve().parents[1]
+N_THREADS = 4
+ROUNDS = 5
+
+
+def _jobs():
+    """Small AlexNet-like calls, each a zero-argument function of the fast backend."""
+    rng = np.random.default_rng(0)
+    x1 = rng.standard_normal((2, 3, 67, 67), dtype=np.float32)
+    w1 = rng.standard_normal((16, 3, 11, 11), dtype=np.float32) * np.float32(0.05)
+    x2 = np.abs(rng.standard_normal((2, 16, 15, 15), dtype=np.float32))
+    w2 = rng.standard_normal((32, 8, 5, 5), dtype=np.float32) * np.float32(0.05)
+    b2 = rng.standard_normal(32, dtype=np.float32)
+    return {
+        "conv1": lambda: F.conv2d(x1, w1, None, 4, 0, activation="relu", backend="numba"),
+        "conv2": lambda: F.conv2d(x2, w2, b2, 1, 2, groups=2, backend="numba"),
+        "lrn": lambda: F.local_response_norm(x2, 5, 1e-4, 0.75, 2.0, backend="numba"),
+        "maxpool": lambda: F.max_pool2d(x2, 3, 2, backend="numba"),
+        "avgpool": lambda: F.avg_pool2d(x2, 3, 2, 1, True, False, backend="numba"),
+        "relu": lambda: F.relu(x2 - np.float32(0.5), backend="numba"),
+    }
+
+
+def run_concurrently(jobs, n_threads=N_THREADS, rounds=ROUNDS):
+    """Every thread runs every job ``rounds`` times (in a thread-specific order); returns
+    ``{name: [results]}``."""
+    names = list(jobs)
+    barrier = threading.Barrier(n_threads)
+
+    def worker(t):
+        barrier.wait()  # start together
+        out = []
+        for r in range(rounds):
+            order = names[t % len(names):] + names[:t % len(names)]
+            for name in order:
+                out.append((name, jobs[name]()))
+        return out
+
+    with ThreadPoolExecutor(n_threads) as pool:
+        per_thread = list(pool.map(worker, range(n_threads)))
+    results = {name: [] for name in names}
+    for out in per_thread:
+        for name, y in out:
+            results[name].append(y)
+    return results
+
+
+def test_four_threads_match_serial():
+    jobs = _jobs()
+    serial = {name: job() for name, job in jobs.items()}
+    results = run_concurrently(jobs)
+    for name, ys in results.items():
+        assert len(ys) == N_THREADS * ROUNDS
+        for y in ys:
+            np.testing.assert_array_equal(y, serial[name], err_msg=name)
+
+
+def _python(code, env_extra):
+    env = dict(os.environ, **env_extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_four_threads_on_workqueue_layer():
+    """The layer that is not thread-safe: the backend must serialize launches, not abort."""
+    code = """
+        import numba, numpy as np
+        from test_threads import _jobs, run_concurrently
+        jobs = _jobs()
+        serial = {name: job() for name, job in jobs.items()}
+        for name, ys in run_concurrently(jobs).items():
+            for y in ys:
+                np.testing.assert_array_equal(y, serial[name], err_msg=name)
+        print("layer", numba.threading_layer())
+    """
+    proc = _python(code, {"NUMBA_THREADING_LAYER": "workqueue"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "layer workqueue" in proc.stdout
+
+
+def test_numba_num_threads_is_respected():
+    code = """
+        import numba, numpy as np
+        import fastalex
+        from fastalex import functional as F
+        x = np.ones((1, 4, 9, 9), np.float32)
+        F.max_pool2d(x, 3, 2, backend="numba")
+        F.conv2d(x, np.ones((2, 4, 3, 3), np.float32), backend="numba")
+        print("threads", numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    """
+    proc = _python(code, {"NUMBA_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "threads 1 1" in proc.stdout
+
+
+def test_set_num_threads_is_respected():
+    """Kernels run (and agree) after ``numba.set_num_threads(1)``; the setting is left as found."""
+    import numba
+
+    jobs = _jobs()
+    expected = {name: job() for name, job in jobs.items()}
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        for name, job in jobs.items():
+            np.testing.assert_array_equal(job(), expected[name], err_msg=name)
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
