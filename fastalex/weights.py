@@ -225,6 +225,17 @@ def _hash_prefix(filename: str):
     return match.group(1) if match and match.group(1) else None
 
 
+def _verified(path: Path) -> bool:
+    expected = _hash_prefix(path.name)
+    if expected is None:
+        return True
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            sha.update(chunk)
+    return sha.hexdigest().startswith(expected)
+
+
 def _file_name(url: str) -> str:
     name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     return name or "weights.pth"
@@ -318,8 +329,8 @@ def download_imagenet(url=None, progress=None, force=False) -> Path:
     except OSError as exc:
         raise WeightsUnavailableError(f"cannot create the cache directory {directory} ({exc}); "
                                       "set FASTALEX_HOME to a writable directory") from None
-    raw = directory / name
-    if force or not raw.is_file():
+    raw = directory / name  # only left over if an earlier conversion failed: reuse if it checks out
+    if force or not raw.is_file() or not _verified(raw):
         _fetch(url, raw, progress)
     try:
         state = load_weights(raw)
