@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -127,7 +128,7 @@ class LazyTensor:
         base = self.storage.array
         if base is None:
             raise WeightsFileError(f"the data of storage {self.storage.key!r} was never read")
-        numel = int(np.prod(self.size, dtype=np.int64))
+        numel = math.prod(self.size)
         if numel:
             last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
             if last >= base.size:

@@ -93,11 +93,19 @@ class Storage:
         self.dtype = dtype or self.data.dtype.name
 
 
+class StorageSlice:
+    """Part of another storage, as torch < 1.0 pickled views: only legacy files have these."""
+
+    def __init__(self, root, offset, size):
+        self.root, self.offset, self.size = root, offset, size
+        self.dtype = root.dtype
+
+
 class Tensor:
     """A tensor as torch pickles it: storage, offset, size and stride in elements."""
 
     def __init__(self, storage, offset=0, size=None, stride=None, parameter=False):
-        if not isinstance(storage, Storage):
+        if not isinstance(storage, (Storage, StorageSlice)):
             arr = np.asarray(storage)
             storage, size = Storage(arr), arr.shape if size is None else size
             stride = stride if stride is not None else tuple(
@@ -136,6 +144,9 @@ class _Pickler(pickle._Pickler):  # the pure-Python pickler, so Global can be di
     dispatch[Global] = save_global_ref
 
     def persistent_id(self, obj):
+        if isinstance(obj, StorageSlice) and self.legacy:
+            pid = self.persistent_id(obj.root)
+            return pid[:5] + ((f"view{id(obj)}", obj.offset, obj.size),)
         if isinstance(obj, Storage):
             key = self.storages.setdefault(id(obj), (str(len(self.storages)), obj))[0]
             pid = ("storage", Global("torch", _STORAGE_OF[obj.dtype]), key, "cpu", obj.data.size)

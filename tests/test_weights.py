@@ -18,7 +18,8 @@ import fastalex
 from fastalex.models import alexnet, build
 from fastalex.weights import (UnsafePickleError, WeightsFileError, load_weights, resolve_weights,
                               save_weights)
-from fixture_specs import FIXTURES, LEGACY_MAGIC, Global, Storage, Tensor, reduced_spec, write_torch_file
+from fixture_specs import (FIXTURES, LEGACY_MAGIC, Global, Storage, StorageSlice, Tensor, reduced_spec,
+                           write_torch_file)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +191,24 @@ def test_crafted_torch_files_read_in_both_formats(tmp_path):
         assert sd["count"].dtype == np.int64 and sd["count"].shape == ()
         for name in ("transposed", "strided", "expanded", "half", "double", "bf16", "param"):
             assert sd[name].dtype == np.float32 and sd[name].flags.c_contiguous and sd[name].flags.writeable
+
+
+def test_legacy_storage_views(tmp_path):
+    """torch < 1.0 pickled views into a shared storage as (view key, offset, size)."""
+    root = Storage(np.arange(10, dtype=np.float32))
+    obj = {"a": Tensor(StorageSlice(root, 2, 4), 1, (3,), (1,)), "b": Tensor(root, 0, (2, 5), (5, 1))}
+    sd = load_weights(write_torch_file(tmp_path / "v.pth", obj, "legacy"))
+    np.testing.assert_array_equal(sd["a"], [3, 4, 5])
+    np.testing.assert_array_equal(sd["b"], np.arange(10).reshape(2, 5))
+    bad = {"a": Tensor(StorageSlice(root, 8, 2), 0, (3,), (1,))}  # runs past the view's end
+    with pytest.raises(WeightsFileError, match="past the end"):
+        load_weights(write_torch_file(tmp_path / "w.pth", bad, "legacy"))
+
+
+def test_huge_sizes_are_refused(tmp_path):
+    bad = {"w": Tensor(Storage(np.ones(4, np.float32)), 0, (2**40, 2**40), (1, 1))}
+    with pytest.raises(WeightsFileError, match="past the end"):
+        load_weights(write_torch_file(tmp_path / "h.pth", bad, "zip"))
 
 
 def test_extension_does_not_matter(tmp_path):
