@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import sys
@@ -278,15 +279,22 @@ def _fetch(url: str, dest: Path, progress: bool):
             raise
         except urllib.error.HTTPError as exc:
             raise WeightsUnavailableError(f"cannot download {url}: HTTP {exc.code} {exc.reason}. {_HOW_TO}") from None
-        except Exception as exc:  # URLError, timeouts, http.client errors, bad URLs
-            reason = getattr(exc, "reason", None) or exc
-            raise WeightsUnavailableError(f"cannot download {url} ({type(exc).__name__}: {reason}); "
-                                          f"are you offline? {_HOW_TO}") from None
+        except urllib.error.URLError as exc:  # refused, DNS, no route: most likely offline
+            raise WeightsUnavailableError(f"cannot download {url} ({exc.reason}); are you offline? "
+                                          f"{_HOW_TO}") from None
+        except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+            raise WeightsUnavailableError(f"download of {url} was interrupted ({type(exc).__name__}: "
+                                          f"{exc}). {_HOW_TO}") from None
+        except OSError as exc:  # the cache side: disk full, permissions
+            raise WeightsUnavailableError(f"cannot save the download of {url} in {dest.parent} ({exc}); "
+                                          "set FASTALEX_HOME to a writable directory with room") from None
+        except ValueError as exc:
+            raise WeightsUnavailableError(f"cannot download {url!r}: {exc}. {_HOW_TO}") from None
         digest = sha.hexdigest()
         if expected is not None and not digest.startswith(expected):
             raise WeightsUnavailableError(
                 f"download of {url} is corrupt: its SHA-256 is {digest}, but the file name says it "
-                f"starts with {expected}. The partial file was deleted. {_HOW_TO}")
+                f"starts with {expected}. The download was deleted. {_HOW_TO}")
         os.replace(tmp, dest)
     except BaseException:
         if fd is not None:
@@ -308,8 +316,9 @@ def download_imagenet(url=None, progress=None, force=False) -> Path:
     The file is downloaded to a ``.part`` file in :func:`cache_dir`, checked (complete, and,
     when its name carries a hash like ``alexnet-owt-7be5be79.pth``, that the SHA-256 starts
     with it, as ``torch.hub`` does; a mirror's file named without a hash is not verified,
-    though it must still parse as weights), renamed into place, converted once to ``<stem>.npz``
-    and then deleted; later calls use the ``.npz`` without the network. Failures raise
+    though it must still parse as weights), renamed into place and converted once to
+    ``<stem>.npz`` (written atomically too), after which the ``.pth`` is deleted to save space;
+    later calls return the ``.npz`` without touching the network. Failures raise
     :class:`WeightsUnavailableError` and leave nothing that looks complete.
     """
     url = url or os.environ.get("FASTALEX_WEIGHTS_URL") or IMAGENET_URL
