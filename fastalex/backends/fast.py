@@ -1,105 +1,191 @@
-"""The fast backend: parallel Numba kernels, plus OpenBLAS (through NumPy) for the matrix products.
+"""The fast backend: compiled Numba kernels run on all cores, OpenBLAS for the matrix products.
 
 Contract (shared with every backend, see ``fastalex.backends``): inputs are validated,
 C-contiguous float32 NCHW arrays; pair arguments are ``(h, w)`` tuples of ints. The Python
-wrappers below allocate outputs (sizes from :mod:`fastalex.shapes`) and launch the kernels;
+wrappers below allocate outputs (sizes from :mod:`fastalex.shapes`) and split the work;
 the ``@njit`` kernels assume valid input and only do arithmetic.
 
-Design
-------
-* **Convolution** is im2col + sgemm: a parallel kernel packs the input windows of a few
-  samples into ``col`` of shape ``(samples, C*kh*kw, Ho*Wo)`` (rows ordered like the
-  weight's ``(c, u, v)``), then one NumPy ``matmul`` per chunk multiplies each group's
-  ``(out/groups, C/groups*kh*kw)`` weight view by its block of rows and writes straight
-  into the NCHW output (``(out/groups, Ho*Wo)`` per sample and group is exactly NCHW).
-  Bias and ReLU are one fused epilogue pass over the chunk while it is still in cache.
-  1x1 stride-1 unpadded convolutions skip the packing (the input already is ``col``).
-* **Pooling** is separable: for each output row the window's input rows are reduced into
-  a row buffer (contiguous, vectorizable), then each output cell reduces its columns.
+Kernels
+-------
+Every kernel computes one contiguous range ``[start, stop)`` of independent items (image
+planes, pixel blocks, samples) and is compiled ``nogil`` and ``cache=True``.
+:func:`_parallel_for` runs the ranges on the cores: one range per thread, one fork and
+one join per operation.
+
+* **Convolution** is im2col + sgemm, done per (sample, block of output rows): pack the
+  input windows into a thread-private ``col`` of shape ``(C*kh*kw, rows*Wo)`` (rows in the
+  weight's ``(c, u, v)`` order), multiply each group's ``(out/groups, C/groups*kh*kw)``
+  weight view by its block of rows straight into the NCHW output (an ``(out/groups, pixels)``
+  block is already NCHW), then add bias and ReLU on that block while it is in cache.
+* **Pooling** is separable: the window's input rows are reduced into a row buffer
+  (contiguous, vectorizable), then each output cell reduces its columns.
 * **LRN** keeps a running sum of squares over the channel window for a block of pixels
   (one add and one subtract per channel instead of ``size`` adds) and uses
   ``1/sqrt(d*sqrt(d))`` for ``d**0.75``.
-* **Dense** layers are one sgemm on ``weight.T`` (a view: the 230 MB of AlexNet's dense
-  weights are never copied).
+* **Dense** layers are sgemm on ``weight.T`` (a view: the 230 MB of AlexNet's dense weights
+  are never copied), one block of output features per thread.
 
 Threads
 -------
-Numba kernels and OpenBLAS calls run one after the other, never nested, so each uses all
-the cores in turn. ``NUMBA_NUM_THREADS`` / ``numba.set_num_threads`` apply to the kernels.
-Numba's ``workqueue`` threading layer aborts the process on concurrent parallel launches,
-so when that layer is in use every launch holds a lock (``omp`` and ``tbb`` are safe).
+The threads are a small pool of Python threads running ``nogil`` kernels and
+single-threaded BLAS calls, sized by ``numba.get_num_threads()`` at each call (so
+``NUMBA_NUM_THREADS`` and ``numba.set_num_threads`` apply to the whole backend). Why not
+``parallel=True`` kernels: measured on a busy 2-core machine, Numba's OpenMP layer spins and
+pays a scheduler tick (4-8 ms) per launch whenever another process holds a core, its
+``workqueue`` layer aborts on concurrent launches, and OpenBLAS's own threads fight both;
+one pool that sleeps when idle, with BLAS single-threaded inside it, has none of these
+problems and is as fast on an idle machine. No Numba parallel launch happens, so any
+number of Python threads may call the backend at once.
+
+While the pool runs matrix products, OpenBLAS (NumPy's) is set to one thread (reference
+counted across concurrent calls and restored afterwards). When NumPy's BLAS cannot be
+controlled that way, products run in the calling thread and BLAS threads them itself.
 """
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import njit, prange, uint64
+from numba import njit, uint64
 
 from ..shapes import conv_output_size, pool_output_size
 
 NAME = "numba"
 
-# Options of every kernel: parallel, cached on disk, GIL released (other Python threads
-# keep running), no Python-style ZeroDivisionError checks.
-_KERNEL = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
+# Options of every kernel: cached on disk, GIL released (the pool threads run them at
+# once), no Python-style ZeroDivisionError checks.
+_KERNEL = dict(cache=True, nogil=True, error_model="numpy")
 
 _NO_BIAS = np.zeros(0, np.float32)  # "no bias" as an array: one kernel signature, not two
 
-# Bytes of packed windows per convolution chunk: a few samples at a time keeps ``col`` in
-# the last-level cache and amortizes the kernel launches.
-_COL_BUDGET = 8 << 20
+# Below this many multiply-adds (or element visits) an operation runs in the calling thread:
+# handing work to another thread costs some tens of microseconds.
+_MIN_PARALLEL_WORK = 1 << 16
 
 
-# ----------------------------------------------------------------------------- thread safety
+# ----------------------------------------------------------------------------- threads
 
-_launch_lock = threading.RLock()
-_needs_lock = True  # until the first launch tells us which threading layer Numba picked
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
-class _Launch:
-    """Context manager around kernel launches: a lock, but only while it is needed."""
+def _get_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                # NUMBA_NUM_THREADS is the most numba.set_num_threads can ask for.
+                _pool = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                           thread_name_prefix="fastalex")
+    return _pool
+
+
+def _num_threads(items: int, work: float) -> int:
+    """Threads worth using for ``items`` independent items totalling ``work`` operations."""
+    return max(1, min(numba.get_num_threads(), items, int(work // _MIN_PARALLEL_WORK)))
+
+
+def _parallel_for(task, items: int, threads: int) -> None:
+    """Run ``task(start, stop)`` on ``threads`` contiguous, near-equal slices of ``range(items)``.
+
+    The calling thread runs the first slice itself; exceptions propagate.
+    """
+    if threads <= 1 or items <= 1:
+        task(0, items)
+        return
+    bounds = [items * t // threads for t in range(threads + 1)]
+    pool = _get_pool()
+    futures = [pool.submit(task, bounds[t], bounds[t + 1]) for t in range(1, threads)]
+    try:
+        task(bounds[0], bounds[1])
+    finally:
+        for future in futures:
+            future.result()
+
+
+# ----------------------------------------------------------------------------- BLAS threads
+
+def _find_openblas_threads():
+    """``(get, set)`` of the number of threads of NumPy's bundled OpenBLAS, or ``None``."""
+    libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    names = ("scipy_openblas{}_num_threads64_", "scipy_openblas{}_num_threads_64_",
+             "scipy_openblas{}_num_threads", "openblas{}_num_threads64_", "openblas{}_num_threads")
+    for path in sorted(glob.glob(os.path.join(libs_dir, "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            getter = getattr(lib, name.format("_get"), None)
+            setter = getattr(lib, name.format("_set"), None)
+            if getter is not None and setter is not None:
+                getter.restype, getter.argtypes = ctypes.c_int, []
+                setter.restype, setter.argtypes = None, [ctypes.c_int]
+                return getter, setter
+    return None
+
+
+_blas_threads = _find_openblas_threads()
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved = 1
+
+
+class _SingleThreadedBlas:
+    """While any operation of this backend runs products on the pool, OpenBLAS uses 1 thread."""
 
     def __enter__(self):
-        self.locked = _needs_lock
-        if self.locked:
-            _launch_lock.acquire()
+        global _blas_users, _blas_saved
+        with _blas_lock:
+            if _blas_users == 0:
+                _blas_saved = _blas_threads[0]()
+                _blas_threads[1](1)
+            _blas_users += 1
 
     def __exit__(self, *exc):
-        global _needs_lock
-        if self.locked:
-            try:
-                if _needs_lock:
-                    _needs_lock = numba.threading_layer() == "workqueue"
-            except ValueError:  # no parallel kernel has run yet
-                pass
-            finally:
-                _launch_lock.release()
+        global _blas_users
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_threads[1](_blas_saved)
         return False
 
 
-_launch = _Launch()
+_single_threaded_blas = _SingleThreadedBlas()
+
+
+def _blas_parallel_for(task, items: int, threads: int) -> None:
+    """:func:`_parallel_for` for tasks that call BLAS: BLAS single-threaded inside the pool,
+    or everything in the calling thread (with BLAS's own threads) if that cannot be arranged."""
+    if threads <= 1 or items <= 1 or _blas_threads is None:
+        task(0, items)
+        return
+    with _single_threaded_blas:
+        _parallel_for(task, items, threads)
 
 
 # ----------------------------------------------------------------------------- convolution
 
 @njit(**_KERNEL)
-def _im2col(x, n0, col, kh, kw, sh, sw, ph, pw, dh, dw, wo):
-    """``col[b, (c*kh + u)*kw + v, i*wo + j] = x[n0 + b, c, i*sh - ph + u*dh, j*sw - pw + v*dw]`` (0 outside).
+def _im2col(x, n, i0, i1, col, kh, kw, sh, sw, ph, pw, dh, dw, wo):
+    """Output rows ``[i0, i1)`` of sample ``n``:
+    ``col[(c*kh + u)*kw + v, (i - i0)*wo + j] = x[n, c, i*sh - ph + u*dh, j*sw - pw + v*dw]`` (0 outside).
 
-    One task per ``col`` row. Indexing goes through flat views with unsigned offsets: Numba
-    then skips its negative-index wraparound and the copies vectorize (3x faster).
+    Indexing goes through flat views with unsigned offsets: Numba then skips its
+    negative-index wraparound and the copies vectorize (3x faster than 4-D indexing).
     """
-    nb, K, P = col.shape
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    ho = P // wo
+    K = col.shape[0]
+    L = (i1 - i0) * wo
     xf = x.reshape(-1)
     cf = col.reshape(-1)
-    for r in prange(nb * K):
-        b = r // K
-        row = r - b * K
+    for row in range(K):
         c = row // (kh * kw)
         u = (row // kw) % kh
         v = row % kw
@@ -107,17 +193,17 @@ def _im2col(x, n0, col, kh, kw, sh, sw, ph, pw, dh, dw, wo):
         # output columns whose input column lies inside the image: [j0, j1)
         j0 = 0 if off_w >= 0 else min((-off_w + sw - 1) // sw, wo)
         j1 = min(max((W - 1 - off_w) // sw + 1, j0), wo)
-        plane = ((n0 + b) * C + c) * H * W
-        for i in range(ho):
+        plane = (n * C + c) * H * W
+        for i in range(i0, i1):
             ih = i * sh - ph + u * dh
-            d = uint64(r * P + i * wo)
+            d = uint64(row * L + (i - i0) * wo)
             if ih < 0 or ih >= H:
                 for j in range(wo):
                     cf[d + uint64(j)] = 0.0
                 continue
             for j in range(j0):
                 cf[d + uint64(j)] = 0.0
-            s = plane + ih * W + off_w          # may be "negative" only for j < j0
+            s = plane + ih * W + off_w          # s + j*sw >= 0 for j >= j0
             if sw == 1:
                 for j in range(j0, j1):
                     cf[d + uint64(j)] = xf[uint64(s + j)]
@@ -129,22 +215,35 @@ def _im2col(x, n0, col, kh, kw, sh, sw, ph, pw, dh, dw, wo):
 
 
 @njit(**_KERNEL)
-def _bias_relu(y, bias, relu):
-    """In place on ``y`` of shape ``(N, C, P)``: add ``bias[c]`` (if any), then ``max(., 0)`` if ``relu``."""
-    N, C, P = y.shape
+def _bias_relu(y, n, p0, p1, bias, relu):
+    """In place on pixels ``[p0, p1)`` of sample ``n`` of ``y`` ``(N, C, P)``: add ``bias[c]``
+    (if any), then ``max(., 0)`` if ``relu`` (NaN stays NaN, as with ``np.maximum``)."""
+    C = y.shape[1]
     has_bias = bias.shape[0] > 0
-    for r in prange(N * C):
-        n = r // C
-        c = r - n * C
+    for c in range(C):
         row = y[n, c]
         b = bias[c] if has_bias else np.float32(0.0)
         if relu:
-            for p in range(P):
+            for p in range(p0, p1):
                 v = row[p] + b
-                row[p] = np.float32(0.0) if v < 0.0 else v  # NaN stays NaN, as np.maximum
-        else:
-            for p in range(P):
+                row[p] = np.float32(0.0) if v < 0.0 else v
+        elif has_bias:
+            for p in range(p0, p1):
                 row[p] += b
+
+
+class _Scratch(threading.local):
+    """One growing float32 buffer per thread, for the packed windows."""
+
+    buf = np.zeros(0, np.float32)
+
+    def get(self, size):
+        if self.buf.size < size:
+            self.buf = np.empty(size, np.float32)
+        return self.buf[:size]
+
+
+_scratch = _Scratch()
 
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
@@ -155,43 +254,49 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
     wo = conv_output_size(W, kw, sw, pw, dw)
     P, K, kg, og = ho * wo, C * kh * kw, cin_g * kh * kw, O // groups
     y = np.empty((N, O, ho, wo), np.float32)
-    w = weight.reshape(1, groups, og, kg)                    # views, no copies
+    y3 = y.reshape(N, O, P)
+    w = weight.reshape(groups, og, kg)                       # views, no copies
     b = _NO_BIAS if bias is None else bias
+    epilogue = bias is not None or relu
     pointwise = kh == 1 and kw == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0)
-    if pointwise:                                            # the input already is ``col``
-        chunk, col = N, x.reshape(N, C, P)
-    else:
-        chunk = max(1, min(N, _COL_BUDGET // (4 * K * P)))
-        col = np.empty((chunk, K, P), np.float32)
-    with _launch:
-        for n0 in range(0, N, chunk):
-            m = min(chunk, N - n0)
-            if pointwise:
-                cols = col[n0:n0 + m]
+    x3 = x.reshape(N, C, H * W)
+
+    # Work items: (sample, block of output rows). Whole samples when there are enough of
+    # them to share out evenly, else each sample's rows split across the threads.
+    threads = _num_threads(N * ho, N * P * O * kg)
+    blocks = 1 if N % threads == 0 or N >= 4 * threads else min(ho, threads)
+
+    def task(start, stop):
+        for item in range(start, stop):
+            n, blk = divmod(item, blocks)
+            i0, i1 = ho * blk // blocks, ho * (blk + 1) // blocks
+            p0, p1 = i0 * wo, i1 * wo
+            if pointwise:                                    # the input already is ``col``
+                col = x3[n, :, p0:p1]
             else:
-                cols = col[:m]
-                _im2col(x, n0, cols, kh, kw, sh, sw, ph, pw, dh, dw, wo)
-            out = y[n0:n0 + m].reshape(m, O, P)
-            # (1, G, og, kg) @ (m, G, kg, P) -> (m, G, og, P): one sgemm per sample and group
-            np.matmul(w, cols.reshape(m, groups, kg, P), out=out.reshape(m, groups, og, P))
-            if bias is not None or relu:
-                _bias_relu(out, b, relu)
+                col = _scratch.get(K * (p1 - p0)).reshape(K, p1 - p0)
+                _im2col(x, n, i0, i1, col, kh, kw, sh, sw, ph, pw, dh, dw, wo)
+            for g in range(groups):
+                np.matmul(w[g], col[g * kg:(g + 1) * kg], out=y3[n, g * og:(g + 1) * og, p0:p1])
+            if epilogue:
+                _bias_relu(y3, n, p0, p1, b, relu)
+
+    _blas_parallel_for(task, N * blocks, threads)
     return y
 
 
 # ----------------------------------------------------------------------------- pooling
 
 @njit(**_KERNEL)
-def _max_pool(x, y, kh, kw, sh, sw, ph, pw):
-    """``y[n, c, i, j] = max of x[n, c]`` over the window (padding never wins; NaN propagates)."""
-    N, C, H, W = x.shape
+def _max_pool(x, y, r0, r1, kh, kw, sh, sw, ph, pw):
+    """Planes ``[r0, r1)`` of ``(N*C)``: ``y[n, c, i, j] = max of x[n, c]`` over the window
+    (padding never wins; NaN propagates, as in torch)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = y.shape[2], y.shape[3]
-    for r in prange(N * C):
-        n = r // C
-        c = r - n * C
-        src = x[n, c]
-        dst = y[n, c]
-        rowmax = np.empty(W, np.float32)
+    rowmax = np.empty(W, np.float32)
+    for r in range(r0, r1):
+        n, c = r // C, r % C
+        src, dst = x[n, c], y[n, c]
         for i in range(ho):
             h0 = i * sh - ph
             h1 = min(h0 + kh, H)
@@ -216,16 +321,16 @@ def _max_pool(x, y, kh, kw, sh, sw, ph, pw):
 
 
 @njit(**_KERNEL)
-def _avg_pool(x, y, kh, kw, sh, sw, ph, pw, count_include_pad):
-    """``y = window sum / divisor`` with torch's divisor (padded cells count only with count_include_pad)."""
-    N, C, H, W = x.shape
+def _avg_pool(x, y, r0, r1, kh, kw, sh, sw, ph, pw, count_include_pad):
+    """Planes ``[r0, r1)``: ``y = window sum / divisor`` with torch's divisor: the window's
+    cells inside the zero-padded input with ``count_include_pad`` (never the extra
+    ``ceil_mode`` margin), else only its cells inside the input."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = y.shape[2], y.shape[3]
-    for r in prange(N * C):
-        n = r // C
-        c = r - n * C
-        src = x[n, c]
-        dst = y[n, c]
-        rowsum = np.empty(W, np.float32)
+    rowsum = np.empty(W, np.float32)
+    for r in range(r0, r1):
+        n, c = r // C, r % C
+        src, dst = x[n, c], y[n, c]
         for i in range(ho):
             t0 = i * sh - ph
             t1 = min(t0 + kh, H + ph)
@@ -252,13 +357,13 @@ def _avg_pool(x, y, kh, kw, sh, sw, ph, pw, count_include_pad):
 
 
 @njit(**_KERNEL)
-def _adaptive_avg_pool(x, y):
-    """``y[n, c, i, j]`` = mean of rows ``[floor(i*H/oh), ceil((i+1)*H/oh))`` and the columns alike."""
-    N, C, H, W = x.shape
+def _adaptive_avg_pool(x, y, r0, r1):
+    """Planes ``[r0, r1)``: ``y[n, c, i, j]`` = mean of rows ``[floor(i*H/oh), ceil((i+1)*H/oh))``
+    and the columns alike."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = y.shape[2], y.shape[3]
-    for r in prange(N * C):
-        n = r // C
-        c = r - n * C
+    for r in range(r0, r1):
+        n, c = r // C, r % C
         src = x[n, c]
         for i in range(oh):
             h0 = (i * H) // oh
@@ -280,111 +385,133 @@ def _pool_output(x, kernel, stride, padding, ceil_mode):
     return np.empty((N, C, ho, wo), np.float32)
 
 
+def _planes_parallel_for(kernel, x, y, window, *args):
+    N, C = x.shape[:2]
+    planes = N * C
+    threads = _num_threads(planes, y.size * window + x.size)
+    _parallel_for(lambda r0, r1: kernel(x, y, r0, r1, *args), planes, threads)
+
+
 def max_pool2d(x, kernel, stride, padding, ceil_mode):
     y = _pool_output(x, kernel, stride, padding, ceil_mode)
-    with _launch:
-        _max_pool(x, y, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1])
+    _planes_parallel_for(_max_pool, x, y, kernel[1], kernel[0], kernel[1], stride[0], stride[1],
+                         padding[0], padding[1])
     return y
 
 
 def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad):
     y = _pool_output(x, kernel, stride, padding, ceil_mode)
-    with _launch:
-        _avg_pool(x, y, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
-                  bool(count_include_pad))
+    _planes_parallel_for(_avg_pool, x, y, kernel[1], kernel[0], kernel[1], stride[0], stride[1],
+                         padding[0], padding[1], bool(count_include_pad))
     return y
 
 
 def adaptive_avg_pool2d(x, output_size):
-    N, C = x.shape[:2]
+    N, C, H, W = x.shape
     y = np.empty((N, C, output_size[0], output_size[1]), np.float32)
-    with _launch:
-        _adaptive_avg_pool(x, y)
+    _planes_parallel_for(_adaptive_avg_pool, x, y, 1)
     return y
 
 
 # ----------------------------------------------------------------------------- normalization
 
-_LRN_BLOCK = 512  # pixels per task: the window's channel rows of a block stay in L1
+_LRN_BLOCK = 512  # pixels per item: the window's channel rows of a block stay in L1
 
 
 @njit(**_KERNEL)
-def _lrn(x, y, size, alpha, beta, k):
-    """``y[n, c, p] = x[n, c, p] / (k + alpha/size * sum_{j=c-size//2}^{c+(size-1)//2} x[n, j, p]^2) ** beta``.
+def _lrn(x, y, t0, t1, size, alpha, beta, k):
+    """Items ``[t0, t1)`` of (sample, block of ``_LRN_BLOCK`` pixels), ``x`` and ``y`` ``(N, C, H*W)``:
+    ``y[n, c, p] = x[n, c, p] / (k + alpha/size * sum_{j=c-size//2}^{c+(size-1)//2} x[n, j, p]^2) ** beta``.
 
-    ``x`` and ``y`` are ``(N, C, H*W)``. A running window sum over channels, kept in float64
-    (squares of float32 values are exact there, so adding and removing them does not drift).
+    A running window sum over channels, kept in float64 (squares of float32 values are exact
+    there, so adding and removing them does not drift).
     """
-    N, C, P = x.shape
+    C, P = x.shape[1], x.shape[2]
     nblocks = (P + _LRN_BLOCK - 1) // _LRN_BLOCK
     before, after = size // 2, (size - 1) // 2
     scale = np.float32(alpha / size)
     kk = np.float32(k)
     fbeta = np.float32(beta)
     three_quarters = beta == 0.75
-    for t in prange(N * nblocks):
+    s = np.empty(_LRN_BLOCK, np.float64)
+    for t in range(t0, t1):
         n = t // nblocks
-        p0 = (t - n * nblocks) * _LRN_BLOCK
-        p1 = min(p0 + _LRN_BLOCK, P)
-        L = p1 - p0
-        s = np.zeros(L, np.float64)
+        p0 = (t % nblocks) * _LRN_BLOCK
+        L = min(p0 + _LRN_BLOCK, P) - p0
+        s[:L] = 0.0
         for c in range(min(after, C)):
-            row = x[n, c, p0:p1]
+            row = x[n, c]
             for p in range(L):
-                v = np.float64(row[p])
+                v = np.float64(row[p0 + p])
                 s[p] += v * v
         for c in range(C):
             if c + after < C:
-                row = x[n, c + after, p0:p1]
+                row = x[n, c + after]
                 for p in range(L):
-                    v = np.float64(row[p])
+                    v = np.float64(row[p0 + p])
                     s[p] += v * v
             if c - before - 1 >= 0:
-                row = x[n, c - before - 1, p0:p1]
+                row = x[n, c - before - 1]
                 for p in range(L):
-                    v = np.float64(row[p])
+                    v = np.float64(row[p0 + p])
                     s[p] -= v * v
-            src = x[n, c, p0:p1]
-            dst = y[n, c, p0:p1]
+            src, dst = x[n, c], y[n, c]
             if three_quarters:
                 for p in range(L):
                     d = kk + scale * np.float32(s[p])
-                    dst[p] = src[p] / np.sqrt(d * np.sqrt(d))
+                    dst[p0 + p] = src[p0 + p] / np.sqrt(d * np.sqrt(d))
             else:
                 for p in range(L):
                     d = kk + scale * np.float32(s[p])
-                    dst[p] = src[p] / d ** fbeta
+                    dst[p0 + p] = src[p0 + p] / d ** fbeta
 
 
 def local_response_norm(x, size, alpha, beta, k):
     N, C, H, W = x.shape
     y = np.empty_like(x)
-    with _launch:
-        _lrn(x.reshape(N, C, H * W), y.reshape(N, C, H * W), size, alpha, beta, k)
+    x3, y3 = x.reshape(N, C, H * W), y.reshape(N, C, H * W)
+    items = N * ((H * W + _LRN_BLOCK - 1) // _LRN_BLOCK)
+    threads = _num_threads(items, 8 * x.size)
+    _parallel_for(lambda t0, t1: _lrn(x3, y3, t0, t1, size, alpha, beta, k), items, threads)
     return y
 
 
 # ----------------------------------------------------------------------------- dense and relu
 
 def linear(x, weight, bias, relu):
-    y = np.matmul(x, weight.T)            # weight.T is a view: sgemm reads the weight in place
-    if bias is not None:
-        y += bias
-    if relu:
-        np.maximum(y, np.float32(0.0), out=y)
+    N = x.shape[0]
+    F = weight.shape[0]
+    y = np.empty((N, F), np.float32)
+
+    def task(f0, f1):
+        out = y[:, f0:f1]
+        np.matmul(x, weight[f0:f1].T, out=out)   # weight.T is a view: read in place
+        if bias is not None:
+            out += bias[f0:f1]
+        if relu:
+            np.maximum(out, np.float32(0.0), out=out)
+
+    # one block of output features per thread, in multiples of 64 (whole cache lines of y)
+    threads = _num_threads(F // 64, N * F * weight.shape[1])
+    if threads <= 1:
+        task(0, F)
+    else:
+        bounds = [min(F, (F * t // threads + 63) // 64 * 64) for t in range(threads + 1)]
+        _blas_parallel_for(lambda a, b: task(bounds[a], bounds[b]), threads, threads)
     return y
 
 
 @njit(**_KERNEL)
-def _relu(x, y):
-    """``y = max(x, 0)`` on flat arrays (NaN propagates, as in NumPy)."""
-    for i in prange(x.shape[0]):
+def _relu(x, y, i0, i1):
+    """``y[i] = max(x[i], 0)`` on flat arrays for ``i`` in ``[i0, i1)`` (NaN propagates, as in NumPy)."""
+    for i in range(i0, i1):
         v = x[i]
         y[i] = np.float32(0.0) if v < 0.0 else v
 
 
 def relu(x):
     y = np.empty_like(x)
-    with _launch:
-        _relu(x.reshape(-1), y.reshape(-1))
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    threads = _num_threads(xf.size, xf.size // 4)
+    _parallel_for(lambda i0, i1: _relu(xf, yf, i0, i1), xf.size, threads)
     return y
