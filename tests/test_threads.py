@@ -146,3 +146,20 @@ def test_set_num_threads_is_respected(monkeypatch):
         assert numba.get_num_threads() == 1
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_usable_in_a_forked_child():
+    """The pool's threads do not survive a fork: the child must start its own, not hang."""
+    import multiprocessing
+
+    jobs = _jobs()
+    expected = jobs["conv1"]()  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_conv1_in_child).get(timeout=120)
+    np.testing.assert_array_equal(result, expected)
+
+
+def _conv1_in_child():
+    return _jobs()["conv1"]()

@@ -86,6 +86,19 @@ def _get_pool() -> ThreadPoolExecutor:
     return _pool
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's pool threads (and maybe a lock held by one)."""
+    global _pool, _pool_lock, _blas_lock, _blas_users
+    _pool, _pool_lock = None, threading.Lock()
+    if _blas_users:  # forked in the middle of an operation: give BLAS its threads back
+        _blas_threads[1](_blas_saved)
+    _blas_lock, _blas_users = threading.Lock(), 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _num_threads(items: int, work: float) -> int:
     """Threads worth using for ``items`` independent items totalling ``work`` operations."""
     return max(1, min(numba.get_num_threads(), items, int(work // _MIN_PARALLEL_WORK)))
@@ -293,10 +306,10 @@ def _max_pool(x, y, r0, r1, kh, kw, sh, sw, ph, pw):
     (padding never wins; NaN propagates, as in torch)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = y.shape[2], y.shape[3]
-    rowmax = np.empty(W, np.float32)
     for r in range(r0, r1):
         n, c = r // C, r % C
         src, dst = x[n, c], y[n, c]
+        rowmax = np.empty(W, np.float32)
         for i in range(ho):
             h0 = i * sh - ph
             h1 = min(h0 + kh, H)
@@ -327,10 +340,10 @@ def _avg_pool(x, y, r0, r1, kh, kw, sh, sw, ph, pw, count_include_pad):
     ``ceil_mode`` margin), else only its cells inside the input."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = y.shape[2], y.shape[3]
-    rowsum = np.empty(W, np.float32)
     for r in range(r0, r1):
         n, c = r // C, r % C
         src, dst = x[n, c], y[n, c]
+        rowsum = np.empty(W, np.float32)
         for i in range(ho):
             t0 = i * sh - ph
             t1 = min(t0 + kh, H + ph)
@@ -433,37 +446,37 @@ def _lrn(x, y, t0, t1, size, alpha, beta, k):
     kk = np.float32(k)
     fbeta = np.float32(beta)
     three_quarters = beta == 0.75
-    s = np.empty(_LRN_BLOCK, np.float64)
     for t in range(t0, t1):
         n = t // nblocks
         p0 = (t % nblocks) * _LRN_BLOCK
         L = min(p0 + _LRN_BLOCK, P) - p0
-        s[:L] = 0.0
+        p1 = p0 + L
+        s = np.zeros(L, np.float64)
         for c in range(min(after, C)):
-            row = x[n, c]
+            row = x[n, c, p0:p1]
             for p in range(L):
-                v = np.float64(row[p0 + p])
+                v = np.float64(row[p])
                 s[p] += v * v
         for c in range(C):
             if c + after < C:
-                row = x[n, c + after]
+                row = x[n, c + after, p0:p1]
                 for p in range(L):
-                    v = np.float64(row[p0 + p])
+                    v = np.float64(row[p])
                     s[p] += v * v
             if c - before - 1 >= 0:
-                row = x[n, c - before - 1]
+                row = x[n, c - before - 1, p0:p1]
                 for p in range(L):
-                    v = np.float64(row[p0 + p])
+                    v = np.float64(row[p])
                     s[p] -= v * v
-            src, dst = x[n, c], y[n, c]
+            src, dst = x[n, c, p0:p1], y[n, c, p0:p1]
             if three_quarters:
                 for p in range(L):
                     d = kk + scale * np.float32(s[p])
-                    dst[p0 + p] = src[p0 + p] / np.sqrt(d * np.sqrt(d))
+                    dst[p] = src[p] / np.sqrt(d * np.sqrt(d))
             else:
                 for p in range(L):
                     d = kk + scale * np.float32(s[p])
-                    dst[p0 + p] = src[p0 + p] / d ** fbeta
+                    dst[p] = src[p] / d ** fbeta
 
 
 def local_response_norm(x, size, alpha, beta, k):
