@@ -21,6 +21,19 @@ from fastalex import functional as F
 
 pytest.importorskip("numba")
 
+@pytest.fixture(autouse=True, scope="module", params=["small-inline", "always-split"])
+def work_split(request):
+    """Run the whole file twice: as shipped (small ops run in the calling thread) and with
+    every op split across the threads, however small (needs 2+ threads to mean anything)."""
+    from fastalex.backends import fast
+
+    saved = fast._MIN_PARALLEL_WORK
+    if request.param == "always-split":
+        fast._MIN_PARALLEL_WORK = 1
+    yield request.param
+    fast._MIN_PARALLEL_WORK = saved
+
+
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
