@@ -210,7 +210,9 @@ def _json_safe(d):
     for entry in d.get("top", ()):
         if not math.isfinite(entry["probability"]):
             entry["probability"] = None
-    return json.dumps(d, ensure_ascii=False)
+    # ASCII-only: a file name that is not valid UTF-8 comes out as a \udcXX escape (valid JSON,
+    # and os.fsencode() of the parsed string gives the original bytes back)
+    return json.dumps(d, ensure_ascii=True)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -347,6 +349,11 @@ def cmd_bench(args):
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
+    for stream in (sys.stdout, sys.stderr):  # print any file name, even one that is not UTF-8
+        try:
+            stream.reconfigure(errors="surrogateescape" if stream is sys.stdout else "backslashreplace")
+        except (AttributeError, ValueError):  # not a TextIOWrapper (e.g. captured by a test)
+            pass
     try:
         try:
             args = build_parser().parse_args(argv)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from fastalex import cli
 
-N_GOOD = 9
+N_GOOD = 10
 BAD = ["truncated.jpg", "text.jpg", "empty.png"]
 
 
@@ -43,7 +43,7 @@ def env(tmp_path_factory):
 
 def run(env, *args, stdin=None):
     proc = subprocess.run([sys.executable, "-m", "fastalex", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, errors="surrogateescape", timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stdout
     return proc
@@ -72,6 +72,10 @@ def photos(tmp_path_factory):
     Image.fromarray(noise(40, 30)).save(root / "UPPER.JPEG")
     (root / "nested").mkdir()
     Image.fromarray(noise(20, 30)).save(root / "nested" / "inner.bmp")
+    try:  # a file name that is not valid UTF-8 (possible on Linux filesystems)
+        Image.fromarray(noise(20, 30)).save(os.fsdecode(bytes(root / "nested") + b"/caf\xe9.png"))
+    except (OSError, UnicodeError):
+        Image.fromarray(noise(20, 30)).save(root / "nested" / "café.png")
     (root / "broken").mkdir()
     import io
     buf = io.BytesIO()
@@ -115,7 +119,7 @@ def test_classify_folder_text_output(env, photos):
     for name in BAD + ["missing.jpg"]:
         assert sum(name in l for l in err.splitlines()) == 1, err
     assert "truncated" in err and "not an image" in err and "empty file" in err and "no such file" in err
-    assert "4 of 13 inputs could not be classified" in err
+    assert f"4 of {N_GOOD + 4} inputs could not be classified" in err
     assert "img/s" not in err  # no progress bar when stderr is not a terminal
 
 
@@ -127,6 +131,7 @@ def test_classify_json_lines(env, photos):
     ok = [o for o in objs if "top" in o]
     bad = [o for o in objs if "error" in o]
     assert len(ok) == N_GOOD
+    assert sum(os.fsencode(o["path"]).endswith((b"caf\xe9.png", "café.png".encode())) for o in ok) == 1
     assert sorted(os.path.basename(o["path"]) for o in bad) == sorted(BAD + ["missing.jpg"])
     for o in ok:
         assert len(o["top"]) == 2
@@ -205,7 +210,8 @@ def test_summary_bench_weights_version(env):
 
 def test_broken_pipe_is_quiet(env, photos):
     p = subprocess.Popen([sys.executable, "-m", "fastalex", "classify", photos, "--random-weights", "--json",
-                          "--batch-size", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--batch-size", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         errors="surrogateescape")
     p.stdout.readline()
     p.stdout.close()
     err = p.stderr.read()
