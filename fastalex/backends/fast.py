@@ -12,11 +12,11 @@ planes, pixel blocks, samples) and is compiled ``nogil`` and ``cache=True``.
 :func:`_parallel_for` runs the ranges on the cores: one range per thread, one fork and
 one join per operation.
 
-* **Convolution** is im2col + sgemm, done per (sample, block of output rows): pack the
-  input windows into a thread-private ``col`` of shape ``(C*kh*kw, rows*Wo)`` (rows in the
-  weight's ``(c, u, v)`` order), multiply each group's ``(out/groups, C/groups*kh*kw)``
-  weight view by its block of rows straight into the NCHW output (an ``(out/groups, pixels)``
-  block is already NCHW), then add bias and ReLU on that block while it is in cache.
+* **Convolution** is im2col + sgemm, done per (sample, block of output rows) and group: pack
+  the group's input windows into a thread-private ``col`` of shape ``(C/groups*kh*kw, rows*Wo)``
+  (rows in the weight's ``(c, u, v)`` order), multiply the group's ``(out/groups,
+  C/groups*kh*kw)`` weight view by it straight into the NCHW output (an ``(out/groups,
+  pixels)`` block is already NCHW), then add bias and ReLU on the block while it is in cache.
 * **Pooling** is separable: the window's input rows are reduced into a row buffer
   (contiguous, vectorizable), then each output cell reduces its columns.
 * **LRN** keeps a running sum of squares over the channel window for a block of pixels
@@ -186,9 +186,9 @@ def _blas_parallel_for(task, items: int, threads: int) -> None:
 # ----------------------------------------------------------------------------- convolution
 
 @njit(**_KERNEL)
-def _im2col(x, n, i0, i1, col, kh, kw, sh, sw, ph, pw, dh, dw, wo):
-    """Output rows ``[i0, i1)`` of sample ``n``:
-    ``col[(c*kh + u)*kw + v, (i - i0)*wo + j] = x[n, c, i*sh - ph + u*dh, j*sw - pw + v*dw]`` (0 outside).
+def _im2col(x, n, c0, i0, i1, col, kh, kw, sh, sw, ph, pw, dh, dw, wo):
+    """Input channels ``[c0, c0 + col.shape[0] // (kh*kw))`` and output rows ``[i0, i1)`` of sample ``n``:
+    ``col[(c*kh + u)*kw + v, (i - i0)*wo + j] = x[n, c0 + c, i*sh - ph + u*dh, j*sw - pw + v*dw]`` (0 outside).
 
     Indexing goes through flat views with unsigned offsets: Numba then skips its
     negative-index wraparound and the copies vectorize (3x faster than 4-D indexing).
@@ -206,7 +206,7 @@ def _im2col(x, n, i0, i1, col, kh, kw, sh, sw, ph, pw, dh, dw, wo):
         # output columns whose input column lies inside the image: [j0, j1)
         j0 = 0 if off_w >= 0 else min((-off_w + sw - 1) // sw, wo)
         j1 = min(max((W - 1 - off_w) // sw + 1, j0), wo)
-        plane = (n * C + c) * H * W
+        plane = (n * C + c0 + c) * H * W
         for i in range(i0, i1):
             ih = i * sh - ph + u * dh
             d = uint64(row * L + (i - i0) * wo)
@@ -265,7 +265,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     ho = conv_output_size(H, kh, sh, ph, dh)
     wo = conv_output_size(W, kw, sw, pw, dw)
-    P, K, kg, og = ho * wo, C * kh * kw, cin_g * kh * kw, O // groups
+    P, kg, og = ho * wo, cin_g * kh * kw, O // groups
     y = np.empty((N, O, ho, wo), np.float32)
     y3 = y.reshape(N, O, P)
     w = weight.reshape(groups, og, kg)                       # views, no copies
@@ -284,13 +284,13 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
             n, blk = divmod(item, blocks)
             i0, i1 = ho * blk // blocks, ho * (blk + 1) // blocks
             p0, p1 = i0 * wo, i1 * wo
-            if pointwise:                                    # the input already is ``col``
-                col = x3[n, :, p0:p1]
-            else:
-                col = _scratch.get(K * (p1 - p0)).reshape(K, p1 - p0)
-                _im2col(x, n, i0, i1, col, kh, kw, sh, sw, ph, pw, dh, dw, wo)
-            for g in range(groups):
-                np.matmul(w[g], col[g * kg:(g + 1) * kg], out=y3[n, g * og:(g + 1) * og, p0:p1])
+            for g in range(groups):                          # packed one group at a time,
+                if pointwise:                                # so a group costs what it would alone
+                    col = x3[n, g * cin_g:(g + 1) * cin_g, p0:p1]   # the input already is ``col``
+                else:
+                    col = _scratch.get(kg * (p1 - p0)).reshape(kg, p1 - p0)
+                    _im2col(x, n, g * cin_g, i0, i1, col, kh, kw, sh, sw, ph, pw, dh, dw, wo)
+                np.matmul(w[g], col, out=y3[n, g * og:(g + 1) * og, p0:p1])
             if epilogue:
                 _bias_relu(y3, n, p0, p1, b, relu)
 
