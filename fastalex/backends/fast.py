@@ -174,13 +174,16 @@ _single_threaded_blas = _SingleThreadedBlas()
 
 
 def _blas_parallel_for(task, items: int, threads: int) -> None:
-    """:func:`_parallel_for` for tasks that call BLAS: BLAS single-threaded inside the pool,
-    or everything in the calling thread (with BLAS's own threads) if that cannot be arranged."""
-    if threads <= 1 or items <= 1 or _blas_threads is None:
+    """:func:`_parallel_for` for tasks that call BLAS. BLAS runs single-threaded inside the
+    pool (and when the thread budget is one); if that cannot be arranged, everything runs in
+    the calling thread and BLAS threads the products itself."""
+    if _blas_threads is None:
         task(0, items)
-        return
-    with _single_threaded_blas:
-        _parallel_for(task, items, threads)
+    elif threads > 1 or numba.get_num_threads() == 1:
+        with _single_threaded_blas:
+            _parallel_for(task, items, threads)
+    else:  # small work: BLAS keeps its settings (it does not thread small products anyway)
+        task(0, items)
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -492,25 +495,26 @@ def local_response_norm(x, size, alpha, beta, k):
 # ----------------------------------------------------------------------------- dense and relu
 
 def linear(x, weight, bias, relu):
-    N = x.shape[0]
+    N, K = x.shape
     F = weight.shape[0]
     y = np.empty((N, F), np.float32)
 
-    def task(f0, f1):
-        out = y[:, f0:f1]
-        np.matmul(x, weight[f0:f1].T, out=out)   # weight.T is a view: read in place
+    def rows_cols(n0, n1, f0, f1):
+        out = y[n0:n1, f0:f1]
+        np.matmul(x[n0:n1], weight[f0:f1].T, out=out)   # weight.T is a view: read in place
         if bias is not None:
             out += bias[f0:f1]
         if relu:
             np.maximum(out, np.float32(0.0), out=out)
 
-    # one block of output features per thread, in multiples of 64 (whole cache lines of y)
-    threads = _num_threads(F // 64, N * F * weight.shape[1])
-    if threads <= 1:
-        task(0, F)
-    else:
+    # Split the output features in blocks of 64 (each thread streams its share of the
+    # weight, which is what bounds small batches); too few features: split the batch.
+    threads = _num_threads(max(F // 64, N), N * F * K)
+    if threads > 1 and F // 64 >= threads:
         bounds = [min(F, (F * t // threads + 63) // 64 * 64) for t in range(threads + 1)]
-        _blas_parallel_for(lambda a, b: task(bounds[a], bounds[b]), threads, threads)
+        _blas_parallel_for(lambda a, b: rows_cols(0, N, bounds[a], bounds[b]), threads, threads)
+    else:
+        _blas_parallel_for(lambda n0, n1: rows_cols(n0, n1, 0, F), N, threads)
     return y
 
 
