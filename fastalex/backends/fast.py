@@ -434,7 +434,7 @@ def adaptive_avg_pool2d(x, output_size):
 _LRN_BLOCK = 512  # pixels per item: the window's channel rows of a block stay in L1
 
 
-@njit(**_KERNEL)
+@njit(fastmath={"afn", "arcp", "contract"}, **_KERNEL)  # approximate sqrt/divide, still IEEE NaN/inf
 def _lrn(x, y, t0, t1, size, alpha, beta, k):
     """Items ``[t0, t1)`` of (sample, block of ``_LRN_BLOCK`` pixels), ``x`` and ``y`` ``(N, C, H*W)``:
     ``y[n, c, p] = x[n, c, p] / (k + alpha/size * sum_{j=c-size//2}^{c+(size-1)//2} x[n, j, p]^2) ** beta``.
