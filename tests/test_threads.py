@@ -163,3 +163,15 @@ def test_usable_in_a_forked_child():
 
 def _conv1_in_child():
     return _jobs()["conv1"]()
+
+
+def test_blas_threads_restored_after_concurrent_calls():
+    """The backend sets OpenBLAS to one thread only while its pool runs products."""
+    from fastalex.backends import fast
+
+    if fast._blas_threads is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads can be set")
+    before = fast._blas_threads[0]()
+    run_concurrently(_jobs(), rounds=2)
+    assert fast._blas_threads[0]() == before
+    assert fast._blas_users == 0

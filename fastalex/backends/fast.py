@@ -124,12 +124,24 @@ def _parallel_for(task, items: int, threads: int) -> None:
 
 # ----------------------------------------------------------------------------- BLAS threads
 
-def _find_openblas_threads():
-    """``(get, set)`` of the number of threads of NumPy's bundled OpenBLAS, or ``None``."""
+def _loaded_openblas_paths():
+    """NumPy's bundled OpenBLAS (wheels), then any OpenBLAS already mapped in this process."""
     libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    paths = sorted(glob.glob(os.path.join(libs_dir, "*openblas*")))
+    try:
+        with open("/proc/self/maps") as maps:
+            paths += sorted({line.split()[-1] for line in maps
+                             if "openblas" in line.rsplit("/", 1)[-1].lower()})
+    except OSError:  # not Linux
+        pass
+    return paths
+
+
+def _find_openblas_threads():
+    """``(get, set)`` of the number of threads of NumPy's OpenBLAS, or ``None`` (other BLAS)."""
     names = ("scipy_openblas{}_num_threads64_", "scipy_openblas{}_num_threads_64_",
              "scipy_openblas{}_num_threads", "openblas{}_num_threads64_", "openblas{}_num_threads")
-    for path in sorted(glob.glob(os.path.join(libs_dir, "*openblas*"))):
+    for path in _loaded_openblas_paths():
         try:
             lib = ctypes.CDLL(path)
         except OSError:
