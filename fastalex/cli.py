@@ -190,12 +190,10 @@ def load_model(args):
     if args.num_classes is not None and args.num_classes != num_classes:
         raise UsageError(f"--num-classes {args.num_classes} but the weights file {args.weights} "
                          f"has {num_classes} classes")
-    model = alexnet(variant, num_classes=num_classes, backend=args.backend)
     try:
-        model.load_state_dict(state)
+        return alexnet(variant, num_classes=num_classes, weights=state, backend=args.backend)
     except ValueError as exc:
         raise UsageError(f"weights file {args.weights} does not fit the {variant} AlexNet: {exc}") from None
-    return model
 
 
 def _format_prediction(pred, width):

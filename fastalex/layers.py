@@ -103,10 +103,18 @@ class _Parametric(Layer):
             object.__setattr__(self, name, value)
 
     def _init_params(self, weight, bias, use_bias, fan_in, rng):
-        """He-normal weights from a seeded RNG (``std = sqrt(2 / fan_in)``) and zero biases."""
-        if weight is None:
-            weight = _rng(rng).standard_normal(self.weight_shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
-        self.weight = weight
+        """He-normal weights from a seeded RNG (``std = sqrt(2 / fan_in)``) and zero biases.
+
+        ``rng=None`` leaves zero placeholders (free until written: the pages are never touched)
+        for parameters that are about to be loaded from a weights file.
+        """
+        if weight is None and rng is None:
+            object.__setattr__(self, "weight", np.zeros(self.weight_shape, np.float32))
+        else:
+            if weight is None:
+                weight = _rng(rng).standard_normal(self.weight_shape, dtype=np.float32)
+                weight *= np.float32(math.sqrt(2.0 / fan_in))
+            self.weight = weight
         if bias is None and use_bias:
             bias = np.zeros(self.weight_shape[0], np.float32)
         self.bias = bias
@@ -116,7 +124,7 @@ class Conv2D(_Parametric):
     """2-D convolution over ``(C, H, W)`` maps; weight ``(out, in/groups, kh, kw)``.
 
     ``Conv2D(3, 96, 11, stride=4, activation="relu")``. Weights are He-normal from ``rng``
-    (a seed or a ``numpy.random.Generator``) unless given.
+    (a seed or a ``numpy.random.Generator``) unless given; ``rng=None`` leaves zeros.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,

@@ -204,8 +204,8 @@ class Sequential(L.Layer):
                 if not np.isfinite(arr).all():
                     raise ValueError(f"load_state_dict: {key} contains NaN/inf values")
                 staged.append((layer, p, arr))
-        for layer, p, arr in staged:
-            setattr(layer, p, arr)
+        for layer, p, arr in staged:  # shapes and values are checked above: assign directly
+            object.__setattr__(layer, p, arr)
         return result
 
     def extra_repr(self):
@@ -285,7 +285,8 @@ class Model(Sequential):
     """A :class:`Sequential` built from a spec, with prediction, a summary and preprocessing info."""
 
     def __init__(self, spec, seed=0, backend=None):
-        rng = np.random.default_rng(seed)
+        # seed=None: zero placeholders for weights that are about to be loaded (no 1 s of RNG)
+        rng = None if seed is None else np.random.default_rng(seed)
         super().__init__(_build_children(spec["layers"], rng))
         self.spec = spec
         self.variant = spec.get("variant", "custom")
@@ -364,7 +365,7 @@ def alexnet(variant="original", num_classes=1000, weights=None, backend=None, se
     """An AlexNet.
 
     ``variant``: ``"original"`` (the 2012 paper: LRN, groups, 227x227) or ``"torchvision"``
-    (224x224, the published ImageNet weights). ``weights``: None (seeded He-normal init),
+    (224x224, the published ImageNet weights). ``weights``: None (He-normal init from ``seed``),
     ``"imagenet"`` (torchvision's published weights, downloaded once and cached), a path to a
     ``.npz``/``.pth`` file, or a state dict. ``backend``: ``"numba"``, ``"numpy"`` or None
     (the process default).
@@ -374,8 +375,10 @@ def alexnet(variant="original", num_classes=1000, weights=None, backend=None, se
                          + ", ".join(repr(v) for v in VARIANTS))
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"alexnet: num_classes must be a positive int, got {num_classes!r}")
-    model = Model(VARIANTS[variant](num_classes), seed=seed, backend=backend)
-    if weights is not None:
-        from .weights import resolve_weights
-        model.load_state_dict(resolve_weights(weights, variant=variant))
+    if weights is None:
+        return Model(VARIANTS[variant](num_classes), seed=seed, backend=backend)
+    from .weights import resolve_weights
+    state = resolve_weights(weights, variant=variant)
+    model = Model(VARIANTS[variant](num_classes), seed=None, backend=backend)
+    model.load_state_dict(state)  # strict: every parameter is replaced
     return model

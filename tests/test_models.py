@@ -154,3 +154,14 @@ def test_a_new_variant_is_a_new_spec():
     bad["layers"][1] = ("avgpool", ("Mystery", {}))
     with pytest.raises(ValueError, match="unknown layer type 'Mystery'"):
         build(bad)
+
+
+def test_loading_weights_skips_the_random_init(tmp_path):
+    source = fastalex.alexnet("torchvision", num_classes=4, seed=5)
+    path = tmp_path / "w.npz"
+    fastalex.save_weights(source, path)
+    loaded = fastalex.alexnet("torchvision", num_classes=4, weights=str(path), seed=123)
+    for key, value in source.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value)
+    placeholder = fastalex.build(torchvision_spec(4), seed=None)  # what alexnet() builds before loading
+    assert not placeholder.state_dict()["classifier.1.weight"].any()
