@@ -219,3 +219,26 @@ def test_alexnet_linear(fin, fout):
     x, w, b = _array(16, (2, fin)), _array(17, (fout, fin)) * np.float32(0.01), _array(18, (fout,))
     assert_agree(*both("linear", x, w, b, "relu"), f"linear {fin}->{fout}")
     assert_agree(*both("linear", x[0], w, b), f"linear single {fin}->{fout}")
+
+
+# ----------------------------------------------------------------------------- compiled versions
+
+def test_one_compiled_version_per_kernel():
+    """Read-only inputs, no bias, ReLU on or off, odd sizes: every kernel keeps one signature
+    (each extra one would cost a compilation at start-up)."""
+    from fastalex.backends import fast
+
+    x, w, b = _array(20, (2, 4, 9, 10)), _array(21, (6, 2, 3, 3)), _array(22, (6,))
+    ro_x, ro_b = x.copy(), b.copy()
+    ro_x.flags.writeable = ro_b.flags.writeable = False
+    for xx, bb, act in ((x, b, "relu"), (ro_x, ro_b, None), (ro_x, None, "relu")):
+        assert_agree(*both("conv2d", xx, w, bb, 1, 1, 1, 2, activation=act), "conv2d")
+        assert_agree(*both("max_pool2d", xx, 3, 2, 1, True), "max_pool2d")
+        assert_agree(*both("avg_pool2d", xx, 3, 2, 1, False, False), "avg_pool2d")
+        assert_agree(*both("adaptive_avg_pool2d", xx, (3, 4)), "adaptive_avg_pool2d")
+        assert_agree(*both("local_response_norm", xx, 3, 1e-3, 0.75, 1.0), "lrn")
+        assert_agree(*both("local_response_norm", xx, 4, 1e-3, 0.5, 1.0), "lrn")
+        assert_agree(*both("relu", xx), "relu")
+    kernels = [fast._im2col, fast._bias_relu, fast._max_pool, fast._avg_pool,
+               fast._adaptive_avg_pool, fast._lrn, fast._relu]
+    assert {k.__name__: len(k.signatures) for k in kernels} == {k.__name__: 1 for k in kernels}

@@ -64,6 +64,13 @@ _KERNEL = dict(cache=True, nogil=True, error_model="numpy")
 
 _NO_BIAS = np.zeros(0, np.float32)  # "no bias" as an array: one kernel signature, not two
 
+
+def _writable(a):
+    """``a``, or a copy if it is read-only: Numba compiles a second version of a kernel for
+    read-only arrays (memory-mapped weights, ``np.frombuffer`` images)."""
+    return a if a.flags.writeable else a.copy()
+
+
 # Below this many multiply-adds (or element visits) an operation runs in the calling thread:
 # handing work to another thread costs some tens of microseconds.
 _MIN_PARALLEL_WORK = 1 << 16
@@ -284,7 +291,8 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
     y = np.empty((N, O, ho, wo), np.float32)
     y3 = y.reshape(N, O, P)
     w = weight.reshape(groups, og, kg)                       # views, no copies
-    b = _NO_BIAS if bias is None else bias
+    b = _NO_BIAS if bias is None else _writable(bias)
+    x = _writable(x)
     epilogue = bias is not None or relu
     pointwise = kh == 1 and kw == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0)
     x3 = x.reshape(N, C, H * W)
@@ -414,6 +422,7 @@ def _pool_output(x, kernel, stride, padding, ceil_mode):
 
 
 def _planes_parallel_for(kernel, x, y, window, *args):
+    x = _writable(x)
     N, C = x.shape[:2]
     planes = N * C
     threads = _num_threads(planes, y.size * window + x.size)
@@ -495,6 +504,7 @@ def _lrn(x, y, t0, t1, size, alpha, beta, k):
 
 
 def local_response_norm(x, size, alpha, beta, k):
+    x = _writable(x)
     N, C, H, W = x.shape
     y = np.empty_like(x)
     x3, y3 = x.reshape(N, C, H * W), y.reshape(N, C, H * W)
@@ -539,6 +549,7 @@ def _relu(x, y, i0, i1):
 
 
 def relu(x):
+    x = _writable(x)
     y = np.empty_like(x)
     xf, yf = x.reshape(-1), y.reshape(-1)
     threads = _num_threads(xf.size, xf.size // 4)
