@@ -27,11 +27,11 @@ def work_split(request):
     every op split across the threads, however small (needs 2+ threads to mean anything)."""
     from fastalex.backends import fast
 
-    saved = fast._MIN_PARALLEL_WORK
+    saved = fast._MIN_THREAD_NS
     if request.param == "always-split":
-        fast._MIN_PARALLEL_WORK = 1
+        fast._MIN_THREAD_NS = 1
     yield request.param
-    fast._MIN_PARALLEL_WORK = saved
+    fast._MIN_THREAD_NS = saved
 
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

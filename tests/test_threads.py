@@ -115,12 +115,12 @@ def test_numba_num_threads_is_respected():
         F.local_response_norm(np.ones((1, 64, 64, 64), np.float32), 5, backend="numba")
         from fastalex.backends import fast
         print("threads", numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-        print("pool", fast._pool)
+        print("workers", fast._created)
     """
     proc = _python(code, {"NUMBA_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "threads 1 1" in proc.stdout
-    assert "pool None" in proc.stdout  # every kernel ran in the calling thread
+    assert "workers 0" in proc.stdout  # every kernel ran in the calling thread
 
 
 def test_set_num_threads_is_respected(monkeypatch):
@@ -135,11 +135,11 @@ def test_set_num_threads_is_respected(monkeypatch):
     expected = {name: job() for name, job in jobs.items()}
     before = numba.get_num_threads()
 
-    def no_pool():
-        raise AssertionError("work was handed to the thread pool with numba.set_num_threads(1)")
+    def no_pool(wanted):
+        raise AssertionError("work was handed to other threads with numba.set_num_threads(1)")
 
     numba.set_num_threads(1)
-    monkeypatch.setattr(fast, "_get_pool", no_pool)
+    monkeypatch.setattr(fast, "_take_workers", no_pool)
     try:
         for name, job in jobs.items():
             assert_agree(job(), expected[name], name)
@@ -150,7 +150,7 @@ def test_set_num_threads_is_respected(monkeypatch):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_usable_in_a_forked_child():
-    """The pool's threads do not survive a fork: the child must start its own, not hang."""
+    """The worker threads do not survive a fork: the child must start its own, not hang."""
     import multiprocessing
 
     jobs = _jobs()
