@@ -12,7 +12,7 @@ planes, pixel blocks, samples) and is compiled ``nogil`` and ``cache=True``.
 :func:`_parallel_for` runs the ranges on the cores: one range per thread, one fork and
 one join per operation.
 
-* **Convolution** is im2col + sgemm, done per (sample, block of output rows) and group: pack
+* **Convolution** is im2col + sgemm, done per (sample, group, block of output rows): pack
   the group's input windows into a thread-private ``col`` of shape ``(C/groups*kh*kw, rows*Wo)``
   (rows in the weight's ``(c, u, v)`` order), multiply the group's ``(out/groups,
   C/groups*kh*kw)`` weight view by it straight into the NCHW output (an ``(out/groups,
@@ -302,12 +302,11 @@ def _im2col(x, n, c0, i0, i1, col, kh, kw, sh, sw, ph, pw, dh, dw, wo):
 
 
 @njit(**_KERNEL)
-def _bias_relu(y, n, p0, p1, bias, relu):
-    """In place on pixels ``[p0, p1)`` of sample ``n`` of ``y`` ``(N, C, P)``: add ``bias[c]``
-    (if any), then ``max(., 0)`` if ``relu`` (NaN stays NaN, as with ``np.maximum``)."""
-    C = y.shape[1]
+def _bias_relu(y, n, c0, c1, p0, p1, bias, relu):
+    """In place on channels ``[c0, c1)``, pixels ``[p0, p1)`` of sample ``n`` of ``y`` ``(N, C, P)``:
+    add ``bias[c]`` (if any), then ``max(., 0)`` if ``relu`` (NaN stays NaN, as ``np.maximum``)."""
     has_bias = bias.shape[0] > 0
-    for c in range(C):
+    for c in range(c0, c1):
         row = y[n, c]
         b = bias[c] if has_bias else np.float32(0.0)
         if relu:
@@ -349,27 +348,33 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
     pointwise = kh == 1 and kw == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0)
     x3 = x.reshape(N, C, H * W)
 
-    # Work items: whole samples when there are a few per thread, else (sample, block of
-    # output rows) with a few blocks per thread.
-    threads = _num_threads(N * ho, N * P * O * kg / 30)    # ~30 multiply-adds per ns
-    blocks = 1 if N >= 4 * threads else min(ho, threads)
+    # Work items: (sample, group, block of output rows). One block while there are a few
+    # (sample, group) pairs per thread or they share out evenly (a whole group keeps its
+    # product large: fewer, bigger sgemm calls), else one block of rows per thread, or more
+    # if the blocks stay large (>= 384 pixels): then a thread that wakes late takes fewer.
+    threads = _num_threads(N * groups * ho, N * P * O * kg / 30)    # ~30 multiply-adds per ns
+    units = N * groups
+    if units >= 4 * threads or units % threads == 0:
+        blocks = 1
+    else:
+        blocks = min(ho, max(threads, P // 384))
 
     def task(start, stop):
         for item in range(start, stop):
-            n, blk = divmod(item, blocks)
+            unit, blk = divmod(item, blocks)
+            n, g = divmod(unit, groups)
             i0, i1 = ho * blk // blocks, ho * (blk + 1) // blocks
             p0, p1 = i0 * wo, i1 * wo
-            for g in range(groups):                          # packed one group at a time,
-                if pointwise:                                # so a group costs what it would alone
-                    col = x3[n, g * cin_g:(g + 1) * cin_g, p0:p1]   # the input already is ``col``
-                else:
-                    col = _scratch.get(kg * (p1 - p0)).reshape(kg, p1 - p0)
-                    _im2col(x, n, g * cin_g, i0, i1, col, kh, kw, sh, sw, ph, pw, dh, dw, wo)
-                np.matmul(w[g], col, out=y3[n, g * og:(g + 1) * og, p0:p1])
+            if pointwise:                                    # the input already is ``col``
+                col = x3[n, g * cin_g:(g + 1) * cin_g, p0:p1]
+            else:
+                col = _scratch.get(kg * (p1 - p0)).reshape(kg, p1 - p0)
+                _im2col(x, n, g * cin_g, i0, i1, col, kh, kw, sh, sw, ph, pw, dh, dw, wo)
+            np.matmul(w[g], col, out=y3[n, g * og:(g + 1) * og, p0:p1])
             if epilogue:
-                _bias_relu(y3, n, p0, p1, b, relu)
+                _bias_relu(y3, n, g * og, (g + 1) * og, p0, p1, b, relu)
 
-    _blas_parallel_for(task, N * blocks, threads)
+    _blas_parallel_for(task, units * blocks, threads)
     return y
 
 
