@@ -73,9 +73,9 @@ def _writable(a):
     return a if a.flags.writeable else a.copy()
 
 
-# Each thread gets at least this much work (estimated nanoseconds on one core): handing work
-# to a sleeping thread and back costs ~100 us in a small VM (~20 us on bare metal).
-_MIN_THREAD_NS = 100_000
+# Each thread gets at least this much work (estimated nanoseconds on one core): waking a
+# sleeping thread and hearing back costs 0.1-0.3 ms in a small VM (~20 us on bare metal).
+_MIN_THREAD_NS = 400_000
 
 
 # ----------------------------------------------------------------------------- threads
@@ -566,7 +566,7 @@ def local_response_norm(x, size, alpha, beta, k):
     y = np.empty_like(x)
     x3, y3 = x.reshape(N, C, H * W), y.reshape(N, C, H * W)
     items = N * ((H * W + _LRN_BLOCK - 1) // _LRN_BLOCK)
-    threads = _num_threads(items, 1.5 * x.size)
+    threads = _num_threads(items, 1.3 * x.size)
     _parallel_for(lambda t0, t1: _lrn(x3, y3, t0, t1, size, alpha, beta, k), items, threads)
     return y
 
