@@ -28,19 +28,24 @@ one join per operation.
 
 Threads
 -------
-The threads are a small pool of Python threads running ``nogil`` kernels and
-single-threaded BLAS calls, sized by ``numba.get_num_threads()`` at each call (so
-``NUMBA_NUM_THREADS`` and ``numba.set_num_threads`` apply to the whole backend). Why not
-``parallel=True`` kernels: measured on a busy 2-core machine, Numba's OpenMP layer spins and
-pays a scheduler tick (4-8 ms) per launch whenever another process holds a core, its
-``workqueue`` layer aborts on concurrent launches, and OpenBLAS's own threads fight both;
-one pool that sleeps when idle, with BLAS single-threaded inside it, has none of these
-problems and is as fast on an idle machine. No Numba parallel launch happens, so any
-number of Python threads may call the backend at once.
+The kernels are serial loops over a range, compiled ``nogil``; the threads are a few
+Python threads that wait on a lock for work, sized by ``numba.get_num_threads()`` at each
+call (so ``NUMBA_NUM_THREADS`` and ``numba.set_num_threads`` apply to the whole backend,
+BLAS included). A range is cut into chunks the threads take in turn, and work goes to
+another thread only when each gets at least ``_MIN_THREAD_NS`` of it.
 
-While the pool runs matrix products, OpenBLAS (NumPy's) is set to one thread (reference
-counted across concurrent calls and restored afterwards). When NumPy's BLAS cannot be
-controlled that way, products run in the calling thread and BLAS threads them itself.
+Why not ``parallel=True`` kernels: measured on this busy 2-core VM, Numba's OpenMP layer
+spins and pays a scheduler tick (4-8 ms) per launch whenever another process holds a core
+(AlexNet batch 1: 415-475 ms a forward pass with ``parallel=True`` kernels, 65-77 ms with
+this pool, same load), its ``workqueue`` layer aborts on concurrent launches, and
+OpenBLAS's own threads fight both. With no Numba parallel launch at all, any number of
+Python threads may call the backend at once; a caller that finds the workers busy does
+the work itself.
+
+While the workers run matrix products, NumPy's OpenBLAS is set to one thread (reference
+counted across concurrent calls, restored afterwards; other threads' NumPy products are
+single-threaded meanwhile). When NumPy's BLAS cannot be controlled that way, products run
+in the calling thread and BLAS threads them itself.
 """
 
 from __future__ import annotations
@@ -81,8 +86,8 @@ _MIN_THREAD_NS = 400_000
 # ----------------------------------------------------------------------------- threads
 
 class _Worker:
-    """A thread that sleeps on a lock until it is handed a task (a lock handoff is the
-    cheapest wake-up CPython has: about half of a ``ThreadPoolExecutor`` round trip)."""
+    """A thread that sleeps on a lock until it is handed a task (a bare lock handoff: no
+    queue or future objects, a little cheaper than ``ThreadPoolExecutor``)."""
 
     def __init__(self, index):
         self.go, self.done = threading.Lock(), threading.Lock()
