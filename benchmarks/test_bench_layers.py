@@ -4,7 +4,7 @@ Implementations: the two fastalex backends (``numba``, ``numpy``) and the peers
 (``torch``, skipped when not installed); see ``benchmarks/conftest.py``. ``benchmark.group``
 is ``"<layer> batch=<n>"`` so they sit side by side under ``--benchmark-group-by=group``::
 
-    pytest benchmarks/test_layers.py --benchmark-group-by=group \\
+    pytest benchmarks/test_bench_layers.py --benchmark-group-by=group \\
         --benchmark-columns=median,min,rounds --benchmark-sort=name
 
 Every benchmark first checks that the two backends agree on its input (and that a peer

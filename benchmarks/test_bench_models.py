@@ -4,7 +4,7 @@ Every benchmark first checks that its implementation agrees with the NumPy refer
 same input and weights, then times. Peers (PyTorch, ONNX Runtime) run the same model with the
 same weights on the same number of threads, and skip when not installed.
 
-    pytest benchmarks/test_models.py --benchmark-group-by=group --benchmark-columns=median,min,rounds
+    pytest benchmarks/test_bench_models.py --benchmark-group-by=group --benchmark-columns=median,min,rounds
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 
 import fastalex
-from conftest import assert_agree
-
 from model_peers import onnx_session, torch_model
 
 VARIANTS = ("original", "torchvision")
@@ -70,7 +68,7 @@ def implementation(variant, impl):
 @pytest.mark.parametrize("n", BATCHES)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_forward(benchmark, variant, n, impl):
+def test_forward(benchmark, assert_agree, variant, n, impl):
     if impl in ("torch", "onnxruntime"):
         pytest.importorskip(impl)
         if impl == "onnxruntime":
