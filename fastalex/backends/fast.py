@@ -74,24 +74,32 @@ def _writable(a):
 
 
 @njit(**_SER)
-def _im2col_row(xf, cf, row, n, C, H, W, c0, i0, i1, L, kh, kw, sh, sw, ph, pw, dh, dw, wo):
+def _im2col_row(xf, cf, base, row, n, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
+    """One row of the packed matrix for sample ``n``: ``cf[base + i*wo + j] =
+    x[n, c, i*sh - ph + u*dh, j*sw - pw + v*dw]`` (0 outside the input), where
+    ``row = (c*kh + u)*kw + v`` is the weight's ``(c, u, v)`` order.
+
+    ``xf`` and ``cf`` are flat views indexed with unsigned offsets: Numba then skips its
+    negative-index wraparound and the copies vectorize (3x faster than 4-D indexing).
+    """
     c = row // (kh * kw)
     u = (row // kw) % kh
     v = row % kw
     off_w = v * dw - pw
+    # output columns whose input column lies inside the image: [j0, j1)
     j0 = 0 if off_w >= 0 else min((-off_w + sw - 1) // sw, wo)
     j1 = min(max((W - 1 - off_w) // sw + 1, j0), wo)
-    plane = (n * C + c0 + c) * H * W
-    for i in range(i0, i1):
+    plane = (n * C + c) * H * W
+    for i in range(ho):
         ih = i * sh - ph + u * dh
-        d = uint64(row * L + (i - i0) * wo)
+        d = uint64(base + i * wo)
         if ih < 0 or ih >= H:
             for j in range(wo):
                 cf[d + uint64(j)] = 0.0
             continue
         for j in range(j0):
             cf[d + uint64(j)] = 0.0
-        s = plane + ih * W + off_w
+        s = plane + ih * W + off_w          # s + j*sw >= 0 for j >= j0
         if sw == 1:
             for j in range(j0, j1):
                 cf[d + uint64(j)] = xf[uint64(s + j)]
@@ -104,7 +112,8 @@ def _im2col_row(xf, cf, row, n, C, H, W, c0, i0, i1, L, kh, kw, sh, sw, ph, pw, 
 
 @njit(**_PAR)
 def _im2col(x, n0, n1, col, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
-    """col[row, s*P + i*wo + j] for samples s in [0, n1-n0): one matrix (K, nb*P) for one sgemm."""
+    """Pack samples ``[n0, n1)`` into ``col`` ``(C*kh*kw, (n1-n0)*ho*wo)``: column ``s*P + i*wo + j``
+    holds output pixel ``(i, j)`` of sample ``n0 + s``, so one sgemm per group covers the chunk."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     K = col.shape[0]
     P = ho * wo
@@ -113,9 +122,8 @@ def _im2col(x, n0, n1, col, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
     cf = col.reshape(-1)
     for t in prange(K * nb):
         row, s = t // nb, t % nb
-        base = row * nb * P + s * P
-        _im2col_row(xf, cf[base - row * P:base - row * P + K * P], row, n0 + s, C, H, W, 0, 0, ho, P,
-                    kh, kw, sh, sw, ph, pw, dh, dw, wo)
+        _im2col_row(xf, cf, row * nb * P + s * P, row, n0 + s, C, H, W,
+                    kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
 
 
 @njit(**_PAR)
