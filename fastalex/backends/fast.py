@@ -195,6 +195,8 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
 
 @njit(**_SER)
 def _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r):
+    """Plane ``r`` of ``(N*C)``: ``y[n, c, i, j]`` = max of ``x[n, c]`` over the window, rows
+    first into a row buffer, then columns (padding never wins; NaN propagates, as in torch)."""
     N, C, H, W = x.shape
     ho, wo = y.shape[2], y.shape[3]
     n, c = r // C, r % C
@@ -225,6 +227,7 @@ def _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r):
 
 @njit(**_PAR)
 def _max_pool(x, y, kh, kw, sh, sw, ph, pw):
+    """Every image plane in parallel."""
     for r in prange(x.shape[0] * x.shape[1]):
         _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r)
 
@@ -244,6 +247,9 @@ def max_pool2d(x, kernel, stride, padding, ceil_mode):
 
 @njit(**_SER)
 def _avg_pool_item(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, r):
+    """Plane ``r``: window sum / divisor with torch's divisor: the window's cells inside the
+    zero-padded input with ``count_include_pad`` (never the extra ``ceil_mode`` margin), else
+    only its cells inside the input."""
     N, C, H, W = x.shape
     ho, wo = y.shape[2], y.shape[3]
     n, c = r // C, r % C
@@ -276,6 +282,7 @@ def _avg_pool_item(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, r):
 
 @njit(**_PAR)
 def _avg_pool(x, y, kh, kw, sh, sw, ph, pw, count_include_pad):
+    """Every image plane in parallel."""
     for r in prange(x.shape[0] * x.shape[1]):
         _avg_pool_item(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, r)
 
@@ -289,6 +296,8 @@ def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad):
 
 @njit(**_SER)
 def _adaptive_avg_pool_item(x, y, r):
+    """Plane ``r``: ``y[n, c, i, j]`` = mean of rows ``[floor(i*H/oh), ceil((i+1)*H/oh))`` and the
+    columns alike (float64 accumulator: adaptive windows can be large)."""
     N, C, H, W = x.shape
     oh, ow = y.shape[2], y.shape[3]
     n, c = r // C, r % C
@@ -308,6 +317,7 @@ def _adaptive_avg_pool_item(x, y, r):
 
 @njit(**_PAR)
 def _adaptive_avg_pool(x, y):
+    """Every image plane in parallel."""
     for r in prange(x.shape[0] * x.shape[1]):
         _adaptive_avg_pool_item(x, y, r)
 
@@ -398,6 +408,7 @@ def linear(x, weight, bias, relu):
 
 @njit(**_PAR)
 def _relu(x, y):
+    """``y[i] = max(x[i], 0)`` on flat arrays (NaN propagates, as in NumPy)."""
     for i in prange(x.size):
         v = x[i]
         y[i] = np.float32(0.0) if v < 0.0 else v
