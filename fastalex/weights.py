@@ -247,63 +247,51 @@ _HOW_TO = ("To use a local copy instead, pass weights='path/to/alexnet-owt-7be5b
 
 
 def _fetch(url: str, dest: Path, progress: bool):
-    """Download ``url`` to ``dest`` via a ``.part`` file, verifying length and hash prefix."""
+    """Download ``url`` to ``dest`` through :func:`_atomic_write` (a ``.part`` file renamed into
+    place only when complete), verifying the length and the hash prefix in the file name."""
     expected = _hash_prefix(dest.name)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+
+    def download(out):
         sha = hashlib.sha256()
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": "fastalex"})
-            with urllib.request.urlopen(request, timeout=_TIMEOUT) as response, os.fdopen(fd, "wb") as out:
-                fd = None
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                from tqdm import tqdm
-                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                          disable=not progress, desc=dest.name, leave=True) as bar:
-                    done = 0
-                    while True:
-                        chunk = response.read(_CHUNK)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        sha.update(chunk)
-                        done += len(chunk)
-                        bar.update(len(chunk))
-                if total is not None and done != total:
-                    raise WeightsUnavailableError(
-                        f"download of {url} was interrupted: got {done} of {total} bytes. {_HOW_TO}")
-                out.flush()
-                os.fsync(out.fileno())
-        except WeightsUnavailableError:
-            raise
-        except urllib.error.HTTPError as exc:
-            raise WeightsUnavailableError(f"cannot download {url}: HTTP {exc.code} {exc.reason}. {_HOW_TO}") from None
-        except urllib.error.URLError as exc:  # refused, DNS, no route: most likely offline
-            raise WeightsUnavailableError(f"cannot download {url} ({exc.reason}); are you offline? "
-                                          f"{_HOW_TO}") from None
-        except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
-            raise WeightsUnavailableError(f"download of {url} was interrupted ({type(exc).__name__}: "
-                                          f"{exc}). {_HOW_TO}") from None
-        except OSError as exc:  # the cache side: disk full, permissions
-            raise WeightsUnavailableError(f"cannot save the download of {url} in {dest.parent} ({exc}); "
-                                          "set FASTALEX_HOME to a writable directory with room") from None
-        except ValueError as exc:
-            raise WeightsUnavailableError(f"cannot download {url!r}: {exc}. {_HOW_TO}") from None
+        request = urllib.request.Request(url, headers={"User-Agent": "fastalex"})
+        with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            from tqdm import tqdm
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                      disable=not progress, desc=dest.name, leave=True) as bar:
+                done = 0
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    sha.update(chunk)
+                    done += len(chunk)
+                    bar.update(len(chunk))
+        if total is not None and done != total:
+            raise WeightsUnavailableError(
+                f"download of {url} was interrupted: got {done} of {total} bytes. {_HOW_TO}")
         digest = sha.hexdigest()
         if expected is not None and not digest.startswith(expected):
             raise WeightsUnavailableError(
                 f"download of {url} is corrupt: its SHA-256 is {digest}, but the file name says it "
                 f"starts with {expected}. The download was deleted. {_HOW_TO}")
-        os.replace(tmp, dest)
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+
+    try:
+        _atomic_write(dest, download)
+    except WeightsUnavailableError:
         raise
+    except urllib.error.HTTPError as exc:
+        raise WeightsUnavailableError(f"cannot download {url}: HTTP {exc.code} {exc.reason}. {_HOW_TO}") from None
+    except urllib.error.URLError as exc:  # refused, DNS, no route: most likely offline
+        raise WeightsUnavailableError(f"cannot download {url} ({exc.reason}); are you offline? "
+                                      f"{_HOW_TO}") from None
+    except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+        raise WeightsUnavailableError(f"download of {url} was interrupted ({type(exc).__name__}: "
+                                      f"{exc}). {_HOW_TO}") from None
+    except OSError as exc:  # the cache side: disk full, permissions
+        raise WeightsUnavailableError(f"cannot save the download of {url} in {dest.parent} ({exc}); "
+                                      "set FASTALEX_HOME to a writable directory with room") from None
+    except ValueError as exc:
+        raise WeightsUnavailableError(f"cannot download {url!r}: {exc}. {_HOW_TO}") from None
 
 
 def download_imagenet(url=None, progress=None, force=False) -> Path:
