@@ -50,8 +50,8 @@ class Layer:
     def __init__(self):
         self.backend = None
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, x, *args, **kwargs):
+        return self.forward(x, *args, **kwargs)
 
     def forward(self, x):  # pragma: no cover - every concrete layer overrides it
         raise NotImplementedError
@@ -141,9 +141,10 @@ class Conv2D(_Parametric):
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
         self._init_params(weight, bias_value, bias, fan_in, rng)
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
+        """``activation`` (None or ``"relu"``) is applied on top of the layer's own, fused."""
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups, self.activation, backend=self.backend)
+                        self.groups, activation or self.activation, backend=self.backend)
 
     def output_shape(self, input_shape):
         c, h, w = _expect_image(self, input_shape)
@@ -182,8 +183,9 @@ class Dense(_Parametric):
         self.weight_shape = (out_features, in_features)
         self._init_params(weight, bias_value, bias, in_features, rng)
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias, self.activation, backend=self.backend)
+    def forward(self, x, activation=None):
+        """``activation`` (None or ``"relu"``) is applied on top of the layer's own, fused."""
+        return F.linear(x, self.weight, self.bias, activation or self.activation, backend=self.backend)
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):

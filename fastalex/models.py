@@ -28,6 +28,14 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
 
 # ----------------------------------------------------------------------------- specs (data)
 
+def _alexnet_aliases(pool5):
+    """Short names for :meth:`Model.extract`, as Caffe names its blobs: ``fc6``/``fc7`` are the
+    dense layers' outputs *after* their ReLU (Caffe's ReLUs run in place); ``fc8``/``logits``
+    are the raw class scores; ``pool5`` is the last pooling (before flattening)."""
+    return {"pool5": pool5, "fc6": "classifier.2", "fc7": "classifier.5",
+            "fc8": "classifier.6", "logits": "classifier.6"}
+
+
 def original_spec(num_classes: int = 1000) -> dict:
     """The 2012 paper's AlexNet (Krizhevsky, Sutskever & Hinton): 3x227x227 in, 60,965,224 params."""
     lrn = ("LocalResponseNorm", dict(size=5, alpha=1e-4, beta=0.75, k=2.0))
@@ -37,6 +45,7 @@ def original_spec(num_classes: int = 1000) -> dict:
         "variant": "original",
         "input_shape": (3, 227, 227),
         "preprocess": {"resize": 256, "crop": 227, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        "aliases": _alexnet_aliases(pool5="features.14"),
         "layers": [
             ("features", [
                 ("Conv2D", dict(in_channels=3, out_channels=96, kernel_size=11, stride=4)), relu, lrn, pool,
@@ -64,6 +73,7 @@ def torchvision_spec(num_classes: int = 1000) -> dict:
         "variant": "torchvision",
         "input_shape": (3, 224, 224),
         "preprocess": {"resize": 256, "crop": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        "aliases": _alexnet_aliases(pool5="features.12"),
         "layers": [
             ("features", [
                 ("Conv2D", dict(in_channels=3, out_channels=64, kernel_size=11, stride=4, padding=2)), relu, pool,
@@ -105,23 +115,34 @@ class Sequential(L.Layer):
         self.children = [(str(name), layer) for name, layer in children]
 
     # -- running
-    def _plan(self):
-        """The layers to run, with conv/dense + ReLU pairs fused."""
-        steps, i, kids = [], 0, [layer for _, layer in self.children]
-        while i < len(kids):
-            layer = kids[i]
-            fusable = isinstance(layer, (L.Conv2D, L.Dense)) and layer.activation is None
-            if fusable and i + 1 < len(kids) and type(kids[i + 1]) is L.ReLU:
-                steps.append(_fused_relu(layer))
+    def _plan(self, keep=()):
+        """The steps to run, planned once: ``(names, layer, activation)`` per step.
+
+        ``names`` are the dotted names of the leaf layers a step covers. A convolution or dense
+        layer directly followed by a ``ReLU`` runs as one fused step (``activation="relu"``),
+        unless its own output is wanted (``keep``, for :meth:`extract`).
+        """
+        keep = frozenset(keep)
+        cache = self.__dict__.setdefault("_plans", {})
+        if keep in cache:
+            return cache[keep]
+        leaves, steps, i = list(self.named_layers()), [], 0
+        while i < len(leaves):
+            name, layer = leaves[i]
+            fusable = (isinstance(layer, (L.Conv2D, L.Dense)) and layer.activation is None
+                       and name not in keep)
+            if fusable and i + 1 < len(leaves) and type(leaves[i + 1][1]) is L.ReLU:
+                steps.append(((name, leaves[i + 1][0]), layer, "relu"))
                 i += 2
             else:
-                steps.append(layer)
+                steps.append(((name,), layer, None))
                 i += 1
+        cache[keep] = steps = tuple(steps)
         return steps
 
     def forward(self, x):
-        for step in self._plan():
-            x = step(x)
+        for _, layer, activation in self._plan():
+            x = layer(x, activation) if activation else layer(x)
         return x
 
     # -- structure
@@ -219,22 +240,6 @@ class Sequential(L.Layer):
         return "\n".join(lines) + "\n)"
 
 
-class _fused_relu:
-    """Runs a conv/dense layer with its ReLU fused, without changing the layer."""
-
-    __slots__ = ("layer",)
-
-    def __init__(self, layer):
-        self.layer = layer
-
-    def __call__(self, x):
-        layer = self.layer
-        if isinstance(layer, L.Conv2D):
-            return F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation,
-                            layer.groups, "relu", backend=layer.backend)
-        return F.linear(x, layer.weight, layer.bias, "relu", backend=layer.backend)
-
-
 class LoadResult(NamedTuple):
     """What :meth:`Sequential.load_state_dict` could not load."""
 
@@ -295,8 +300,8 @@ class Model(Sequential):
         self.backend = backend
         self.num_classes = self.output_shape(self.input_shape)[0]
 
-    def __call__(self, x):
-        """Logits ``(N, num_classes)`` for a float32 batch ``(N, 3, H, W)`` or ``(num_classes,)`` for one image."""
+    def _batch(self, x):
+        """``(batch, squeezed)``: ``x`` as ``(N, C, H, W)``, checked against the model's input."""
         x = np.asarray(x)
         squeezed = x.ndim == 3
         if x.ndim not in (3, 4):
@@ -309,8 +314,59 @@ class Model(Sequential):
         except ValueError as exc:
             raise ValueError(f"{self.variant} AlexNet: input of shape {x.shape} does not fit the model "
                              f"(expects {self.input_shape}): {exc}") from None
-        y = self.forward(x[None] if squeezed else x)
+        return (x[None] if squeezed else x), squeezed
+
+    def __call__(self, x):
+        """Logits ``(N, num_classes)`` for a float32 batch ``(N, 3, H, W)`` or ``(num_classes,)`` for one image."""
+        x, squeezed = self._batch(x)
+        y = self.forward(x)
         return y[0] if squeezed else y
+
+    @property
+    def aliases(self) -> dict:
+        """Short layer names accepted by :meth:`extract` (``pool5``, ``fc6``, ``fc7``, ``fc8``, ``logits``)."""
+        return dict(self.spec.get("aliases", {}))
+
+    def resolve_layer(self, name) -> str:
+        """The dotted leaf-layer name for ``name``: an alias, a leaf (``"features.7"``) or a
+        container (``"features"``: its last layer's output)."""
+        if not isinstance(name, str):
+            raise TypeError(f"extract: layer names must be strings, got {name!r}")
+        name = self.aliases.get(name, name)
+        leaves = [n for n, _ in self.named_layers()]
+        if name in leaves:
+            return name
+        inside = [n for n in leaves if n.startswith(name + ".")]
+        if inside:
+            return inside[-1]
+        raise ValueError(f"extract: unknown layer {name!r}; valid names are the aliases "
+                         f"{', '.join(self.aliases) or '(none)'} and the layers {', '.join(leaves)}")
+
+    def extract(self, x, layers) -> dict:
+        """``{name: output}`` of the named layers for the batch (or single image) ``x``.
+
+        ``layers`` is a name or a list of names: dotted layer names as in :meth:`summary`
+        (``"features.7"``, ``"classifier.5"``), containers (``"features"``) or the aliases
+        ``pool5``, ``fc6``, ``fc7`` (after their ReLU, as Caffe's blobs), ``fc8``/``logits``.
+        The forward pass stops after the deepest layer asked for. Outputs keep the batch axis
+        unless ``x`` was a single ``(C, H, W)`` image. Arrays are the model's own outputs, not
+        views of each other.
+        """
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not names:
+            raise ValueError("extract: name at least one layer")
+        wanted = {name: self.resolve_layer(name) for name in names}
+        x, squeezed = self._batch(x)
+        targets = set(wanted.values())
+        found = {}
+        for covered, layer, activation in self._plan(keep=targets):
+            x = layer(x, activation) if activation else layer(x)
+            for leaf in covered:
+                if leaf in targets:
+                    found[leaf] = x
+            if len(found) == len(targets):
+                break
+        return {name: (found[leaf][0] if squeezed else found[leaf]) for name, leaf in wanted.items()}
 
     def predict(self, x, top=5):
         """``(probabilities, indices)``, each ``(N, top)`` (or ``(top,)`` for one image), best first."""

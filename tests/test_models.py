@@ -109,8 +109,54 @@ def test_fused_conv_relu_equals_running_them_apart():
     seq = Sequential([("0", conv), ("1", L.ReLU())])
     x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
     assert len(seq._plan()) == 1  # fused into one step
+    assert seq._plan() is seq._plan()  # planned once, not on every call
     np.testing.assert_allclose(seq(x), np.maximum(conv(x), 0), atol=1e-6)
     assert conv.activation is None  # the layer itself is unchanged
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("variant", ["original", "torchvision"])
+def test_extract_returns_named_outputs_and_matches_the_forward(variant, backend):
+    m = fastalex.alexnet(variant, seed=4, backend=backend)
+    x = np.random.default_rng(4).standard_normal((2, *m.input_shape)).astype(np.float32)
+    pool5 = "features.14" if variant == "original" else "features.12"
+    out = m.extract(x, ["fc7", "features.0", "features.1", "pool5", "logits", "fc6", "features"])
+    assert list(out) == ["fc7", "features.0", "features.1", "pool5", "logits", "fc6", "features"]
+    assert_agree(out["logits"], m(x))
+    assert out["fc7"].shape == out["fc6"].shape == (2, 4096)
+    assert (out["fc6"] >= 0).all() and (out["fc7"] >= 0).all()  # after their ReLU, as in Caffe
+    # the conv's own output is kept apart from its fused ReLU
+    assert (out["features.0"] < 0).any()
+    np.testing.assert_array_equal(out["features.1"], np.maximum(out["features.0"], 0))
+    np.testing.assert_array_equal(out["pool5"], out["features"])
+    assert out["pool5"].shape == (2, 256, 6, 6)
+    assert m.resolve_layer("pool5") == pool5
+    # a single image without a batch axis
+    single = m.extract(x[1], "fc7")["fc7"]
+    assert single.shape == (4096,)
+    assert_agree(single, out["fc7"][1])
+
+
+def test_extract_stops_after_the_deepest_layer_asked_for():
+    m = fastalex.alexnet("torchvision", seed=0, backend="numpy")
+    calls = []
+    for name, layer in m.named_layers():
+        layer.forward = (lambda f, n: (lambda *a, **k: (calls.append(n), f(*a, **k))[1]))(layer.forward, name)
+    x = np.zeros((1, *m.input_shape), np.float32)
+    m.extract(x, ["features.4", "features.0"])
+    assert calls[-1] == "features.3"  # conv2 runs fused with its ReLU features.4; nothing after
+    assert "features.5" not in calls and "classifier.6" not in calls
+
+
+def test_extract_errors_name_the_layer():
+    m = fastalex.alexnet("original", seed=0, backend="numpy")
+    x = np.zeros((1, *m.input_shape), np.float32)
+    with pytest.raises(ValueError, match="unknown layer 'fc9'.*fc7.*features.0"):
+        m.extract(x, ["fc9"])
+    with pytest.raises(ValueError, match="at least one"):
+        m.extract(x, [])
+    with pytest.raises(TypeError, match="strings"):
+        m.extract(x, [3])
 
 
 def test_state_dict_round_trip_and_strict_errors():
