@@ -28,8 +28,9 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int = 0, ceil
     return out
 
 
-def adaptive_bounds(in_size: int, out_size: int, index: int) -> tuple[int, int]:
-    """Start (inclusive) and end (exclusive) of the window of adaptive pooling output ``index``."""
+def adaptive_bounds(in_size: int, out_size: int, index):
+    """Start (inclusive) and end (exclusive) of the window of adaptive pooling output ``index``
+    (an int, or an integer array of indices for arrays of bounds)."""
     start = (index * in_size) // out_size
     end = -(-((index + 1) * in_size) // out_size)
     return start, end
