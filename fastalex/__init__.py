@@ -9,7 +9,7 @@ A readable NumPy reference path and a fast path of parallel Numba kernels behind
 """
 
 from . import functional, layers
-from .backends import get_backend_name, set_backend
+from .backends import configure_threads, get_backend_name, set_backend
 from .models import Model, Sequential, alexnet, build
 from .weights import load_weights, save_weights
 from .images import ImageError, load_image, load_images
@@ -18,6 +18,6 @@ from .classify import classify  # the name is the function; import helpers with 
 
 __version__ = "0.1.0"
 
-__all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend",
+__all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend", "configure_threads",
            "get_backend_name", "load_weights", "save_weights", "load_image", "load_images", "ImageError",
            "imagenet_labels", "classify", "__version__"]

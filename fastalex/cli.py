@@ -357,6 +357,8 @@ def main(argv=None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        from .backends import configure_threads
+        configure_threads()  # Numba's fork-safe workqueue layer, unless NUMBA_THREADING_LAYER says otherwise
         status = args.func(args)
         sys.stdout.flush()
         return status

@@ -26,11 +26,17 @@ Threads
 -------
 The kernels run on ``numba.get_num_threads()`` threads (``NUMBA_NUM_THREADS``,
 ``numba.set_num_threads``). Numba kernels and BLAS products alternate, never nest, so the two
-thread pools do not fight over the cores. Unless ``NUMBA_THREADING_LAYER`` says otherwise,
-fastalex selects Numba's ``workqueue`` layer: its threads sleep when idle (they do not spin
-against OpenBLAS's) and it survives ``fork()`` (GNU OpenMP aborts a forked child). It does not
-allow two parallel launches at once, so launches from several Python threads take turns on
-one lock, which also keeps two launches from oversubscribing the cores.
+thread pools do not fight over the cores. Importing or using this module changes no
+process-wide setting: Numba's threading layer is Numba's choice unless
+:func:`fastalex.configure_threads` picked one (the ``fastalex`` command picks ``workqueue``:
+idle threads sleep instead of spinning against OpenBLAS's, and it survives ``fork()``).
+
+The launch lock, ``_LAUNCH``: every parallel launch of this module holds it, so launches from
+several Python threads of one process take turns. The ``workqueue`` layer aborts the process
+on two parallel launches at once, and with any layer two launches would oversubscribe the
+cores. Its scope is this module's launches in this process (other Numba code does not take
+it); BLAS products run outside it. A forked child gets a fresh, free lock
+(``os.register_at_fork``): the thread that held the parent's does not exist in the child.
 
 The compiled kernels are cached on disk (``cache=True``): next to this file in
 ``__pycache__``, or where ``NUMBA_CACHE_DIR`` points.
@@ -41,20 +47,29 @@ from __future__ import annotations
 import os
 import threading
 
-import numba
 import numpy as np
 from numba import njit, prange, uint64
 
 from ..shapes import conv_output_size, pool_output_size
+from . import _apply_threading_layer
 
 NAME = "numba"
 
-if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # if OpenMP is chosen: do not spin against BLAS
+_apply_threading_layer()  # the layer fastalex.configure_threads() chose, if it was called
 
-# Every parallel launch holds this lock (see "Threads" above).
+# Every parallel launch of this module holds this lock (see "Threads" above).
 _LAUNCH = threading.Lock()
+
+
+def _new_launch_lock():
+    """After ``fork()``, in the child: a free lock (the parent's may be held by a thread that
+    was running a kernel and does not exist in the child, which would wait forever)."""
+    global _LAUNCH
+    _LAUNCH = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_launch_lock)
 
 # Options of the kernels: cached on disk, no Python-style ZeroDivisionError checks.
 _PAR = dict(parallel=True, cache=True, error_model="numpy")
