@@ -202,7 +202,8 @@ class Sequential(L.Layer):
                 for p, arr in layer.parameters().items()}
 
     def load_state_dict(self, state_dict, strict=True) -> "LoadResult":
-        """Copy matching arrays into the layers.
+        """Copy matching arrays into the layers (always copies: the model never shares memory
+        with ``state_dict``'s arrays, so changing them afterwards does not change the model).
 
         With ``strict`` (the default), any missing key, unexpected key or shape mismatch raises
         one ``ValueError`` listing all of them and nothing is changed. With ``strict=False``
@@ -221,7 +222,9 @@ class Sequential(L.Layer):
         staged = []
         for key, (layer, p, shape) in own.items():  # check every value before assigning any
             if key in state_dict and key not in bad:
-                arr = np.ascontiguousarray(state_dict[key], dtype=np.float32)
+                # always a copy: the model must not share memory with the caller's arrays
+                # (a later change to them would change the model, past this NaN check)
+                arr = np.array(state_dict[key], dtype=np.float32, order="C", copy=True)
                 if not np.isfinite(arr).all():
                     raise ValueError(f"load_state_dict: {key} contains NaN/inf values")
                 staged.append((layer, p, arr))
