@@ -12,22 +12,27 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
+import math
 import os
 import re
+import stat
 import sys
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from ._torch_pickle import LazyTensor, UnsafePickleError, WeightsFileError, read_torch_legacy, read_torch_zip
+from ._torch_pickle import (LazyTensor, UnsafePickleError, WeightsFileError, check_member, read_exactly,
+                            read_torch_legacy, read_torch_zip)
 
 __all__ = ["save_weights", "load_weights", "resolve_weights", "download_imagenet", "cache_dir",
            "IMAGENET_URL", "HASH_REGEX", "WeightsFileError", "UnsafePickleError",
@@ -96,9 +101,54 @@ def save_weights(model_or_state_dict, path) -> Path:
     return path
 
 
-def _head(path: Path, n=512) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(n)
+def _kind(mode) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def open_regular_file(path, source: str, not_found=FileNotFoundError, error=ValueError):
+    """``(binary file, size)`` for ``path`` if it is a regular file (symlinks followed).
+
+    A FIFO, socket, device or directory is refused with ``error`` before anything is read (a
+    FIFO would block forever); the file is opened non-blocking so that even a FIFO swapped in
+    after a check cannot hang the open. ``not_found`` is raised for a missing file or a
+    dangling symlink, ``error`` for a symlink loop, a permission problem or any other failure.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise not_found(f"{source} is a symlink to {os.readlink(path)!r}, which does not exist") from None
+        raise not_found(f"{source} not found") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise error(f"{source} is a symlink loop (it points back at itself)") from None
+        if isinstance(exc, IsADirectoryError):
+            raise error(f"{source} is a directory, not a file") from None
+        if isinstance(exc, PermissionError):
+            raise error(f"{source} cannot be read: permission denied") from None
+        raise error(f"{source} cannot be opened ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _kind(info.st_mode)
+            raise error(f"{source} is a directory, not a file" if kind == "directory" else
+                        f"{source} is a {kind}, not a regular file; only regular files are read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class WeightsFileNotFoundError(WeightsFileError, FileNotFoundError):
+    """The weights file does not exist (a :class:`WeightsFileError` and a ``FileNotFoundError``)."""
 
 
 def load_weights(path) -> dict[str, np.ndarray]:
@@ -110,42 +160,58 @@ def load_weights(path) -> dict[str, np.ndarray]:
     DataParallel ``module.`` prefix is stripped. PyTorch files are read without torch and
     without running their pickles: anything other than tensors and plain containers is refused.
 
-    Raises ``FileNotFoundError`` for a missing file and :class:`WeightsFileError` (a
-    ``ValueError``) naming the file for anything unreadable.
+    Only regular files are read (a FIFO or device is refused, never waited on). Nothing larger
+    than the file can hold is allocated: sizes, counts and zip headers that claim more are
+    refused before any allocation (an expanded, zero-stride tensor may repeat its storage up
+    to :data:`fastalex._torch_pickle.MAX_EXPANDED` elements).
+
+    Every failure raises :class:`WeightsFileError` (a ``ValueError``) whose message names the
+    file and what is wrong with it; for a missing file it is a :class:`WeightsFileNotFoundError`,
+    which is also a ``FileNotFoundError``.
     """
     path = Path(os.fspath(path))
     source = f"weights file '{path}'"
-    if not path.exists():
-        raise FileNotFoundError(f"{source} not found")
-    if path.is_dir():
-        raise WeightsFileError(f"{source} is a directory, not a file")
-    head = _head(path)
-    if not head:
-        raise WeightsFileError(f"{source} is empty")
-    if head[:2] == b"PK":
-        state = _load_zip(path, source)
-    elif head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        with open(path, "rb") as f:
-            state = read_torch_legacy(f, source, lambda obj: _select(obj, source))
-    elif head[:6] == b"\x93NUMPY":
-        raise WeightsFileError(f"{source} is a single .npy array, not a set of weights; "
-                               "use save_weights() to write an .npz")
-    elif len(head) >= 262 and head[257:262] == b"ustar":
-        raise WeightsFileError(f"{source} is a tar archive (PyTorch < 0.4 format?), which is not "
-                               "supported; re-save it with a current torch.save")
-    else:
-        raise WeightsFileError(f"{source} is not an .npz or a PyTorch file "
-                               f"(it starts with {head[:8]!r})")
+    f, size = open_regular_file(path, source, WeightsFileNotFoundError, WeightsFileError)
+    try:
+        with f:
+            state = _read(f, size, source)
+    except WeightsFileError as exc:
+        if source in str(exc):
+            raise
+        raise type(exc)(f"{source}: {exc}") from None
+    except MemoryError:
+        raise WeightsFileError(f"{source} cannot be read: it needs more memory than is available") from None
+    except Exception as exc:  # zipfile's RuntimeError/NotImplementedError, numpy's header errors, ...
+        raise WeightsFileError(f"{source} cannot be read ({type(exc).__name__}: {exc})") from None
     state = _strip_prefix(state)
     if not state:
         raise WeightsFileError(f"{source} holds no tensors")
     return state
 
 
-def _load_zip(path, source):
+def _read(f, size, source):
+    head = f.read(512)
+    f.seek(0)
+    if not head:
+        raise WeightsFileError(f"{source} is empty")
+    if head[:2] == b"PK":
+        return _load_zip(f, size, source)
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return read_torch_legacy(f, source, lambda obj: _select(obj, source), size)
+    if head[:6] == b"\x93NUMPY":
+        raise WeightsFileError(f"{source} is a single .npy array, not a set of weights; "
+                               "use save_weights() to write an .npz")
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        raise WeightsFileError(f"{source} is a tar archive (PyTorch < 0.4 format?), which is not "
+                               "supported; re-save it with a current torch.save")
+    raise WeightsFileError(f"{source} is not an .npz or a PyTorch file "
+                           f"(it starts with {head[:8]!r})")
+
+
+def _load_zip(f, size, source):
     try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        archive = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise WeightsFileError(f"{source} is a corrupt or truncated zip archive ({exc})") from None
     with archive:
         names = archive.namelist()
@@ -153,27 +219,44 @@ def _load_zip(path, source):
             if any(n.endswith("/data.pkl") for n in names):
                 return read_torch_zip(archive, source, lambda obj: _select(obj, source))
             if names and all(n.endswith(".npy") for n in names):
-                return _load_npz(path, source)
+                return _load_npz(archive, source)
         except WeightsFileError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
             raise WeightsFileError(f"{source} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
     raise WeightsFileError(f"{source} is a zip archive but neither an .npz nor a PyTorch file")
 
 
-def _load_npz(path, source):
+def _load_npz(archive, source):
+    """The arrays of an ``.npz``, each header checked against its zip member before allocating."""
     out = {}
-    with np.load(path, allow_pickle=False) as npz:
-        for key in npz.files:
-            try:
-                arr = npz[key]
-            except ValueError as exc:  # object arrays need pickle: refused
-                raise WeightsFileError(f"{source}: array {key!r} cannot be loaded ({exc})") from None
-            if arr.dtype.kind == "f":
-                arr = arr.astype(np.float32, copy=False)
-            elif arr.dtype.kind not in "iub":
-                raise WeightsFileError(f"{source}: array {key!r} has dtype {arr.dtype}, not numbers")
-            out[key] = arr.astype(arr.dtype.newbyteorder("="), order="C", copy=False)
+    for info in archive.infolist():
+        key = info.filename[: -len(".npy")]
+        check_member(info, source)
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise WeightsFileError(f"{source}: array {key!r} has .npy format version {version}, "
+                                       "which is not supported")
+            if dtype.hasobject:  # object arrays need pickle: refused
+                raise WeightsFileError(f"{source}: array {key!r} holds Python objects, which are "
+                                       "not loaded (no pickle)")
+            if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
+                raise WeightsFileError(f"{source}: array {key!r} has dtype {dtype}, not numbers")
+            count = math.prod(shape)
+            nbytes = count * dtype.itemsize
+            if nbytes > info.file_size:  # checked before allocating: the header may lie
+                raise WeightsFileError(f"{source}: array {key!r} claims shape {shape} ({nbytes:,} "
+                                       f"bytes) but its entry holds {info.file_size:,} bytes")
+            arr = read_exactly(member, dtype, count, f"array {key!r}", source)
+        arr = arr.reshape(shape, order="F" if fortran else "C")
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32, copy=False)
+        out[key] = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))
     return out
 
 
