@@ -375,9 +375,10 @@ def read_torch_zip(archive: zipfile.ZipFile, source: str, select):
         check_member(info, source)
         ref = storages[key]
         nbytes = ref.numel * _storage_dtype(ref).itemsize
-        if nbytes > info.file_size:  # checked before allocating: never trust the count alone
-            raise WeightsFileError(f"{source}: storage {key!r} holds {info.file_size} bytes, "
-                                   f"expected {nbytes} (truncated file?)")
+        if nbytes != info.file_size:  # checked before allocating or inflating anything
+            raise WeightsFileError(f"{source}: storage {key!r} holds {info.file_size:,} bytes, but "
+                                   f"its tensors declare {ref.numel:,} elements ({nbytes:,} bytes)"
+                                   + (" (truncated file?)" if nbytes > info.file_size else ""))
         with archive.open(info) as member:
             _fill(ref, member, big_endian, source)
     return {name: t.to_numpy() for name, t in tensors.items()}
