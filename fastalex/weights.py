@@ -15,14 +15,12 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import hashlib
 import http.client
 import math
 import os
 import re
-import stat
 import sys
 import tempfile
 import urllib.error
@@ -36,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import FileProblem, open_regular
 from ._torch_pickle import (LazyTensor, UnsafePickleError, WeightsFileError, check_member, read_exactly,
                             read_torch_legacy, read_torch_zip)
 
@@ -64,14 +63,32 @@ class WeightsUnavailableError(RuntimeError):
 
 # ----------------------------------------------------------------------------- save / load
 
+def _umask() -> int:
+    """The process's umask (read from /proc where possible: ``os.umask`` can only be read by
+    setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write):
-    """Run ``write(fileobj)`` on a temp file next to ``path`` and move it into place."""
+    """Run ``write(fileobj)`` on a temp file next to ``path`` and move it into place. The file
+    gets the permissions of any new file (``0o666`` minus the umask), not the temp file's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -107,52 +124,6 @@ def save_weights(model_or_state_dict, path) -> Path:
     return path
 
 
-def _kind(mode) -> str:
-    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device")):
-        if test(mode):
-            return name
-    return "special file"
-
-
-def open_regular_file(path, source: str, not_found=FileNotFoundError, error=ValueError):
-    """``(binary file, size)`` for ``path`` if it is a regular file (symlinks followed).
-
-    A FIFO, socket, device or directory is refused with ``error`` before anything is read (a
-    FIFO would block forever); the file is opened non-blocking so that even a FIFO swapped in
-    after a check cannot hang the open. ``not_found`` is raised for a missing file or a
-    dangling symlink, ``error`` for a symlink loop, a permission problem or any other failure.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise not_found(f"{source} is a symlink to {os.readlink(path)!r}, which does not exist") from None
-        raise not_found(f"{source} not found") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise error(f"{source} is a symlink loop (it points back at itself)") from None
-        if isinstance(exc, IsADirectoryError):
-            raise error(f"{source} is a directory, not a file") from None
-        if isinstance(exc, PermissionError):
-            raise error(f"{source} cannot be read: permission denied") from None
-        raise error(f"{source} cannot be opened ({exc.strerror or exc})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = _kind(info.st_mode)
-            raise error(f"{source} is a directory, not a file" if kind == "directory" else
-                        f"{source} is a {kind}, not a regular file; only regular files are read")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb"), info.st_size
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 class WeightsFileNotFoundError(WeightsFileError, FileNotFoundError):
     """The weights file does not exist (a :class:`WeightsFileError` and a ``FileNotFoundError``)."""
 
@@ -177,7 +148,11 @@ def load_weights(path) -> dict[str, np.ndarray]:
     """
     path = Path(os.fspath(path))
     source = f"weights file '{path}'"
-    f, size = open_regular_file(path, source, WeightsFileNotFoundError, WeightsFileError)
+    try:
+        f, size = open_regular(path)
+    except FileProblem as problem:
+        raise (WeightsFileNotFoundError if problem.missing else WeightsFileError)(
+            f"{source} {problem.reason}") from None
     try:
         with f:
             state = _read(f, size, source)
