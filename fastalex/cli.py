@@ -216,13 +216,18 @@ def _json_safe(d):
 def cmd_classify(args):
     from PIL import Image
 
-    from .classify import expand_inputs, iter_classify
+    from .classify import SkippedFolderWarning, expand_inputs, iter_classify
     from .labels import LabelsError, load_labels
 
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse those images ourselves
     warnings.filterwarnings("ignore", module="PIL")  # EXIF/palette chatter; bad files are reported below
     t_start = time.perf_counter()
-    items = expand_inputs(args.paths)
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always", SkippedFolderWarning)
+        items = expand_inputs(args.paths)
+    for w in skipped:
+        if issubclass(w.category, SkippedFolderWarning):
+            _err(f"warning: {_printable(str(w.message))}")
     if not items:
         raise UsageError("no images found in " + ", ".join(args.paths)
                          + " (searched recursively for image file extensions)")

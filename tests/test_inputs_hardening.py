@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,31 @@ def test_saved_and_cached_files_follow_the_umask(tmp_path, monkeypatch):
         assert (path.stat().st_mode & 0o777) == 0o640
     finally:
         os.umask(old)
+
+
+# ----------------------------------------------------------------------------- item 18
+
+def test_symlinked_folders_are_followed_and_loops_reported(tmp_path, capsys):
+    from fastalex import cli
+    from fastalex.classify import SkippedFolderWarning, expand_inputs
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(photos / f"p{i}.png")
+    top = tmp_path / "dir"
+    top.mkdir()
+    Image.new("RGB", (8, 8)).save(top / "own.png")
+    (top / "link").symlink_to(Path("..") / "photos")
+    (top / "loop").symlink_to(Path(".."))  # back to tmp_path: contains dir/ again
+    with pytest.warns(SkippedFolderWarning) as record:
+        items = expand_inputs([str(top)])
+    assert any("already searched (a symlink loop)" in str(w.message) for w in record)
+    names = sorted(os.path.relpath(i.path, top) for i in items)
+    assert os.path.join("link", "p0.png") in names and "own.png" in names
+    assert all(i.error is None for i in items)
+    assert names.count(os.path.join("link", "p1.png")) + names.count(os.path.join("loop", "photos", "p1.png")) == 1
+
+    status = cli.main(["classify", str(top), "--random-weights", "--backend", "numpy", "--top", "1"])
+    out, err = capsys.readouterr()
+    assert status == 0 and out.count("  1.") == 4  # own.png + the 3 photos behind the link, once each
+    assert "fastalex: warning:" in err and "symlink loop" in err
