@@ -185,6 +185,14 @@ def load_model(args):
                          f"has {classes} classes") from None
 
 
+def _compile_note(backend):
+    """Say once on stderr that the first run compiles the Numba kernels (cold cache only)."""
+    from . import _numba_cache
+    from .backends import get_backend_name
+    if (backend or get_backend_name()) == "numba" and _numba_cache.kernels_cached() is False:
+        _err(_numba_cache.COMPILE_NOTE)
+
+
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
 _CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
 
@@ -246,6 +254,7 @@ def cmd_classify(args):
     from .backends import get_backend
     get_backend(args.backend)  # import (and for numba, load the compiled kernels' module) up front
     t_backend = time.perf_counter() - t0
+    _compile_note(args.backend)
 
     from tqdm import tqdm
     show_bar = len(items) > PROGRESS_MIN_IMAGES and sys.stderr.isatty()
@@ -317,6 +326,13 @@ def cmd_bench(args):
     from .models import alexnet
     names = list(BACKENDS) if args.backend == "all" else [args.backend]
     names.sort(key=lambda n: n != "numba")  # numba first
+    if "numba" in names:
+        from .backends import get_backend
+        try:
+            get_backend("numba")
+            _compile_note("numba")
+        except ImportError:
+            pass
     model = alexnet(args.variant)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     print(f"AlexNet ({args.variant}), batch {args.batch_size} x {model.input_shape}, "

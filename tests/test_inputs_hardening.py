@@ -142,3 +142,39 @@ def test_symlinked_folders_are_followed_and_loops_reported(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert status == 0 and out.count("  1.") == 4  # own.png + the 3 photos behind the link, once each
     assert "fastalex: warning:" in err and "symlink loop" in err
+
+
+# ----------------------------------------------------------------------------- item 19
+
+DETECT = textwrap.dedent("""
+    import numpy as np
+    from fastalex import _numba_cache, functional as F
+    import fastalex.backends.fast
+    before = _numba_cache.kernels_cached()
+    F.relu(np.ones((1, 1, 2, 2), np.float32), backend="numba")  # compiles (and caches) one kernel
+    print(before, _numba_cache.kernels_cached())
+""")
+
+
+def test_a_cold_numba_cache_is_detected(tmp_path):
+    pytest.importorskip("numba")
+    env = {**os.environ, "PYTHONPATH": ROOT, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    proc = subprocess.run([sys.executable, "-c", DETECT], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]
+
+
+def test_cli_says_it_compiles_only_when_the_cache_is_cold(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("numba")
+    from fastalex import _numba_cache, cli
+    img = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(img)
+    args = ["classify", str(img), "--random-weights", "--top", "1"]
+    monkeypatch.setattr(_numba_cache, "kernels_cached", lambda: False)
+    assert cli.main(args + ["--backend", "numba"]) == 0
+    assert _numba_cache.COMPILE_NOTE in capsys.readouterr().err
+    assert cli.main(args + ["--backend", "numpy"]) == 0
+    assert _numba_cache.COMPILE_NOTE not in capsys.readouterr().err
+    monkeypatch.setattr(_numba_cache, "kernels_cached", lambda: True)
+    assert cli.main(args + ["--backend", "numba"]) == 0
+    assert _numba_cache.COMPILE_NOTE not in capsys.readouterr().err
