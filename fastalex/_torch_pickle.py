@@ -405,13 +405,16 @@ def check_member(info: zipfile.ZipInfo, source: str, max_size=None):
                                f"more than the {max_size:,} allowed")
 
 
+_READ_CHUNK = 1 << 20
+
+
 def read_exactly(f, dtype, count, what, source):
     """``count`` elements of ``dtype`` read from ``f`` into a new array (the caller has checked
     that the file can hold them); a short read is a truncated file."""
     arr = np.empty(count, dtype=dtype)
     view, done = memoryview(arr).cast("B"), 0
     while done < len(view):
-        n = f.readinto(view[done:])
+        n = f.readinto(view[done:done + _READ_CHUNK])  # small pieces: no second big buffer
         if not n:
             raise WeightsFileError(f"{source}: {what} holds {done} bytes, expected {len(view)} "
                                    "(truncated file?)")

@@ -176,7 +176,7 @@ def _read(f, size, source):
     if not head:
         raise WeightsFileError(f"{source} is empty")
     if head[:2] == b"PK":
-        return _load_zip(f, size, source)
+        return _load_zip(f, source)
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return read_torch_legacy(f, source, lambda obj: _select(obj, source), size)
     if head[:6] == b"\x93NUMPY":
@@ -189,7 +189,7 @@ def _read(f, size, source):
                            f"(it starts with {head[:8]!r})")
 
 
-def _load_zip(f, size, source):
+def _load_zip(f, source):
     try:
         archive = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
