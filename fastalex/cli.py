@@ -26,6 +26,8 @@ CLASSIFY_EPILOG = """\
 weights: by default torchvision's ImageNet weights, downloaded once and cached
 (`fastalex weights download`); --weights FILE loads a .npz/.pth state dict (the variant and
 the number of classes are read from the file); --random-weights runs without weights.
+offline: --weights FILE, or fill the cache with
+`fastalex weights download --url file:///path/to/alexnet-owt-7be5be79.pth`.
 
 exit status: 0 all images classified, 1 some could not be read, 2 usage error."""
 
