@@ -314,9 +314,14 @@ def cmd_weights_path(args):
     if found is not None:
         print(f"cached weights:  {found} ({found.stat().st_size / 2**20:.1f} MiB, verified)")
     else:
-        raw = W.IMAGENET1K_V1.paths()["raw"]
-        hint = f"{raw.name} is there and will be converted on first use" if raw.is_file() else \
-            f"run `{PROG} weights download`"
+        paths = W.IMAGENET1K_V1.paths()
+        if paths["raw"].is_file():
+            hint = f"{paths['raw'].name} is there and will be converted on first use"
+        elif paths["npz"].is_file():
+            hint = (f"{paths['npz'].name} has no recorded digest (an older fastalex?), so it cannot "
+                    f"be verified; `{PROG} weights download` replaces it")
+        else:
+            hint = f"run `{PROG} weights download`"
         print(f"cached weights:  none ({hint})")
     return 0
 

@@ -358,12 +358,14 @@ class PublishedWeights:
                 "raw": d / f"{self.stem}.pth", "lock": d / f".{self.stem}.lock"}
 
     def cached(self) -> Path | None:
-        """The cached, verified ``.npz``, or None if there is none yet. A cache entry whose
-        content no longer matches its recorded digest raises :class:`CachedWeightsError`,
-        which says how to clear it (about 0.15 s per check for the ImageNet weights)."""
+        """The cached, verified ``.npz``, or None if there is none yet (an ``.npz`` without its
+        digest, e.g. from an older fastalex, cannot be verified and counts as none: the next
+        download replaces it). A cache entry whose content no longer matches its recorded
+        digest raises :class:`CachedWeightsError`, which says how to clear it (about 0.15 s
+        per check for the ImageNet weights)."""
         p = self.paths()
-        if not p["npz"].is_file():
-            return None
+        if not p["npz"].is_file() or not p["digest"].is_file():
+            return None  # no digest (an older fastalex, or interrupted): unverifiable, fetched again
         try:
             recorded = p["digest"].read_text().split()[0]
         except (OSError, IndexError, UnicodeError):
@@ -422,6 +424,7 @@ class PublishedWeights:
             except WeightsFileError as exc:
                 raw.unlink(missing_ok=True)
                 raise WeightsUnavailableError(f"the file downloaded from {url} is not usable weights: {exc}") from None
+            p["digest"].unlink(missing_ok=True)  # readers see "not cached" (and wait) meanwhile
             save_weights(state, p["npz"])
             digest = _sha256(p["npz"])
             _atomic_write(p["digest"], lambda f: f.write(f"{digest}  {p['npz'].name}\n".encode()))

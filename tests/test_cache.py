@@ -91,6 +91,10 @@ def test_a_damaged_cache_entry_is_caught_on_use_and_says_how_to_clear_it(server,
     assert isinstance(info.value, fastalex.WeightsFileError)
     assert TINY.download(url=url, progress=False, force=True) == path  # --force repairs it
     assert TINY.cached() == path
+    (isolated_cache / (TINY.stem + ".npz.sha256")).unlink()  # an entry from before digests existed
+    assert TINY.cached() is None  # unverifiable: not trusted ...
+    assert TINY.download(url=url, progress=False) == path == TINY.cached()  # ... but replaced
+    assert len(server.requests) == 3
 
 
 def test_the_official_file_copied_into_the_cache_by_hand_is_found(isolated_cache, tiny_is_imagenet,
