@@ -177,8 +177,7 @@ def load_model(args):
         return alexnet(args.variant, num_classes=args.num_classes, weights=state, backend=args.backend)
     except WeightsMismatchError as exc:
         if exc.fits is None:
-            raise UsageError(f"weights file {args.weights} does not fit any AlexNet variant: "
-                             f"{str(exc).split('; against ', 1)[-1]}") from None
+            raise UsageError(f"weights file {args.weights} does not fit any AlexNet variant ({exc.detail})") from None
         variant, classes = exc.fits
         if args.variant not in (None, variant):
             raise UsageError(f"weights file {args.weights} fits --variant {variant} ({classes} classes), "

@@ -424,11 +424,12 @@ def build(spec, seed=0, backend=None) -> Model:
 
 class WeightsMismatchError(ValueError):
     """Weights that do not fit the AlexNet asked for. ``fits`` is ``(variant, num_classes)`` of
-    the AlexNet they do fit (None if none), ``source`` names the weights."""
+    the AlexNet they do fit (None if none), ``source`` names the weights, ``detail`` lists the
+    missing/unexpected keys and shape mismatches when none fits."""
 
-    def __init__(self, message, source, fits=None):
+    def __init__(self, message, source, fits=None, detail=None):
         super().__init__(message)
-        self.source, self.fits = source, fits
+        self.source, self.fits, self.detail = source, fits, detail
 
 
 def param_shapes(variant, num_classes=1000) -> dict[str, tuple]:
@@ -512,7 +513,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0) 
         except ValueError as exc:
             raise WeightsMismatchError(
                 f"alexnet: {source} does not fit any AlexNet variant ({', '.join(map(repr, VARIANTS))}); "
-                f"against the {target!r} one: {exc}", source) from None
+                f"against the {target!r} one: {exc}", source, detail=f"against the {target} AlexNet: {exc}") from None
         return model
     fit_variant, fit_classes = fits
     if variant is not None and variant != fit_variant:

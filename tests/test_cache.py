@@ -252,3 +252,7 @@ def test_cli_says_which_variant_fits(seven, capsys, tmp_path):
                      "--backend", "numpy"]) == 2
     err = capsys.readouterr().err
     assert "fits --variant torchvision" in err and err.count("\n") == 1
+    part = save_weights({"features.0.weight": np.zeros((64, 3, 11, 11), np.float32)}, tmp_path / "part.npz")
+    assert cli.main(["classify", str(img), "--weights", str(part), "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit any AlexNet variant (against the torchvision AlexNet" in err and "missing keys" in err
