@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .backends import get_backend, get_backend_name
-from .shapes import pool_output_size
+from .shapes import INT64_MAX, check_allocatable, conv_output_size, pool_output_size
 
 __all__ = [
     "conv2d", "prepare_conv2d", "ConvPlan", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "local_response_norm",
@@ -61,7 +61,7 @@ def _unbatch(y, squeezed):
 
 
 def _pair(value, op, name, minimum):
-    """Normalize an int or a pair of ints to a pair, checking ``>= minimum``."""
+    """Normalize an int or a pair of ints to a pair, checking ``minimum <= v <= 2**63 - 1``."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         pair = (int(value), int(value))
     elif (isinstance(value, (tuple, list)) and len(value) == 2
@@ -72,13 +72,31 @@ def _pair(value, op, name, minimum):
     if min(pair) < minimum:
         rule = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{op}: {name} must be {rule}, got {value!r}")
+    if max(pair) > INT64_MAX:
+        raise ValueError(f"{op}: {name} must be at most 2**63 - 1, got {value!r}")
     return pair
+
+
+def check_int(value, op, name, minimum=1):
+    """A Python int checked ``minimum <= value <= 2**63 - 1`` (``minimum=None``: no lower bound)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        rule = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{op}: {name} must be {rule}, got {value!r}")
+    if value > INT64_MAX:
+        raise ValueError(f"{op}: {name} must be at most 2**63 - 1, got {value!r}")
+    return int(value)
 
 
 def _activation(activation, op):
     if activation not in ACTIVATIONS:
         raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
     return activation == "relu"
+
+
+# the layers' constructors use these too (see "hyper-parameters" below)
+check_pair, check_activation = _pair, _activation
 
 
 def _bias(bias, out_features, op):
@@ -89,6 +107,66 @@ def _bias(bias, out_features, op):
         raise ValueError(f"{op}: bias must have shape ({out_features},) to match the weight, "
                          f"got {_shape(bias)}")
     return bias
+
+
+# ----------------------------------------------------------------------------- hyper-parameters
+# The checks of the ops' hyper-parameters, in one place: the ops below and the layers'
+# constructors (fastalex.layers) call these, so a bad layer fails when it is built, with the
+# message the functional call would give.
+
+def check_conv_args(stride=1, padding=0, dilation=1, groups=1, activation=None, op="conv2d"):
+    """``(stride, padding, dilation, groups, relu)`` checked and normalized: pairs of ints
+    (stride and dilation positive, padding non-negative), ``groups`` a positive int,
+    ``activation`` None or ``"relu"`` (``relu`` is a bool)."""
+    return (_pair(stride, op, "stride", 1), _pair(padding, op, "padding", 0),
+            _pair(dilation, op, "dilation", 1), check_int(groups, op, "groups", 1),
+            _activation(activation, op))
+
+
+def check_groups(groups, in_channels, out_channels, op="conv2d", shapes=""):
+    """``groups`` must divide both channel counts (``shapes``: context for the message)."""
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"{op}: groups={groups} must divide both the input channels ({in_channels}) "
+                         f"and the output channels ({out_channels}){shapes}")
+
+
+def check_pool_args(kernel_size, stride=None, padding=0, op="max_pool2d"):
+    """``(kernel, stride, padding)`` of a max/avg pooling as pairs (``stride=None``: the kernel),
+    with torch's rule that the padding is at most half the kernel."""
+    kernel = _pair(kernel_size, op, "kernel_size", 1)
+    stride = kernel if stride is None else _pair(stride, op, "stride", 1)
+    padding = _pair(padding, op, "padding", 0)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
+    return kernel, stride, padding
+
+
+def check_output_size(output_size, op="adaptive_avg_pool2d"):
+    """An adaptive pooling's ``output_size`` as a pair of positive ints or None (None keeps
+    that side of the input)."""
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2 and None in output_size:
+        return tuple(None if s is None else _pair(s, op, "output_size", 1)[0] for s in output_size)
+    return _pair(output_size, op, "output_size", 1)
+
+
+def check_lrn_args(size, alpha=1e-4, beta=0.75, k=1.0, op="local_response_norm"):
+    """``(size, alpha, beta, k)``: a positive int and three finite floats."""
+    size = check_int(size, op, "size", 1)
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"{op}: {name} must be a number, got {value!r}")
+        if not np.isfinite(value):
+            raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
+    return size, float(alpha), float(beta), float(k)
+
+
+def check_dropout_p(p, op="dropout"):
+    """Dropout's ``p``: a number in ``[0, 1]``."""
+    if not isinstance(p, numbers.Real) or isinstance(p, bool):
+        raise TypeError(f"{op}: p must be a number between 0 and 1, got {p!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: p must be between 0 and 1, got {p!r}")
+    return float(p)
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -119,10 +197,7 @@ def prepare_conv2d(weight, bias=None, stride=1, dilation=1, groups=1, backend=No
     if weight.ndim != 4 or min(weight.shape) < 1:
         raise ValueError(f"{op}: weight must be (out_channels, in_channels/groups, kh, kw), "
                          f"got shape {_shape(weight)}")
-    stride = _pair(stride, op, "stride", 1)
-    dilation = _pair(dilation, op, "dilation", 1)
-    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    stride, _, dilation, groups, _ = check_conv_args(stride, 0, dilation, groups, op=op)
     if weight.shape[0] % int(groups):
         raise ValueError(f"{op}: groups={groups} must divide the output channels of weight {_shape(weight)}")
     bias = _bias(bias, weight.shape[0], op)
@@ -148,18 +223,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     if weight.ndim != 4:
         raise ValueError(f"{op}: weight must be (out_channels, in_channels/groups, kh, kw), "
                          f"got shape {_shape(weight)}")
-    stride = _pair(stride, op, "stride", 1)
-    padding = _pair(padding, op, "padding", 0)
-    dilation = _pair(dilation, op, "dilation", 1)
-    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    groups = int(groups)
-    relu_ = _activation(activation, op)
+    stride, padding, dilation, groups, relu_ = check_conv_args(stride, padding, dilation, groups, activation)
     N, C, H, W = x.shape
     out_ch, cin_g, kh, kw = weight.shape
-    if C % groups or out_ch % groups:
-        raise ValueError(f"{op}: groups={groups} must divide both the input channels ({C}) and "
-                         f"the output channels ({out_ch}); input {_shape(x)}, weight {_shape(weight)}")
+    check_groups(groups, C, out_ch, op, f"; input {_shape(x)}, weight {_shape(weight)}")
     if cin_g * groups != C:
         raise ValueError(f"{op}: input has {C} channels but weight {_shape(weight)} with "
                          f"groups={groups} expects {cin_g * groups}")
@@ -170,6 +237,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     if span[0] > padded[0] or span[1] > padded[1]:
         raise ValueError(f"{op}: kernel {kh}x{kw} (dilation {dilation}, spanning {span[0]}x{span[1]}) "
                          f"is larger than the padded input {padded[0]}x{padded[1]}; input {_shape(x)}")
+    check_allocatable(op, (N, out_ch) + tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in
+                                              zip((H, W), (kh, kw), stride, padding, dilation)))
+    check_allocatable(op, (N, C) + padded, "zero-padded input")  # the reference backend makes it
     bias = _bias(bias, out_ch, op)
     data = None
     if plan is not None:
@@ -188,16 +258,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
 # ----------------------------------------------------------------------------- pooling
 
 def _pool_args(x, kernel_size, stride, padding, ceil_mode, op):
-    kernel = _pair(kernel_size, op, "kernel_size", 1)
-    stride = kernel if stride is None else _pair(stride, op, "stride", 1)
-    padding = _pair(padding, op, "padding", 0)
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
+    kernel, stride, padding = check_pool_args(kernel_size, stride, padding, op)
     H, W = x.shape[2:]
     out = [pool_output_size(n, k, s, p, ceil_mode) for n, k, s, p in zip((H, W), kernel, stride, padding)]
     if min(out) < 1:  # torch's rule: ceil_mode may keep one window that overhangs the input
         raise ValueError(f"{op}: kernel_size {kernel} is larger than the padded input "
                          f"{H + 2 * padding[0]}x{W + 2 * padding[1]}; input {_shape(x)}")
+    check_allocatable(op, x.shape[:2] + tuple(out))
     return kernel, stride, padding
 
 
@@ -226,20 +293,17 @@ def adaptive_avg_pool2d(x, output_size, backend=None):
     op = "adaptive_avg_pool2d"
     x, squeezed = _image_batch(x, op)
     H, W = x.shape[2:]
-    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
-        output_size = tuple(H if s is None else s for s, H in zip(output_size, (H, W)))
-    size = _pair(output_size, op, "output_size", 1)
+    size = tuple(n if s is None else s for s, n in zip(check_output_size(output_size, op), (H, W)))
     if H < 1 or W < 1:
         raise ValueError(f"{op}: input must have a non-empty spatial size, got {_shape(x)}")
+    check_allocatable(op, x.shape[:2] + size)
     y = get_backend(backend).adaptive_avg_pool2d(x, size)
     return _unbatch(y, squeezed)
 
 
 def pool_output_shape(input_hw, kernel_size, stride=None, padding=0, ceil_mode=False):
     """``(H', W')`` of a max/avg pooling of an ``(H, W)`` map (no data needed)."""
-    kernel = _pair(kernel_size, "pool", "kernel_size", 1)
-    stride = kernel if stride is None else _pair(stride, "pool", "stride", 1)
-    padding = _pair(padding, "pool", "padding", 0)
+    kernel, stride, padding = check_pool_args(kernel_size, stride, padding, "pool")
     return tuple(pool_output_size(s, k, st, p, ceil_mode)
                  for s, k, st, p in zip(input_hw, kernel, stride, padding))
 
@@ -253,12 +317,8 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, backend=None):
     """
     op = "local_response_norm"
     x, squeezed = _image_batch(x, op)
-    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"{op}: size must be a positive int, got {size!r}")
-    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if not isinstance(value, numbers.Real) or not np.isfinite(value):
-            raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
-    y = get_backend(backend).local_response_norm(x, int(size), float(alpha), float(beta), float(k))
+    size, alpha, beta, k = check_lrn_args(size, alpha, beta, k, op)
+    y = get_backend(backend).local_response_norm(x, size, alpha, beta, k)
     return _unbatch(y, squeezed)
 
 
@@ -281,6 +341,7 @@ def linear(x, weight, bias=None, activation=None, backend=None):
         raise ValueError(f"{op}: input has {x.shape[1]} features but weight {_shape(weight)} "
                          f"expects {weight.shape[1]}; input {_shape(x)}")
     bias = _bias(bias, weight.shape[0], op)
+    check_allocatable(op, (x.shape[0], weight.shape[0]))
     y = get_backend(backend).linear(x, weight, bias, _activation(activation, op))
     return y[0] if squeezed else y
 
@@ -295,8 +356,11 @@ def softmax(x, axis=-1):
     x = _as_float32(x, "softmax")
     if x.ndim == 0:
         raise ValueError("softmax: input must have at least one axis, got a scalar")
+    check_int(axis, "softmax", "axis", minimum=None)
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"softmax: axis {axis} is out of range for input of shape {_shape(x)}")
+    if x.size == 0:  # nothing to normalize (torch returns the empty tensor)
+        return x.copy()
     shifted = x - x.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32, copy=False)
@@ -305,6 +369,7 @@ def softmax(x, axis=-1):
 def flatten(x, start_dim=1):
     """Flatten all axes from ``start_dim`` on (``(N, C, H, W) -> (N, C*H*W)`` by default)."""
     x = _as_float32(x, "flatten")
+    check_int(start_dim, "flatten", "start_dim", minimum=None)
     if not 0 <= start_dim < max(x.ndim, 1):
         raise ValueError(f"flatten: start_dim {start_dim} is out of range for input of shape {_shape(x)}")
     return x.reshape(x.shape[:start_dim] + (-1,))
@@ -312,8 +377,7 @@ def flatten(x, start_dim=1):
 
 def dropout(x, p=0.5, training=False):
     """Dropout; fastalex is an inference engine, so only ``training=False`` (identity) is supported."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout: p must be between 0 and 1, got {p!r}")
+    check_dropout_p(p)
     if training:
         raise NotImplementedError("dropout: fastalex runs inference only; training=True is not supported")
     return _as_float32(x, "dropout")

@@ -120,3 +120,126 @@ def test_adaptive_avg_pool_matches_torch_on_non_finite(backend):
     for out in ((3, 3), (4, 2), (6, 6)):
         expected = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), out).numpy()
         _same(F.adaptive_avg_pool2d(x, out, backend=backend), expected, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- empty and absurd sizes
+
+X = np.ones((1, 3, 4, 4), np.float32)
+W = np.ones((2, 3, 2, 2), np.float32)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_of_an_empty_axis_is_empty_like_torch(axis):
+    y = F.softmax(np.zeros((2, 0), np.float32), axis)
+    assert y.shape == (2, 0) and y.dtype == np.float32
+    torch = pytest.importorskip("torch")
+    assert tuple(torch.softmax(torch.zeros(2, 0), axis).shape) == y.shape
+
+
+@pytest.mark.parametrize("p, error, pattern", [
+    ("a", TypeError, r"dropout: p must be a number between 0 and 1, got 'a'"),
+    (None, TypeError, r"dropout: p must be a number"),
+    (float("nan"), ValueError, r"dropout: p must be between 0 and 1, got nan"),
+    (-0.1, ValueError, r"dropout: p must be between 0 and 1"),
+])
+def test_dropout_p_is_checked(p, error, pattern):
+    with pytest.raises(error, match=pattern):
+        F.dropout(X, p)
+
+
+@pytest.mark.parametrize("size", [1, 5, 2**40, 2**63 - 1])
+def test_lrn_with_no_channels_is_empty(backend, size):
+    y = F.local_response_norm(np.zeros((2, 0, 3, 3), np.float32), size, backend=backend)
+    assert y.shape == (2, 0, 3, 3)
+
+
+def test_lrn_size_beyond_int64_is_refused(backend):
+    with pytest.raises(ValueError, match=r"local_response_norm: size must be at most 2\*\*63 - 1"):
+        F.local_response_norm(X, 2**63, backend=backend)
+
+
+BEYOND_INT64 = {
+    "conv2d stride": lambda b: F.conv2d(X, W, stride=2**63, backend=b),
+    "conv2d dilation": lambda b: F.conv2d(X, W, dilation=(1, 2**70), backend=b),
+    "conv2d padding": lambda b: F.conv2d(X, W, padding=2**64, backend=b),
+    "conv2d groups": lambda b: F.conv2d(X, W, groups=2**64, backend=b),
+    "max_pool2d stride": lambda b: F.max_pool2d(X, 2, 2**63, backend=b),
+    "max_pool2d kernel_size": lambda b: F.max_pool2d(X, 2**64, backend=b),
+    "avg_pool2d stride": lambda b: F.avg_pool2d(X, 2, (1, 2**70), backend=b),
+    "adaptive_avg_pool2d output_size": lambda b: F.adaptive_avg_pool2d(X, (2, 2**63), backend=b),
+}
+
+
+@pytest.mark.parametrize("case", list(BEYOND_INT64))
+def test_arguments_beyond_int64_are_refused_the_same_on_both_backends(case):
+    messages = []
+    for b in ("numpy", "numba"):
+        with pytest.raises(ValueError, match=r"must be at most 2\*\*63 - 1") as err:
+            BEYOND_INT64[case](b)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith(case.split()[0] + ": " + case.split()[1])
+
+
+def test_strides_up_to_int64_work_on_both_backends(backend):
+    big = 2**62
+    np.testing.assert_array_equal(F.conv2d(X, W, stride=big, backend=backend), F.conv2d(X, W, stride=4)[:, :, :1, :1])
+    np.testing.assert_array_equal(F.max_pool2d(X, 2, big, backend=backend), np.ones((1, 3, 1, 1)))
+    np.testing.assert_array_equal(F.avg_pool2d(X, 2, (big, 1), backend=backend), np.ones((1, 3, 1, 3)))
+
+
+# Outputs that cannot be allocated: refused before anything is allocated, the same on both
+# backends (the reference once built Python lists of 2**40 bounds and ate all memory).
+HUGE_OUTPUTS = {
+    "adaptive 2**40": lambda b: F.adaptive_avg_pool2d(X, 2**40, backend=b),
+    "adaptive (2**20, 2**20)": lambda b: F.adaptive_avg_pool2d(X, (2**20, 2**20), backend=b),
+    "adaptive (None, 2**40)": lambda b: F.adaptive_avg_pool2d(X, (None, 2**40), backend=b),
+    "conv padding 2**40": lambda b: F.conv2d(X, W, padding=2**40, backend=b),
+    "conv padding and stride 2**20": lambda b: F.conv2d(X, W, stride=2**20, padding=2**20, backend=b),
+    "linear 2**20 x 2**20": lambda b: F.linear(np.ones((2**20, 1), np.float32), np.ones((2**20, 1), np.float32),
+                                               backend=b),
+}
+
+
+@pytest.mark.parametrize("case", list(HUGE_OUTPUTS))
+def test_outputs_that_cannot_be_allocated_are_refused_the_same_on_both_backends(case):
+    messages = []
+    for b in ("numpy", "numba"):
+        with pytest.raises(ValueError, match=r"would have shape .* more than this process can allocate") as err:
+            HUGE_OUTPUTS[case](b)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+
+
+def test_huge_outputs_are_refused_under_a_memory_limit():
+    """In a process limited to 3 GiB of address space: a clean ValueError at once, never a
+    MemoryError or a machine that swaps (each case under a 60 s alarm)."""
+    code = """
+        import resource, signal
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        from test_functional_edges import HUGE_OUTPUTS
+        for name, call in HUGE_OUTPUTS.items():
+            for backend in ("numpy", "numba"):
+                signal.alarm(60)
+                try:
+                    call(backend)
+                except ValueError as exc:
+                    print("refused", name, backend, "3 GiB" in str(exc))
+                signal.alarm(0)
+    """
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("refused") == 2 * len(HUGE_OUTPUTS), proc.stdout
+    assert proc.stdout.count("True") == 2 * len(HUGE_OUTPUTS), proc.stdout
+
+
+def _python(code):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "tests")]))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)

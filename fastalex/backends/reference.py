@@ -117,13 +117,17 @@ def adaptive_avg_pool2d(x, output_size):
     """Output cell ``(i, j)`` averages rows ``[floor(i*H/oh), ceil((i+1)*H/oh))`` (and columns alike).
 
     Window sums over the rows, then over the columns of those (the windows of neighbouring
-    cells may overlap by one row or column), divided by the windows' areas.
+    cells may overlap by one row or column), divided by the windows' areas. The axis whose
+    sums leave the smaller intermediate goes first (at most the input's or the output's size).
     """
     N, C, H, W = x.shape
     oh, ow = output_size
     r0, r1 = adaptive_bounds(H, oh, np.arange(oh))
     c0, c1 = adaptive_bounds(W, ow, np.arange(ow))
-    total = _window_sums(_window_sums(x, r0, r1, axis=2), c0, c1, axis=3)
+    if oh * W <= H * ow:
+        total = _window_sums(_window_sums(x, r0, r1, axis=2), c0, c1, axis=3)
+    else:
+        total = _window_sums(_window_sums(x, c0, c1, axis=3), r0, r1, axis=2)
     area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
     return np.ascontiguousarray(total / area, dtype=np.float32)
 
@@ -136,7 +140,9 @@ def local_response_norm(x, size, alpha, beta, k):
     at most ``C - 1`` channels either side, so the padding (and the window) stops there.
     """
     C = x.shape[1]
-    before, after = min(size // 2, max(C - 1, 0)), min((size - 1) // 2, max(C - 1, 0))
+    if C == 0:
+        return x.copy()
+    before, after = min(size // 2, C - 1), min((size - 1) // 2, C - 1)
     sq = np.square(x, dtype=np.float32)
     padded = np.pad(sq, ((0, 0), (before, after), (0, 0), (0, 0)))
     window_sum = sliding_window_view(padded, before + 1 + after, axis=1).sum(axis=-1)
