@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=_backends() + ["all"], default="all", help="backend(s) to time (default all)")
     p.add_argument("--repeat", type=_positive_int, default=5, metavar="N", help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
+    p.add_argument("--peers", choices=["auto", "none"], default="auto",
+                   help="auto (default): also time PyTorch and ONNX Runtime on the same model, weights, "
+                        "input and number of threads, when they are installed; none: only fastalex")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -325,6 +328,30 @@ def cmd_weights_path(args):
     return 0
 
 
+def _bench_runners(model, names, peers):
+    """``(name, run or None, note)`` for each fastalex backend, then each installed peer."""
+    import numba
+
+    from . import peers as P
+    for name in names:
+        def run(x, name=name):
+            model.backend = name
+            return model(x)
+        yield name, run, ""
+    if peers == "none":
+        return
+    threads = numba.get_num_threads()
+    for name, build, package in (("torch", P.torch_model, "torch"),
+                                 ("onnxruntime", lambda m, t: P.onnx_session(m, t, m.input_shape),
+                                  "onnxruntime onnx")):
+        try:
+            yield name, build(model, threads), f"{threads} threads"
+        except ImportError:
+            yield name, None, f"not installed (pip install {package})"
+        except NotImplementedError as exc:
+            yield name, None, f"cannot run this model: {exc}"
+
+
 def cmd_bench(args):
     import numpy as np
 
@@ -343,30 +370,37 @@ def cmd_bench(args):
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     print(f"AlexNet ({args.variant}), batch {args.batch_size} x {model.input_shape}, "
           f"median and min of {args.repeat} runs after {args.warmup} warm-up")
-    header = f"{'backend':<8} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
+    header = (f"{'engine':<12} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
+              f"  {'vs numba':>8}")
     print(header)
     print("-" * len(header))
-    outputs = {}
-    for name in names:
-        model.backend = name
+    outputs, medians = {}, {}
+    for name, run, note in _bench_runners(model, names, args.peers):
+        if run is None:
+            print(f"{name:<12} {note}", flush=True)
+            continue
         try:
             for _ in range(max(0, args.warmup)):
-                outputs[name] = model(x)
+                outputs[name] = run(x)
         except ImportError as exc:
-            print(f"{name:<8} unavailable: {exc}", flush=True)
+            print(f"{name:<12} unavailable: {exc}", flush=True)
             continue
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            outputs[name] = model(x)
+            outputs[name] = run(x)
             times.append(time.perf_counter() - t0)
         med, best = float(np.median(times)), min(times)
-        print(f"{name:<8} {med:>11.3f} s {best:>8.3f} s {med / args.batch_size * 1e3:>10.1f} ms "
-              f"{args.batch_size / med:>9.1f}", flush=True)
-    if len(outputs) == 2:
-        (a, ya), (b, yb) = outputs.items()
-        rel = float(np.abs(ya - yb).max() / max(np.abs(yb).max(), 1e-30))
-        print(f"agreement: max |{a} - {b}| / max |{b}| = {rel:.2e}")
+        medians[name] = med
+        ratio = f"{med / medians['numba']:7.2f}x" if "numba" in medians else ""
+        print(f"{name:<12} {med:>11.3f} s {best:>8.3f} s {med / args.batch_size * 1e3:>10.1f} ms "
+              f"{args.batch_size / med:>9.1f}  {ratio:>8}", flush=True)
+    model.backend = None
+    base = "numpy" if "numpy" in outputs else next(iter(outputs), None)
+    for name, y in outputs.items():
+        if name != base:
+            rel = float(np.abs(y - outputs[base]).max() / max(np.abs(outputs[base]).max(), 1e-30))
+            print(f"agreement: max |{name} - {base}| / max |{base}| = {rel:.2e}")
     return 0
 
 
