@@ -287,7 +287,8 @@ def test_command_line_picks_the_workqueue_layer():
         import contextlib, io, numba
         from fastalex.cli import main
         with contextlib.redirect_stdout(io.StringIO()):
-            status = main(["bench", "--backend", "numba", "--batch-size", "1", "--repeat", "1", "--warmup", "0"])
+            status = main(["bench", "--backend", "numba", "--peers", "none", "--batch-size", "1",
+                           "--repeat", "1", "--warmup", "0"])
         print("status", status, "layer", numba.threading_layer())
     """
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
