@@ -12,6 +12,9 @@ import pytest
 import naive_ops as naive
 from fastalex import functional as F
 
+# NaN/inf/huge inputs on purpose: NumPy's "overflow/invalid value encountered" warnings are expected.
+pytestmark = pytest.mark.filterwarnings("ignore:.*encountered:RuntimeWarning")
+
 
 def _same(actual, expected, rtol=1e-5):
     """Equal up to float32 rounding, NaN where NaN, inf where inf."""
