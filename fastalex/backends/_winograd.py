@@ -108,7 +108,7 @@ def supports(weight_shape, stride, dilation) -> bool:
 
 
 def prepare(weight, bias, stride, groups) -> Plan:
-    """Transform the weights once: ``U[e, c, o] = sum_ij G[a, i] G[b, j] w'[o, c, i, j]`` per group,
+    """Transform the weights once: ``U[e, c, o] = sum_ij G[a, i] w'[o, c, i, j] G[b, j]`` per group,
     where ``w'`` is the weight after space-to-depth (the weight itself for stride 1)."""
     O, cin_g, k, _ = weight.shape
     s = stride[0]
@@ -121,11 +121,12 @@ def prepare(weight, bias, stride, groups) -> Plan:
         wp[:, :, :k, :k] = w
         w = wp.reshape(O, cin_g, r, s, r, s).transpose(0, 1, 3, 5, 2, 4).reshape(O, cin_g * s * s, r, r)
     og = O // groups
+    # G g G^T for every (o, c) at once, as two batched products: (O, C, 6, 6)
+    u = np.matmul(np.matmul(G, w), G.T)
     U = []
-    for g in range(groups):
-        wg = w[g * og:(g + 1) * og]
-        u = np.einsum("ai,bj,ocij->abco", G, G, wg, optimize=True)
-        U.append(np.ascontiguousarray(u.reshape(-1, wg.shape[1], og), dtype=np.float32))
+    for g in range(groups):  # (6*6, C, O/groups) per group: U[e] is one product's right side
+        ug = u[g * og:(g + 1) * og].reshape(og, -1, 36).transpose(2, 1, 0)
+        U.append(np.ascontiguousarray(ug, dtype=np.float32))
     b = np.zeros(O, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     return Plan(m, r, s, AT.astype(np.float32), BT.astype(np.float32), tuple(U), b, O, (k, k))
 
