@@ -15,6 +15,7 @@ import numpy as np
 
 from . import functional as F
 from . import layers as L
+from .lowp import check_weight_dtype
 
 __all__ = ["Sequential", "Model", "build", "alexnet", "VARIANTS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -197,7 +198,8 @@ class Sequential(L.Layer):
 
     # -- weights
     def state_dict(self) -> dict[str, np.ndarray]:
-        """``{"features.0.weight": array, ...}`` in torch's key names and layouts (no copies)."""
+        """``{"features.0.weight": array, ...}`` in torch's key names and layouts, float32 (no
+        copies, except widened ones of bfloat16/int8 dense weights)."""
         return {f"{name}.{p}": arr for name, layer in self.named_layers()
                 for p, arr in layer.parameters().items()}
 
@@ -228,6 +230,22 @@ class Sequential(L.Layer):
         for layer, p, arr in staged:  # shapes and values are checked above: assign directly
             object.__setattr__(layer, p, arr)
         return result
+
+    # -- storage of the dense weights
+    @property
+    def weight_dtype(self) -> str:
+        """How the dense layers store their weights (``"mixed"`` if they differ)."""
+        kinds = {layer.weight_dtype for _, layer in self.named_layers() if isinstance(layer, L.Dense)}
+        return kinds.pop() if len(kinds) == 1 else ("float32" if not kinds else "mixed")
+
+    def set_weight_dtype(self, dtype):
+        """Store every dense layer's weight as ``dtype`` (``"float32"``, ``"bfloat16"``,
+        ``"int8"``, see :mod:`fastalex.lowp`); convolutions stay float32. Returns ``self``."""
+        check_weight_dtype(dtype, "set_weight_dtype")
+        for _, layer in self.named_layers():
+            if isinstance(layer, L.Dense):
+                layer.set_weight_dtype(dtype)
+        return self
 
     def extra_repr(self):
         return ", ".join(name for name, _ in self.children)
@@ -289,7 +307,7 @@ def _build_children(entries, rng):
 class Model(Sequential):
     """A :class:`Sequential` built from a spec, with prediction, a summary and preprocessing info."""
 
-    def __init__(self, spec, seed=0, backend=None):
+    def __init__(self, spec, seed=0, backend=None, weight_dtype="float32"):
         # seed=None: zero placeholders for weights that are about to be loaded (no 1 s of RNG)
         rng = None if seed is None else np.random.default_rng(seed)
         super().__init__(_build_children(spec["layers"], rng))
@@ -299,6 +317,7 @@ class Model(Sequential):
         self.preprocess = dict(spec.get("preprocess", {}))
         self.backend = backend
         self.num_classes = self.output_shape(self.input_shape)[0]
+        self.set_weight_dtype(weight_dtype)
 
     def _batch(self, x):
         """``(batch, squeezed)``: ``x`` as ``(N, C, H, W)``, checked against the model's input."""
@@ -404,37 +423,45 @@ class Model(Sequential):
         lines += [fmt.format(*b) for b in body]
         lines += [rule,
                   f"Total params: {total_params:,} ({total_params * 4 / 2**20:.1f} MiB as float32)",
-                  f"Total MACs:   {total_macs:,} ({total_macs / 1e9:.2f} G per image)",
-                  rule]
+                  f"Total MACs:   {total_macs:,} ({total_macs / 1e9:.2f} G per image)"]
+        dense = [r["layer"] for r in rows if isinstance(r["layer"], L.Dense)]
+        if any(d.weight_dtype != "float32" for d in dense):
+            stored = sum(d.stored_weight.nbytes for d in dense)
+            lines.append(f"Dense weights: {self.weight_dtype} ({stored / 2**20:.1f} MiB stored)")
+        lines.append(rule)
         return "\n".join(lines)
 
     def extra_repr(self):
         return self.variant
 
 
-def build(spec, seed=0, backend=None) -> Model:
+def build(spec, seed=0, backend=None, weight_dtype="float32") -> Model:
     """A :class:`Model` from a spec dict (see :func:`original_spec` for the format)."""
-    return Model(spec, seed=seed, backend=backend)
+    return Model(spec, seed=seed, backend=backend, weight_dtype=weight_dtype)
 
 
-def alexnet(variant="original", num_classes=1000, weights=None, backend=None, seed=0) -> Model:
+def alexnet(variant="original", num_classes=1000, weights=None, backend=None, seed=0,
+            weight_dtype="float32") -> Model:
     """An AlexNet.
 
     ``variant``: ``"original"`` (the 2012 paper: LRN, groups, 227x227) or ``"torchvision"``
     (224x224, the published ImageNet weights). ``weights``: None (He-normal init from ``seed``),
     ``"imagenet"`` (torchvision's published weights, downloaded once and cached), a path to a
     ``.npz``/``.pth`` file, or a state dict. ``backend``: ``"numba"``, ``"numpy"`` or None
-    (the process default).
+    (the process default). ``weight_dtype``: how the dense layers store their weights,
+    ``"float32"`` (default), ``"bfloat16"`` or ``"int8"`` (per-output-channel scales); they are
+    converted once, after loading, and the convolutions stay float32 (see :mod:`fastalex.lowp`).
     """
     if variant not in VARIANTS:
         raise ValueError(f"alexnet: unknown variant {variant!r}; valid variants are "
                          + ", ".join(repr(v) for v in VARIANTS))
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"alexnet: num_classes must be a positive int, got {num_classes!r}")
+    check_weight_dtype(weight_dtype, "alexnet")
     if weights is None:
-        return Model(VARIANTS[variant](num_classes), seed=seed, backend=backend)
+        return Model(VARIANTS[variant](num_classes), seed=seed, backend=backend, weight_dtype=weight_dtype)
     from .weights import resolve_weights
     state = resolve_weights(weights, variant=variant)
     model = Model(VARIANTS[variant](num_classes), seed=None, backend=backend)
     model.load_state_dict(state)  # strict: every parameter is replaced
-    return model
+    return model.set_weight_dtype(weight_dtype)

@@ -8,6 +8,7 @@ Every backend is a module exposing the same functions with the same signatures:
 ``adaptive_avg_pool2d(x, output_size)``
 ``local_response_norm(x, size, alpha, beta, k)``
 ``linear(x, weight, bias, relu)``
+``linear_lowp(x, weight, bias, relu)`` (``weight`` a :class:`fastalex.lowp.LowpWeight`)
 ``relu(x)``
 
 They receive validated input only: C-contiguous float32 arrays (NCHW for images, ``(N, F)``
