@@ -60,6 +60,14 @@ def _backends():
     return list(BACKENDS)
 
 
+def _add_weight_dtype(p):
+    from .lowp import WEIGHT_DTYPES
+    p.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="float32",
+                   help="storage of the dense layers' weights: float32 (default), bfloat16 (half the "
+                        "bytes, faster at small batches) or int8 (per-channel scales); convolutions "
+                        "stay float32")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="AlexNet inference on the CPU (NumPy reference and Numba fast path).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -83,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per forward pass (default 16)")
     p.add_argument("--backend", choices=_backends(), default=None,
                    help="compute backend (default: numba, or $FASTALEX_BACKEND)")
+    _add_weight_dtype(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line per image")
     p.add_argument("--timings", action="store_true", help="print where the time went on stderr")
     p.set_defaults(func=cmd_classify)
@@ -114,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=_backends() + ["all"], default="all", help="backend(s) to time (default all)")
     p.add_argument("--repeat", type=_positive_int, default=5, metavar="N", help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
+    _add_weight_dtype(p)
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -161,9 +171,10 @@ def _weights_unavailable_error():
 def load_model(args):
     """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend."""
     from .models import alexnet
+    weight_dtype = getattr(args, "weight_dtype", "float32")  # commands without --weight-dtype
     if args.random_weights:
         model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
-                        backend=args.backend, seed=0)
+                        backend=args.backend, seed=0, weight_dtype=weight_dtype)
         _err("WARNING: --random-weights: the model has random weights; its predictions and labels "
              "are MEANINGLESS (use this only to test the pipeline)")
         return model
@@ -172,7 +183,7 @@ def load_model(args):
         if args.num_classes not in (None, 1000):
             raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
         try:
-            return alexnet(variant, weights="imagenet", backend=args.backend)
+            return alexnet(variant, weights="imagenet", backend=args.backend, weight_dtype=weight_dtype)
         except _weights_unavailable_error() as exc:
             from . import weights as W
             cause = str(exc).replace(getattr(W, "_HOW_TO", "\0"), "").strip()
@@ -191,7 +202,8 @@ def load_model(args):
         raise UsageError(f"--num-classes {args.num_classes} but the weights file {args.weights} "
                          f"has {num_classes} classes")
     try:
-        return alexnet(variant, num_classes=num_classes, weights=state, backend=args.backend)
+        return alexnet(variant, num_classes=num_classes, weights=state, backend=args.backend,
+                       weight_dtype=weight_dtype)
     except ValueError as exc:
         raise UsageError(f"weights file {args.weights} does not fit the {variant} AlexNet: {exc}") from None
 
@@ -312,10 +324,10 @@ def cmd_bench(args):
     from .models import alexnet
     names = list(BACKENDS) if args.backend == "all" else [args.backend]
     names.sort(key=lambda n: n != "numba")  # numba first
-    model = alexnet(args.variant)
+    model = alexnet(args.variant, weight_dtype=args.weight_dtype)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     print(f"AlexNet ({args.variant}), batch {args.batch_size} x {model.input_shape}, "
-          f"median and min of {args.repeat} runs after {args.warmup} warm-up")
+          f"{args.weight_dtype} dense weights, median and min of {args.repeat} runs after {args.warmup} warm-up")
     header = f"{'backend':<8} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
     print(header)
     print("-" * len(header))

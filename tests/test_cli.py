@@ -253,3 +253,29 @@ def test_variant_is_inferred_from_the_weights():
     assert _infer_variant({"features.0.weight": np.zeros((64, 3, 11, 11))}, "w") == "torchvision"
     with pytest.raises(UsageError, match="pass --variant"):
         _infer_variant({"fc.weight": np.zeros((2, 2))}, "w")
+
+
+def test_weight_dtype_on_classify_and_bench(env, photos, weights7):
+    w = weights7 / "seven.npz"
+    probs = {}
+    for dtype in ("float32", "bfloat16", "int8"):
+        proc = run(env, "classify", photos / "exif.jpg", photos / "gray.png", "--weights", w, "--json",
+                   "--top", "7", "--weight-dtype", dtype)
+        assert proc.returncode == 0, proc.stderr
+        objs = [json.loads(line) for line in proc.stdout.splitlines()]
+        probs[dtype] = np.array([[t["probability"] for t in sorted(o["top"], key=lambda t: t["index"])]
+                                 for o in objs])
+    for dtype in ("bfloat16", "int8"):  # same model, lighter dense weights: nearly the same answer
+        assert np.abs(probs[dtype] - probs["float32"]).max() < 0.02, (dtype, probs)
+
+    proc = run(env, "classify", photos / "gray.png", "--random-weights", "--weight-dtype", "fp16")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "invalid choice: 'fp16'" in proc.stderr and "'float32', 'bfloat16', 'int8'" in proc.stderr
+
+    proc = run(env, "bench", "--backend", "numpy", "--repeat", "1", "--warmup", "0", "--batch-size", "1",
+               "--weight-dtype", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    assert "bfloat16 dense weights" in proc.stdout
+    assert re.search(r"^numpy +\d+\.\d+ s", proc.stdout, re.M), proc.stdout
+    proc = run(env, "bench", "--weight-dtype", "int4")
+    assert proc.returncode == 2 and "invalid choice: 'int4'" in proc.stderr
