@@ -10,6 +10,8 @@ Shapes given to ``output_shape`` / ``macs`` are per-sample, without the batch ax
 
 Parameters are float32 numpy arrays in torch's layouts; setting one checks its shape and
 rejects NaN/inf once, at assignment, instead of on every call.
+``Dense`` may store its weight in bfloat16 or int8 (``weight_dtype``, see
+:mod:`fastalex.lowp`); its ``weight`` attribute still reads and writes float32.
 """
 
 from __future__ import annotations
