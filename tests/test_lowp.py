@@ -233,3 +233,13 @@ def test_model_logits_close_to_float32(variant):
         assert low.weight_dtype == dtype
         err = np.abs(low(x) - ref).max() / np.abs(ref).max()
         assert err <= bound, (dtype, err)
+
+
+def test_low_precision_layers_pickle():
+    """Models travel to worker processes (Dask) by pickle: the stored weight goes as it is."""
+    import pickle
+    d = L.Dense(10, 4, weight_dtype="int8", rng=9)
+    e = pickle.loads(pickle.dumps(d))
+    assert e.weight_dtype == "int8" and isinstance(e.stored_weight, LowpWeight)
+    assert np.array_equal(e.stored_weight.data, d.stored_weight.data)
+    assert np.array_equal(e.stored_weight.scale, d.stored_weight.scale)
