@@ -411,7 +411,24 @@ class Model(Sequential):
                   f"Total params: {total_params:,} ({total_params * 4 / 2**20:.1f} MiB as float32)",
                   f"Total MACs:   {total_macs:,} ({total_macs / 1e9:.2f} G per image)",
                   rule]
+        lines += self._plan_lines()
         return "\n".join(lines)
+
+    def _plan_lines(self):
+        """How the backend runs each convolution (its plan, made once), when it says."""
+        from .backends import get_backend, get_backend_name
+        name = self.backend or get_backend_name()
+        try:
+            describe = getattr(get_backend(name), "describe_plan", None)
+        except ImportError:
+            return []
+        if describe is None:
+            return []
+        lines = [f"Convolutions on the {name} backend (weights prepared once, when first used):"]
+        for layer_name, layer in self.named_layers():
+            if isinstance(layer, L.Conv2D):
+                lines.append(f"  {layer_name:<12} {describe(layer.plan().data)}")
+        return lines
 
     def extra_repr(self):
         return self.variant
