@@ -402,7 +402,8 @@ class Model(Sequential):
         rule = "-" * len(fmt.format(*header))
         total_params = sum(r["params"] for r in rows)
         total_macs = sum(r["macs"] for r in rows)
-        lines = [f'AlexNet ("{self.variant}"), input {shape}', rule, fmt.format(*header), rule]
+        title = self.spec.get("title") or f'AlexNet ("{self.variant}")'
+        lines = [f"{title}, input {shape}", rule, fmt.format(*header), rule]
         lines += [fmt.format(*b) for b in body]
         lines += [rule,
                   f"Total params: {total_params:,} ({total_params * 4 / 2**20:.1f} MiB as float32)",

@@ -87,7 +87,7 @@ def read_onnx(path, preprocess="torchvision"):
     path = os.fspath(path)
     proto = _parse(onnx, path)
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(_without_external_data(onnx, proto))
     except Exception as exc:  # ValidationError, and whatever a broken proto makes the checker raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OnnxError(path, f"not a valid ONNX model ({first})") from None
@@ -113,6 +113,23 @@ def _parse(onnx, path):
     if not proto.HasField("graph") or not proto.graph.node:
         raise OnnxError(path, "not an ONNX model, or truncated (it has no graph nodes)")
     return proto
+
+
+def _without_external_data(onnx, proto):
+    """What the checker sees: ``proto``, or a copy whose external tensors are empty placeholders
+    (the checker would look for their files relative to the working directory; we read them
+    ourselves, from the model's folder only, see :func:`_read_external`)."""
+    if not any(t.data_location == _EXTERNAL for t in proto.graph.initializer):
+        return proto
+    light = onnx.ModelProto()
+    light.CopyFrom(proto)
+    for tensor in light.graph.initializer:
+        if tensor.data_location == _EXTERNAL:
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+            del tensor.dims[:]
+            tensor.dims.append(0)
+    return light
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -256,7 +273,8 @@ class _Converter:
         if isinstance(preprocess, str):
             preprocess = preprocess_preset(preprocess, crop=input_shape[1])
         stem = os.path.splitext(os.path.basename(self.path))[0]
-        spec = {"variant": f"onnx:{stem}", "input_shape": input_shape, "preprocess": dict(preprocess),
+        spec = {"variant": f"onnx:{stem}", "title": f"ONNX model {os.path.basename(self.path)} (opset {self.opset})",
+                "input_shape": input_shape, "preprocess": dict(preprocess),
                 "aliases": aliases, "layers": self.entries, "source": os.path.abspath(self.path),
                 "opset": self.opset}
         return spec, self.state

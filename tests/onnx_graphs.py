@@ -104,7 +104,7 @@ def caffe_alexnet(div=1, num_classes=1000, input_size=224, batch=1, seed=0, opse
     return model
 
 
-def single_op(op_type, input_shape=(1, 3, 8, 8), output_shape=None, inits=(), extra_inputs=(), opset=13,
+def single_op(op_type, input_shape=(1, 3, 8, 8), output_shape=("N", "C", "H", "W"), inits=(), extra_inputs=(), opset=13,
               **attrs):
     """A graph ``x -> op_type -> y`` with optional initializers ``[(name, array), ...]`` as the
     node's further inputs."""
