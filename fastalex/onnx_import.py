@@ -236,14 +236,11 @@ class _Converter:
                           f"supported; supported: {', '.join(SUPPORTED_OPS)}", node)
         current, self.shape = self._input()
         input_shape = self.shape
-        if len(g.output) != 1:
-            self.fail(f"the graph must have one output, it has {len(g.output)}")
-        uses = {}
+        outputs = [o.name for o in g.output]
+        uses, seen = {}, {current}
         for node in g.node:
             for name in node.input:
                 uses[name] = uses.get(name, 0) + 1
-        for out in g.output:
-            uses[out.name] = uses.get(out.name, 0) + 1
         for node in g.node:
             if node.op_type == "Constant":
                 continue
@@ -258,12 +255,16 @@ class _Converter:
                     self.fail(f"its output {extra!r} is used; only the first output may be", node)
             getattr(self, "op_" + node.op_type)(node, _attrs(node))
             current = node.output[0]
+            seen.add(current)
             if self.entries:
                 self.aliases.setdefault(current, self.entries[-1][0])
                 if node.name:
                     self.aliases.setdefault(node.name, self.entries[-1][0])
-        if current != g.output[0].name:
-            self.fail(f"the chain ends at {current!r}, not at the graph output {g.output[0].name!r}")
+        if current not in outputs:
+            self.fail(f"the chain ends at {current!r}, which is not a graph output ({', '.join(outputs)})")
+        inner = [o for o in outputs if o not in seen]
+        if inner:  # further outputs may only show tensors of the chain (use extract() for those)
+            self.fail(f"graph outputs {inner} are not tensors of the chain")
         if not self.entries or len(self.shape) != 1:
             self.fail(f"the graph must end in class scores (N, classes); it gives per-sample shape {self.shape}")
         logits = [n for n, (kind, _) in self.entries if kind != "Softmax"]
