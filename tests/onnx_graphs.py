@@ -5,7 +5,10 @@
   ``lrn_first=False``), ``group=2``, pooling with pads ``[0, 0, 1, 1]`` (Caffe's rounding up,
   spelled as explicit pads), ``Reshape`` with a shape initializer, ``Gemm`` with ``transB=1``,
   ``Dropout`` and ``Softmax`` at the end, a fixed batch of 1 and a 224x224 input. ``div``
-  narrows every layer (the committed fixture is tiny; the benchmark uses ``div=1``).
+  narrows every layer (the committed fixture is tiny; the benchmark uses ``div=1``). Below
+  opset 7 it is written as the zoo's oldest files are: IR version 3 with the initializers
+  also listed as graph inputs, ``Reshape``'s shape as an attribute (opset < 5), ``Dropout``
+  with ``is_test`` and ``Gemm`` with ``broadcast``.
 * :func:`single_op`: a one-node graph, for error tests.
 """
 
@@ -57,7 +60,8 @@ def caffe_alexnet(div=1, num_classes=1000, input_size=224, batch=1, seed=0, opse
         nonlocal prev
         w = init(f"{name}_w_0", _he(rng, (fout, fin)))
         b = init(f"{name}_b_0", rng.uniform(-0.1, 0.1, fout).astype(np.float32))
-        nodes.append(helper.make_node("Gemm", [prev, w, b], [f"{name}_1"], transB=1))
+        old = {"broadcast": 1} if opset < 7 else {}
+        nodes.append(helper.make_node("Gemm", [prev, w, b], [f"{name}_1"], transB=1, **old))
         prev = f"{name}_1"
         if relu:
             nodes.append(helper.make_node("Relu", [prev], [f"{name}_2"]))
@@ -66,6 +70,8 @@ def caffe_alexnet(div=1, num_classes=1000, input_size=224, batch=1, seed=0, opse
             if opset >= 12:
                 ratio = init(f"{name}_ratio", np.array(0.5, np.float32))
                 nodes.append(helper.make_node("Dropout", [prev, ratio], [f"{name}_3"]))
+            elif opset < 7:
+                nodes.append(helper.make_node("Dropout", [prev], [f"{name}_3"], ratio=0.5, is_test=1))
             else:
                 nodes.append(helper.make_node("Dropout", [prev], [f"{name}_3"], ratio=0.5))
             prev = f"{name}_3"
@@ -86,21 +92,27 @@ def caffe_alexnet(div=1, num_classes=1000, input_size=224, batch=1, seed=0, opse
     conv("conv4", c3, c3, 3, pad=1, group=2)
     conv("conv5", c3, c2, 3, pad=1, group=2)
     pool("pool5", [0, 0, 1, 1])
-    shape = init("OC2_DUMMY_1", np.array([batch if isinstance(batch, int) else 0, -1], np.int64))
-    nodes.append(helper.make_node("Reshape", [prev, shape], ["OC2_DUMMY_0"]))
+    target = [batch if isinstance(batch, int) else 0, -1]
+    if opset < 5:
+        nodes.append(helper.make_node("Reshape", [prev], ["OC2_DUMMY_0"], shape=target))
+    else:
+        shape = init("OC2_DUMMY_1", np.array(target, np.int64))
+        nodes.append(helper.make_node("Reshape", [prev, shape], ["OC2_DUMMY_0"]))
     prev = "OC2_DUMMY_0"
     features = c2 * 6 * 6
     fc("fc6", features, hidden)
     fc("fc7", hidden, hidden)
     fc("fc8", hidden, num_classes, relu=False, dropout=False)
     nodes.append(helper.make_node("Softmax", [prev], ["prob_1"]))
+    inputs = [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [batch, 3, input_size, input_size])]
+    if opset < 7:  # IR version 3: every initializer is a graph input too
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
     graph = helper.make_graph(
-        nodes, "caffe_alexnet",
-        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [batch, 3, input_size, input_size])],
+        nodes, "caffe_alexnet", inputs,
         [helper.make_tensor_value_info("prob_1", TensorProto.FLOAT, [batch, num_classes])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="fastalex-tests")
-    model.ir_version = 7
+    model.ir_version = 3 if opset < 7 else 7
     return model
 
 

@@ -169,6 +169,19 @@ def test_gemm_alpha_beta_matmul_add(tmp_path):
     assert [type(layer).__name__ for _, layer in m.named_layers()] == ["Flatten", "Dense", "Dense"]
 
 
+@pytest.mark.parametrize("opset", [3, 6, 9])
+def test_old_opsets_give_the_same_model(tmp_path, opset):
+    """Opset-3/6 spellings (IR 3 with initializers as inputs, Reshape's shape attribute, Dropout's
+    is_test, Gemm's broadcast; Softmax's axis=1 default) load as the opset-12 graph does."""
+    new = fastalex.load_onnx(_save(caffe_alexnet(div=16, hidden=32, num_classes=5, seed=9), tmp_path / "new.onnx"))
+    old = fastalex.load_onnx(_save(caffe_alexnet(div=16, hidden=32, num_classes=5, seed=9, opset=opset),
+                                   tmp_path / f"op{opset}.onnx"))
+    assert [type(layer) for _, layer in old.named_layers()] == [type(layer) for _, layer in new.named_layers()]
+    x = np.random.default_rng(9).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_array_equal(old(x), new(x))
+    assert old.spec["opset"] == opset
+
+
 def test_unsupported_op_names_the_node_and_the_supported_list(tmp_path):
     path = _save(single_op("Sigmoid", name="act1"), tmp_path / "sigmoid.onnx")
     with pytest.raises(OnnxError) as info:
