@@ -271,8 +271,8 @@ class _Converter:
         if logits:
             self.aliases.setdefault("logits", logits[-1])
         aliases = {k: v for k, v in self.aliases.items() if k != v}
-        if isinstance(preprocess, str):
-            preprocess = preprocess_preset(preprocess, crop=input_shape[1])
+        if preprocess is None or isinstance(preprocess, str):
+            preprocess = preprocess_preset(preprocess or "torchvision", crop=input_shape[1])
         stem = os.path.splitext(os.path.basename(self.path))[0]
         spec = {"variant": f"onnx:{stem}", "title": f"ONNX model {os.path.basename(self.path)} (opset {self.opset})",
                 "input_shape": input_shape, "preprocess": dict(preprocess),
