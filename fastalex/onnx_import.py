@@ -201,6 +201,12 @@ def _decode(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _f32(value):
+    """An ONNX float attribute (stored as float32) as the short decimal it was written as (1e-4, not
+    9.999999747378752e-05)."""
+    return float(str(np.float32(value)))
+
+
 def _sanitize(text):
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("_.")
 
@@ -434,8 +440,8 @@ class _Converter:
         size = int(a["size"])
         if size % 2 == 0:  # ONNX and torch place an even window differently
             self.fail(f"LRN with an even size ({size}) is not supported", node)
-        self.add(node, "LocalResponseNorm", dict(size=size, alpha=float(a.get("alpha", 1e-4)),
-                                                 beta=float(a.get("beta", 0.75)), k=float(a.get("bias", 1.0))))
+        self.add(node, "LocalResponseNorm", dict(size=size, alpha=_f32(a.get("alpha", 1e-4)),
+                                                 beta=_f32(a.get("beta", 0.75)), k=_f32(a.get("bias", 1.0))))
 
     def op_Relu(self, node, a):
         self.add(node, "ReLU", {})
@@ -444,7 +450,7 @@ class _Converter:
         pass
 
     def op_Dropout(self, node, a):
-        ratio = float(a.get("ratio", 0.5))
+        ratio = _f32(a.get("ratio", 0.5))
         if self.opset >= 12 and len(node.input) > 1 and node.input[1]:
             ratio = float(np.asarray(self.const(node.input[1], node, "ratio")).reshape(-1)[0])
         if len(node.input) > 2 and node.input[2] and bool(np.asarray(self.const(node.input[2], node, "training_mode")).any()):
