@@ -14,11 +14,11 @@ from .models import Model, Sequential, alexnet, build
 from .weights import load_weights, save_weights
 from .images import ImageError, load_image, load_images
 from .labels import imagenet_labels
-from .onnx_import import load_onnx
+from .onnx_import import OnnxError, load_onnx
 from .classify import classify  # the name is the function; import helpers with ``from fastalex.classify import ...``
 
 __version__ = "0.1.0"
 
 __all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend",
            "get_backend_name", "load_weights", "save_weights", "load_image", "load_images", "ImageError",
-           "imagenet_labels", "classify", "load_onnx", "__version__"]
+           "imagenet_labels", "classify", "load_onnx", "OnnxError", "__version__"]

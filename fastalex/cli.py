@@ -214,14 +214,9 @@ def _apply_preprocess(model, args):
 
 
 def load_model(args):
-    """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend
-    (and --preprocess, when given)."""
-    return _apply_preprocess(_load_model(args), args)
-
-
-def _load_model(args):
+    """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend."""
     from .models import alexnet
-    if not args.random_weights and is_onnx(args.weights):
+    if not args.random_weights and is_onnx(args.weights):  # an .onnx file brings its architecture
         return load_onnx_model(args)
     if args.random_weights:
         model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
@@ -291,7 +286,7 @@ def cmd_classify(args):
         raise UsageError("no images found in " + ", ".join(args.paths)
                          + " (searched recursively for image file extensions)")
     t0 = time.perf_counter()
-    model = load_model(args)
+    model = _apply_preprocess(load_model(args), args)
     t_model = time.perf_counter() - t0
     labels = None
     if args.labels:
