@@ -43,3 +43,22 @@ def test_preset_sizes_and_errors():
     with pytest.raises(ValueError, match="channel_order"):
         get_preprocess({"mean": (0, 0, 0), "std": (1, 1, 1), "channel_order": "GBR"})
     assert set(PRESETS) == {"torchvision", "caffe"}
+
+
+def test_cli_preprocess_option_changes_what_the_model_sees(tmp_path, capsys, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from fastalex import cli
+    monkeypatch.setenv("FASTALEX_BACKEND", "numpy")
+    path = tmp_path / "half.png"
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[:, :32] = (240, 10, 10)
+    Image.fromarray(pixels).save(path)
+    top = {}
+    for preset in (None, "torchvision", "caffe"):
+        args = ["classify", str(path), "--random-weights", "--json", "--backend", "numpy"]
+        assert cli.main(args + (["--preprocess", preset] if preset else [])) == 0
+        top[preset] = json.loads(capsys.readouterr().out)["top"]
+    assert top[None] == top["torchvision"] and top["caffe"] != top["torchvision"]
