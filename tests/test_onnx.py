@@ -145,6 +145,23 @@ def test_uneven_conv_pads_and_auto_pad(tmp_path, backend):
         assert_agree(m(x), _ort_run(tmp_path / "conv_flat.onnx", x), f"Conv {attrs} vs ONNX Runtime")
 
 
+def test_pools_with_onnx_pads_match_onnxruntime(tmp_path, backend):
+    """MaxPool/AveragePool with uneven pads, ceil_mode and count_include_pad, imported and run,
+    against ONNX Runtime on the same graph."""
+    pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(8).standard_normal((2, 3, 7, 8)).astype(np.float32)
+    for op, kernel, strides, pads, ceil_mode, cip in [
+            ("MaxPool", [3, 3], [2, 2], [0, 0, 1, 1], 0, 0), ("MaxPool", [2, 3], [2, 1], [1, 0, 0, 2], 1, 0),
+            ("AveragePool", [3, 3], [2, 2], [1, 1, 2, 2], 0, 0), ("AveragePool", [3, 2], [2, 2], [2, 0, 0, 1], 1, 1),
+            ("AveragePool", [3, 3], [2, 2], [0, 1, 2, 0], 1, 0), ("AveragePool", [2, 2], [2, 2], [1, 1, 1, 1], 1, 1)]:
+        attrs = dict(kernel_shape=kernel, strides=strides, pads=pads, ceil_mode=ceil_mode)
+        if op == "AveragePool":
+            attrs["count_include_pad"] = cip
+        path = _save(_then_flatten(single_op(op, (2, 3, 7, 8), **attrs)), tmp_path / "pool.onnx")
+        m = fastalex.load_onnx(path, backend=backend)
+        assert_agree(m(x), _ort_run(path, x), f"{op} {attrs}")
+
+
 def test_gemm_alpha_beta_matmul_add(tmp_path):
     rng = np.random.default_rng(4)
     b = rng.standard_normal((5, 7)).astype(np.float32)
