@@ -74,7 +74,7 @@ def _naive_pool(x, kernel, stride, sides, ceil_mode, kind, count_include_pad=Tru
 
 
 POOL_GRID = [(k, s, pads, ceil) for k, s in [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((3, 2), (1, 2))]
-             for pads in [(0, 1, 0, 1), (1, 0, 2, 0), (0, 0, 1, 2), (2, 1, 0, 1), (1, 1, 1, 1)]
+             for pads in [(0, 1, 0, 1), (1, 0, 2, 0), (0, 0, 1, 2), (2, 1, 0, 1), (1, 1, 1, 1), (2, 2, 2, 2)]
              for ceil in (False, True)
              if max(pads[2:]) < k[0] and max(pads[:2]) < k[1]]
 
