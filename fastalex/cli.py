@@ -131,11 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "median and min of several runs after a warm-up.")
     p.add_argument("--variant", choices=_variants(), default=None, help="model variant (default torchvision)")
     p.add_argument("--weights", metavar="FILE.onnx", default=None,
-                   help="time an .onnx model instead of a variant (and ONNX Runtime on it, if installed)")
+                   help="time an .onnx model instead of a variant, and ONNX Runtime on the same file "
+                        "if installed (--peers does not apply)")
     p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per batch (default 16)")
     p.add_argument("--backend", choices=_backends() + ["all"], default="all", help="backend(s) to time (default all)")
     p.add_argument("--repeat", type=_positive_int, default=5, metavar="N", help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
+    p.add_argument("--peers", choices=["auto", "none"], default="auto",
+                   help="auto (default): also time PyTorch and ONNX Runtime on the same model, weights, "
+                        "input and number of threads, when they are installed; none: only fastalex")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -387,6 +391,30 @@ def cmd_weights_path(args):
     return 0
 
 
+def _bench_runners(model, names, peers):
+    """``(name, run or None, note)`` for each fastalex backend, then each installed peer."""
+    import numba
+
+    from . import peers as P
+    for name in names:
+        def run(x, name=name):
+            model.backend = name
+            return model(x)
+        yield name, run, ""
+    if peers == "none":
+        return
+    threads = numba.get_num_threads()
+    for name, build, package in (("torch", P.torch_model, "torch"),
+                                 ("onnxruntime", lambda m, t: P.onnx_session(m, t, m.input_shape),
+                                  "onnxruntime onnx")):
+        try:
+            yield name, build(model, threads), f"{threads} threads"
+        except ImportError:
+            yield name, None, f"not installed (pip install {package})"
+        except NotImplementedError as exc:
+            yield name, None, f"cannot run this model: {exc}"
+
+
 def cmd_bench(args):
     import numpy as np
 
@@ -410,78 +438,78 @@ def cmd_bench(args):
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     print(f"{title}, batch {args.batch_size} x {model.input_shape}, "
           f"median and min of {args.repeat} runs after {args.warmup} warm-up")
-    header = f"{'backend':<8} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
+    header = (f"{'engine':<12} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
+              f"  {'vs numba':>8}")
     print(header)
     print("-" * len(header))
-    outputs = {}
-    for name in names:
-        model.backend = name
+    outputs, medians = {}, {}
+    runners = (_onnx_file_runners(model, names, args.weights) if args.weights is not None
+               else _bench_runners(model, names, args.peers))
+    for name, run, note in runners:
+        if run is None:
+            print(f"{name:<12} {note}", flush=True)
+            continue
         try:
             for _ in range(max(0, args.warmup)):
-                outputs[name] = model(x)
+                outputs[name] = run(x)
         except ImportError as exc:
-            print(f"{name:<8} unavailable: {exc}", flush=True)
+            print(f"{name:<12} unavailable: {exc}", flush=True)
             continue
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            outputs[name] = model(x)
+            outputs[name] = run(x)
             times.append(time.perf_counter() - t0)
         med, best = float(np.median(times)), min(times)
-        print(f"{name:<8} {med:>11.3f} s {best:>8.3f} s {med / args.batch_size * 1e3:>10.1f} ms "
-              f"{args.batch_size / med:>9.1f}", flush=True)
-    if args.weights is not None:
-        _bench_onnxruntime(args, x, outputs)
-    if len(outputs) >= 2:
-        (a, ya), *others = outputs.items()
-        for b, yb in others:
-            rel = float(np.abs(ya - yb).max() / max(np.abs(yb).max(), 1e-30))
-            print(f"agreement: max |{a} - {b}| / max |{b}| = {rel:.2e}")
+        medians[name] = med
+        ratio = f"{med / medians['numba']:7.2f}x" if "numba" in medians else ""
+        print(f"{name:<12} {med:>11.3f} s {best:>8.3f} s {med / args.batch_size * 1e3:>10.1f} ms "
+              f"{args.batch_size / med:>9.1f}  {ratio:>8}", flush=True)
+    model.backend = None
+    base = "numpy" if "numpy" in outputs else next(iter(outputs), None)
+    for name, y in outputs.items():
+        if name != base:
+            rel = float(np.abs(y - outputs[base]).max() / max(np.abs(outputs[base]).max(), 1e-30))
+            print(f"agreement: max |{name} - {base}| / max |{base}| = {rel:.2e}")
     return 0
 
 
-def _bench_onnxruntime(args, x, outputs):
-    """Time ONNX Runtime on the same .onnx file, as many threads as Numba uses; a note if missing."""
-    import numpy as np
+def _onnx_file_runners(model, names, path):
+    """fastalex's backends on an .onnx model, then ONNX Runtime on that very file (same threads)."""
+    import numba
+    yield from _bench_runners(model, names, "none")
+    threads = numba.get_num_threads()
     try:
-        import onnxruntime as ort
+        yield "onnxruntime", _onnx_file_session(path, threads), f"{threads} threads"
     except ImportError:
-        print(f"{'onnxrt':<8} not installed (pip install onnxruntime to compare)", flush=True)
-        return
-    try:
-        import numba
-        threads = numba.get_num_threads()
-    except ImportError:  # pragma: no cover - numba is a dependency
-        threads = os.cpu_count() or 1
+        yield "onnxruntime", None, "not installed (pip install onnxruntime)"
+    except Exception as exc:  # ONNX Runtime's own errors: report, keep the fastalex rows
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        yield "onnxruntime", None, f"cannot run this file: {text}"
+
+
+def _onnx_file_session(path, threads):
+    """``run(x)`` with ONNX Runtime on the .onnx file ``path``; a graph with a fixed batch size
+    (the zoo's are 1) runs the batch in pieces of that size."""
+    import numpy as np
+    import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(args.weights, opts, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        fixed = session.get_inputs()[0].shape[0]
-        batches = ([x] if not isinstance(fixed, int) or fixed == x.shape[0]
-                   else [x[i:i + fixed] for i in range(0, x.shape[0], fixed)])  # a graph with a fixed batch size
-        if any(b.shape[0] != batches[0].shape[0] for b in batches):
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]
+    output = session.get_outputs()[0].name
+
+    def run(x):
+        if not isinstance(fixed, int) or fixed in (0, x.shape[0]):
+            return session.run([output], {name: x})[0]
+        if x.shape[0] % fixed:
             raise ValueError(f"the graph's batch size {fixed} does not divide --batch-size {x.shape[0]}")
+        return np.concatenate([session.run([output], {name: x[i:i + fixed]})[0]
+                               for i in range(0, x.shape[0], fixed)])
 
-        def run():
-            return np.concatenate([session.run(None, {name: b})[0] for b in batches])
-
-        for _ in range(max(0, args.warmup)):
-            outputs["onnxruntime"] = run()
-        times = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            outputs["onnxruntime"] = run()
-            times.append(time.perf_counter() - t0)
-    except Exception as exc:  # ORT's own errors: report, keep the fastalex rows
-        print(f"{'onnxrt':<8} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", flush=True)
-        outputs.pop("onnxruntime", None)
-        return
-    med, best = float(np.median(times)), min(times)
-    print(f"{'onnxrt':<8} {med:>11.3f} s {best:>8.3f} s {med / args.batch_size * 1e3:>10.1f} ms "
-          f"{args.batch_size / med:>9.1f}", flush=True)
+    return run
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -194,9 +194,21 @@ def test_summary_bench_weights_version(env):
     proc = run(env, "summary", "--num-classes", "10")
     assert proc.returncode == 0 and "(10)" in proc.stdout
 
-    proc = run(env, "bench", "--backend", "numpy", "--repeat", "2", "--warmup", "0", "--batch-size", "1")
+    proc = run(env, "bench", "--backend", "numpy", "--repeat", "2", "--warmup", "0", "--batch-size", "1",
+               "--peers", "none")
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"^numpy +\d+\.\d+ s +\d+\.\d+ s +\d+\.\d ms +\d+\.\d$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^numpy +\d+\.\d+ s +\d+\.\d+ s +\d+\.\d ms +\d+\.\d *$", proc.stdout, re.M), proc.stdout
+    assert not re.search(r"^(torch|onnxruntime) ", proc.stdout, re.M)
+
+    # peers: timed on the same model when installed, otherwise named with the install command
+    proc = run(env, "bench", "--backend", "numba", "--repeat", "1", "--warmup", "0", "--batch-size", "1")
+    assert proc.returncode == 0, proc.stderr
+    for peer in ("torch", "onnxruntime"):
+        timed = rf"^{peer} +\d+\.\d+ s +\d+\.\d+ s .* +\d+\.\d\dx$"
+        missing = rf"^{peer} +not installed \(pip install {peer}"
+        assert re.search(timed, proc.stdout, re.M) or re.search(missing, proc.stdout, re.M), proc.stdout
+        if re.search(timed, proc.stdout, re.M):
+            assert re.search(rf"^agreement: max \|{peer} - numba\| / max \|numba\| = \d", proc.stdout, re.M)
 
     proc = run(env, "weights", "path")
     assert proc.returncode == 0 and env["FASTALEX_HOME"] in proc.stdout and "none" in proc.stdout

@@ -134,7 +134,8 @@ def prepare(weight, bias, stride, groups) -> Plan:
 def _pack(x, xp, s, pt, pl):
     """Zero-padded, space-to-depth, channels-last copy of ``x`` (N, C, H, W):
     ``xp[n, i, j, (c*s + u)*s + v] = x[n, c, i*s + u - pt, j*s + v - pl]`` (0 outside ``x``).
-    One output row per task; each output pixel's channel vector is written contiguously."""
+    One output row (of blocks) per task: for stride 1 each output pixel's channel vector is
+    written contiguously; with space-to-depth each input row is read contiguously."""
     N, C, H, W = x.shape
     Hp, Wp = xp.shape[1], xp.shape[2]
     xf = x.reshape(-1)
@@ -142,9 +143,9 @@ def _pack(x, xp, s, pt, pl):
     for t in prange(N * Hp):
         n, i = t // Hp, t % Hp
         dst = xp[n, i]
-        for j in range(Wp):
-            d = dst[j]
-            if s == 1:
+        if s == 1:  # a transpose: gather each pixel's channels (one sample's planes are in cache)
+            for j in range(Wp):
+                d = dst[j]
                 h, w = i - pt, j - pl
                 if h < 0 or h >= H or w < 0 or w >= W:
                     d[:] = 0.0
@@ -152,16 +153,22 @@ def _pack(x, xp, s, pt, pl):
                     src = xf[n * C * HW + h * W + w:]
                     for c in range(C):
                         d[c] = src[c * HW]
-                continue
-            q = 0
-            for c in range(C):
-                for u in range(s):
-                    h = i * s + u - pt
+            continue
+        # space-to-depth: input row (c, h) gives channels (c*s + u)*s + v of every output pixel
+        for c in range(C):
+            for u in range(s):
+                h = i * s + u - pt
+                q0 = (c * s + u) * s
+                if h < 0 or h >= H:
+                    for j in range(Wp):
+                        for v in range(s):
+                            dst[j, q0 + v] = 0.0
+                    continue
+                src = x[n, c, h]
+                for j in range(Wp):
                     for v in range(s):
                         w = j * s + v - pl
-                        inside = 0 <= h < H and 0 <= w < W
-                        d[q] = xf[(n * C + c) * HW + h * W + w] if inside else np.float32(0.0)
-                        q += 1
+                        dst[j, q0 + v] = src[w] if 0 <= w < W else np.float32(0.0)
 
 
 @njit(**_SER)
