@@ -376,7 +376,9 @@ class Model(Sequential):
     def predict(self, x, top=5):
         """``(probabilities, indices)``, each ``(N, top)`` (or ``(top,)`` for one image), best first."""
         logits = self(x)
-        probs = F.softmax(logits, axis=-1)
+        last = list(self.named_layers())[-1][1]
+        ends_in_softmax = isinstance(last, L.Softmax)  # e.g. an ONNX zoo graph: already probabilities
+        probs = logits if ends_in_softmax else F.softmax(logits, axis=-1)
         top = max(1, min(int(top), self.num_classes))
         idx = np.argsort(-probs, axis=-1, kind="stable")[..., :top]
         return np.take_along_axis(probs, idx, axis=-1), idx
@@ -405,7 +407,8 @@ class Model(Sequential):
         rule = "-" * len(fmt.format(*header))
         total_params = sum(r["params"] for r in rows)
         total_macs = sum(r["macs"] for r in rows)
-        lines = [f'AlexNet ("{self.variant}"), input {shape}', rule, fmt.format(*header), rule]
+        title = self.spec.get("title") or f'AlexNet ("{self.variant}")'
+        lines = [f"{title}, input {shape}", rule, fmt.format(*header), rule]
         lines += [fmt.format(*b) for b in body]
         lines += [rule,
                   f"Total params: {total_params:,} ({total_params * 4 / 2**20:.1f} MiB as float32)",
