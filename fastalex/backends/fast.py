@@ -188,6 +188,11 @@ def prepare_conv2d(weight, bias, stride, dilation, groups):
     return _winograd.prepare(weight, bias, stride, groups)
 
 
+def describe_plan(plan) -> str:
+    """How a prepared convolution runs, for ``Model.summary()``."""
+    return _winograd.describe(plan) if isinstance(plan, _winograd.Plan) else "im2col + sgemm"
+
+
 def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
     """Winograd when the weights were prepared for it (see :func:`prepare_conv2d` and
     ``fastalex.functional.prepare_conv2d``), im2col + sgemm otherwise."""
