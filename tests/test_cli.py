@@ -331,3 +331,20 @@ def test_weight_dtype_on_classify_and_bench(env, photos, weights7):
     assert re.search(r"^numpy +\d+\.\d+ s", proc.stdout, re.M), proc.stdout
     proc = run(env, "bench", "--weight-dtype", "int4")
     assert proc.returncode == 2 and "invalid choice: 'int4'" in proc.stderr
+
+
+def test_weight_dtype_with_an_onnx_model(env, photos):
+    pytest.importorskip("onnx")
+    from fixture_specs import FIXTURES
+    caffe = FIXTURES / "onnx" / "caffe_alexnet.onnx"
+    probs = {}
+    for dtype in ("float32", "int8"):
+        proc = run(env, "classify", photos / "exif.jpg", "--weights", caffe, "--json", "--top", "3",
+                   "--weight-dtype", dtype)
+        assert proc.returncode == 0, proc.stderr
+        probs[dtype] = {t["index"]: t["probability"] for t in json.loads(proc.stdout)["top"]}
+    assert probs["int8"].keys() == probs["float32"].keys()
+    proc = run(env, "bench", "--weights", caffe, "--backend", "numpy", "--repeat", "1", "--warmup", "0",
+               "--batch-size", "1", "--weight-dtype", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    assert "caffe_alexnet.onnx, batch 1 x (3, 224, 224), bfloat16 dense weights" in proc.stdout

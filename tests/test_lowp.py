@@ -243,3 +243,16 @@ def test_low_precision_layers_pickle():
     assert e.weight_dtype == "int8" and isinstance(e.stored_weight, LowpWeight)
     assert np.array_equal(e.stored_weight.data, d.stored_weight.data)
     assert np.array_equal(e.stored_weight.scale, d.stored_weight.scale)
+
+
+def test_onnx_models_take_a_weight_dtype():
+    """An imported ONNX model is an ordinary fastalex model: its dense layers convert too."""
+    pytest.importorskip("onnx")
+    from fixture_specs import FIXTURES
+    import fastalex
+    m = fastalex.load_onnx(FIXTURES / "onnx" / "torchvision_reduced_op17.onnx")
+    x = np.random.default_rng(10).standard_normal((2,) + m.input_shape, dtype=np.float32)
+    ref = m(x)
+    m.set_weight_dtype("bfloat16")
+    assert m.weight_dtype == "bfloat16"
+    assert np.abs(m(x) - ref).max() <= 1e-2 * np.abs(ref).max()
