@@ -166,6 +166,8 @@ BEYOND_INT64 = {
     "conv2d dilation": lambda b: F.conv2d(X, W, dilation=(1, 2**70), backend=b),
     "conv2d padding": lambda b: F.conv2d(X, W, padding=2**64, backend=b),
     "conv2d groups": lambda b: F.conv2d(X, W, groups=2**64, backend=b),
+    "conv2d padding (left, right, top, bottom)": lambda b: F.conv2d(X, W, padding=(0, 2**64, 0, 0), backend=b),
+    "avg_pool2d padding (left, right, top, bottom)": lambda b: F.avg_pool2d(X, 2, padding=(0, 0, 2**63, 0), backend=b),
     "max_pool2d stride": lambda b: F.max_pool2d(X, 2, 2**63, backend=b),
     "max_pool2d kernel_size": lambda b: F.max_pool2d(X, 2**64, backend=b),
     "avg_pool2d stride": lambda b: F.avg_pool2d(X, 2, (1, 2**70), backend=b),
@@ -199,6 +201,8 @@ HUGE_OUTPUTS = {
     "adaptive (None, 2**40)": lambda b: F.adaptive_avg_pool2d(X, (None, 2**40), backend=b),
     "conv padding 2**40": lambda b: F.conv2d(X, W, padding=2**40, backend=b),
     "conv padding and stride 2**20": lambda b: F.conv2d(X, W, stride=2**20, padding=2**20, backend=b),
+    "conv padding (0, 0, 2**40, 0)": lambda b: F.conv2d(X, W, padding=(0, 0, 2**40, 0), backend=b),
+    "pad (0, 2**40)": lambda b: F.pad(X, (0, 2**40)),
     "linear 2**20 x 2**20": lambda b: F.linear(np.ones((2**20, 1), np.float32), np.ones((2**20, 1), np.float32),
                                                backend=b),
 }

@@ -183,3 +183,12 @@ def test_tiles_in_chunks_agree(every_shape, monkeypatch, k, s, groups):
     w, b = _array(k + 1, (6 * groups, 4, k, k)), _array(k + 2, (6 * groups,))
     y, ref = _planned(x, w, b, s, 1, groups, relu=True)
     assert_agree(y, ref, f"chunks k={k} s={s} g={groups}")
+
+
+def test_summary_shows_the_plan():
+    m = fastalex.alexnet("original", seed=0, backend="numba")
+    text = m.summary()
+    assert "features.0   Winograd F(4x4, 3x3) after space-to-depth 4x4 (11x11 stride 4 -> 3x3 over 48 channels)" in text
+    assert "features.4   Winograd F(2x2, 5x5)" in text
+    m.backend = "numpy"
+    assert "Winograd" not in m.summary()

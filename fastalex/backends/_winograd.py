@@ -97,6 +97,16 @@ class Plan(NamedTuple):
     kernel: tuple     # the original (kh, kw)
 
 
+def describe(plan: Plan) -> str:
+    """One line for a model's plan: ``Winograd F(4x4, 3x3)``, with the space-to-depth if any."""
+    k = plan.kernel[0]
+    text = f"Winograd F({plan.m}x{plan.m}, {plan.r}x{plan.r})"
+    if plan.s > 1:
+        cs = plan.U[0].shape[1] * len(plan.U)
+        text += f" after space-to-depth {plan.s}x{plan.s} ({k}x{k} stride {plan.s} -> {plan.r}x{plan.r} over {cs} channels)"
+    return text
+
+
 def supports(weight_shape, stride, dilation) -> bool:
     """Whether :func:`prepare` handles this convolution (square kernels and strides, no dilation,
     an effective kernel of 2 to 5 taps)."""
