@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=_positive_int, default=5, metavar="N", help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
     p.set_defaults(func=cmd_bench)
+
+    from .cli_insight import add_commands
+    add_commands(sub)  # show filters|activations, explain, profile
     return parser
 
 
