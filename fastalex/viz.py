@@ -280,8 +280,8 @@ def activations(model, image, layer="features.1", scale=None, max_channels=None,
     lo, hi = (a.min(), a.max()) if normalize == "layer" else (None, None)
     for k, (r, c) in zip(range(n), _cells(rows, cols, block)):
         img.paste(_tile(_colorize(_normalize(a[k], lo, hi), cmap), scale), _origin(r, c, tile, gutter))
-    resolved = model.resolve_layer(layer) if hasattr(model, "resolve_layer") else layer
-    where = layer if resolved == layer else f"{layer} ({resolved})"
+    resolved, obj = _leaf(model, layer, "activations")
+    where = f"{layer} ({type(obj).__name__})" if resolved == layer else f"{layer} ({resolved}, {type(obj).__name__})"
     lines = [f"{where}: {c_all} maps of {h}x{w}" + (f", the first {n} shown" if n < c_all else "")
              + (", one scale for the layer" if normalize == "layer" else ", each map to its own range")
              + f" ({a.min():.3g} to {a.max():.3g})"]
