@@ -1,4 +1,5 @@
-"""The ``fastalex`` command: classify images, show a model, manage weights, time the backends.
+"""The ``fastalex`` command: classify images, show a model, manage weights, time the backends,
+and see inside the network (``show``, ``explain``, ``profile``: :mod:`fastalex.cli_insight`).
 
 Every error ends as one ``fastalex: error: ...`` line on stderr and an exit code, never a
 traceback: 0 success, 1 some inputs failed (or an unexpected error), 2 usage errors (bad

@@ -212,9 +212,9 @@ def filters(model, layer=None, scale=None, per_input=False, max_tiles=MAX_SLICES
     96 tiles of 11x11 for its conv1), channel 0 as red. A deeper layer shows one grey tile per
     output channel, the kernel's mean over its inputs, or with ``per_input`` one tile per
     (output, input) slice, a row per output channel, at most ``max_tiles`` of them (the first
-    ``sqrt(max_tiles)`` inputs of as many outputs as fit; the caption says what was left out). Each tile is scaled to its own
-    range (min black, max white) and upscaled ``scale`` times with nearest neighbour (default:
-    to about 40 pixels). Tiles are laid out as the module docstring says (``grid_shape`` of the
+    ``sqrt(max_tiles)`` inputs of as many outputs as fit; the caption says what was left out).
+    Each tile is scaled to its own range (min black, max white) and upscaled ``scale`` times
+    with nearest neighbour (default: to about 40 pixels). Tiles are laid out as the module docstring says (``grid_shape`` of the
     count, or a row per output channel with ``per_input``).
     """
     name, conv = _conv_layer(model, layer)
@@ -231,7 +231,7 @@ def filters(model, layer=None, scale=None, per_input=False, max_tiles=MAX_SLICES
     elif not per_input:
         tiles = [_tile(_colorize(_normalize(k.mean(axis=0))), scale) for k in w]
         lines = [f"{name}: {shape}; each tile the mean over the kernel's {cin} inputs",
-                 "(per_input / --per-input: one tile per input slice)"]
+                 "(per input: one tile per (output, input) slice)"]
     else:
         n_in = min(cin, max(1, math.isqrt(max_tiles)))  # rows no wider than the grid is tall
         n_out = min(out, max(1, max_tiles // n_in))
@@ -265,8 +265,10 @@ def activations(model, image, layer="features.1", scale=None, max_channels=None,
     _lut(cmap)
     x, photo = prepare(model, image)
     a = np.asarray(model.extract(x, layer)[layer], dtype=np.float64)
+    what = None
     if a.ndim == 1:  # a vector: one square map, zero-padded
         side = math.ceil(math.sqrt(a.size))
+        what = f"{a.size} values as one {side}x{side} map"
         a = np.concatenate([a, np.zeros(side * side - a.size)]).reshape(1, side, side)
     c_all, h, w = a.shape
     n = c_all if max_channels is None else min(c_all, _check_positive("activations", "max_channels", max_channels))
@@ -282,7 +284,7 @@ def activations(model, image, layer="features.1", scale=None, max_channels=None,
         img.paste(_tile(_colorize(_normalize(a[k], lo, hi), cmap), scale), _origin(r, c, tile, gutter))
     resolved, obj = _leaf(model, layer, "activations")
     where = f"{layer} ({type(obj).__name__})" if resolved == layer else f"{layer} ({resolved}, {type(obj).__name__})"
-    lines = [f"{where}: {c_all} maps of {h}x{w}" + (f", the first {n} shown" if n < c_all else "")
+    lines = [f"{where}: " + (what or f"{c_all} maps of {h}x{w}") + (f", the first {n} shown" if n < c_all else "")
              + (", one scale for the layer" if normalize == "layer" else ", each map to its own range")
              + f" ({a.min():.3g} to {a.max():.3g})"]
     return _with_caption(img, lines) if caption else img
