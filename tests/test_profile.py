@@ -57,10 +57,10 @@ def test_rows_add_up_to_about_one_whole_forward():
     coverage test above, and one that timed each step many times over would fall outside."""
     model = alexnet("original", seed=None, backend="numpy")
     x = np.zeros((1, *model.input_shape), np.float32)
-    rows = model.profile(x, repeat=3, warmup=1)
+    rows = model.profile(x, repeat=5, warmup=1)
     total = sum(r["seconds"] for r in rows)
-    whole = time_forward(model, x, repeat=3, warmup=0)
-    assert 0.4 < total / whole < 2.5, (total, whole)
+    whole = time_forward(model, x, repeat=5, warmup=0)
+    assert 1 / 3 < total / whole < 3, (total, whole)
 
 
 def test_profile_checks_its_arguments():

@@ -265,3 +265,8 @@ def test_prepare_inverts_the_normalization():
     assert np.abs(np.asarray(img).astype(int) - photo).max() <= 1
     x2, img2 = viz.prepare(model, x)                     # a preprocessed array is taken as is
     assert np.array_equal(x2, x) and np.array_equal(np.asarray(img2), np.asarray(img))
+
+
+def test_viz_is_reachable_from_the_package():
+    import fastalex
+    assert fastalex.viz.filters is viz.filters and "viz" in fastalex.__all__
