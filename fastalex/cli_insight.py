@@ -125,9 +125,14 @@ def _check_output(path, option="-o"):
         raise cli.UsageError(f"{option} {path}: the directory {parent} does not exist")
 
 
-def _model(args):
-    args.labels = getattr(args, "labels", None)
-    return cli.load_model(args)
+def _photo(path):
+    """The decoded photo, or None after one line on stderr (the command then exits 1)."""
+    from .images import ImageError, open_image
+    try:
+        return open_image(path)
+    except ImageError as exc:
+        cli._err(f"cannot read {path}: {exc.reason}")
+        return None
 
 
 def _bad_layer(exc):
@@ -139,7 +144,7 @@ def _bad_layer(exc):
 def cmd_show_filters(args):
     from . import viz
     _check_output(args.output)
-    model = _model(args)
+    model = cli.load_model(args)
     try:
         img = viz.filters(model, args.layer, scale=args.scale, per_input=args.per_input)
     except (ValueError, TypeError) as exc:
@@ -150,18 +155,15 @@ def cmd_show_filters(args):
 
 def cmd_show_activations(args):
     from . import viz
-    from .images import ImageError, open_image
     _check_output(args.output)
-    model = _model(args)
+    photo = _photo(args.photo)
+    if photo is None:
+        return 1
+    model = cli.load_model(args)
     try:
         model.resolve_layer(args.layer)
     except (ValueError, TypeError) as exc:
         raise _bad_layer(exc) from None
-    try:
-        photo = open_image(args.photo)
-    except ImageError as exc:
-        cli._err(f"cannot read {args.photo}: {exc.reason}")
-        return 1
     img = viz.activations(model, photo, args.layer, scale=args.scale, max_channels=args.max_channels,
                           normalize=args.normalize, cmap=args.cmap)
     img.save(args.output)
@@ -172,10 +174,12 @@ def cmd_explain(args):
     from tqdm import tqdm
 
     from . import viz
-    from .images import ImageError, open_image
     from .labels import LabelsError, imagenet_labels, load_labels
     _check_output(args.output)
-    model = _model(args)
+    photo = _photo(args.photo)
+    if photo is None:
+        return 1
+    model = cli.load_model(args)
     if args.target is not None and not 0 <= args.target < model.num_classes:
         raise cli.UsageError(f"--class {args.target}: the model has classes 0 to {model.num_classes - 1}")
     labels = None
@@ -189,11 +193,6 @@ def cmd_explain(args):
     size = min(model.input_shape[1:])
     if args.patch > size:
         raise cli.UsageError(f"--patch {args.patch} is larger than the model's {size}x{size} input")
-    try:
-        photo = open_image(args.photo)
-    except ImageError as exc:
-        cli._err(f"cannot read {args.photo}: {exc.reason}")
-        return 1
     bar = tqdm(total=None, unit="copy", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,
                desc="occlusion")
 
