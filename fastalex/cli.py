@@ -18,6 +18,7 @@ import time
 import warnings
 
 from . import __version__
+from ._torch_pickle import WeightsFileError
 
 PROG = "fastalex"
 PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images (and only on a terminal)
@@ -26,6 +27,8 @@ CLASSIFY_EPILOG = """\
 weights: by default torchvision's ImageNet weights, downloaded once and cached
 (`fastalex weights download`); --weights FILE loads a .npz/.pth state dict (the variant and
 the number of classes are read from the file); --random-weights runs without weights.
+offline: --weights FILE, or fill the cache with
+`fastalex weights download --url file:///path/to/alexnet-owt-7be5be79.pth`.
 
 exit status: 0 all images classified, 1 some could not be read, 2 usage error."""
 
@@ -128,43 +131,34 @@ def _err(message):
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
+_HOW_TO_CLI = ("To get them: run `fastalex weights download` where there is network access "
+               "(--url or FASTALEX_WEIGHTS_URL for a mirror, e.g. --url file:///path/to/alexnet-owt-7be5be79.pth), "
+               "or pass --weights FILE, or use --random-weights to test without them.")
+
+
+def _sentence(text):
+    text = text.strip()
+    return text if not text or text.endswith((".", "?", "!")) else text + "."
+
+
+def _cli_message(exc):
+    """An exception's message with the library's Python-syntax advice replaced by the CLI's."""
+    from . import weights as W
+    return _sentence(str(exc).replace(W._HOW_TO, "").strip())
+
+
 def _load_state(path):
-    if not os.path.exists(path):
-        raise UsageError(f"weights file {path} does not exist (give a .npz/.pth file, 'imagenet', "
-                         f"or use --random-weights)")
-    if os.path.isdir(path):
-        raise UsageError(f"weights file {path} is a directory")
-    from .weights import load_weights
+    from .weights import WeightsFileNotFoundError, load_weights
     try:
         return load_weights(path)
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise UsageError(f"cannot read weights file {path}: {exc}") from None
-
-
-def _infer_variant(state, path):
-    from .models import VARIANTS
-    first = state.get("features.0.weight")
-    if first is not None:
-        for name, spec in VARIANTS.items():
-            conv = spec()["layers"][0][1][0][1]
-            if tuple(first.shape) == (conv["out_channels"], conv["in_channels"] // conv.get("groups", 1),
-                                      conv["kernel_size"], conv["kernel_size"]):
-                return name
-    raise UsageError(f"weights file {path} does not look like an AlexNet state dict "
-                     f"(no recognizable features.0.weight); pass --variant")
-
-
-def _weights_unavailable_error():
-    try:
-        from .weights import WeightsUnavailableError
-        return WeightsUnavailableError
-    except ImportError:  # pragma: no cover - weights.py always ships it
-        return ()
+    except WeightsFileNotFoundError as exc:
+        raise UsageError(f"{exc} (give a .npz/.pth file, 'imagenet', or use --random-weights)") from None
 
 
 def load_model(args):
     """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend."""
-    from .models import alexnet
+    from .models import WeightsMismatchError, alexnet
+    from .weights import WeightsUnavailableError
     if args.random_weights:
         model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
                         backend=args.backend, seed=0)
@@ -172,36 +166,49 @@ def load_model(args):
              "are MEANINGLESS (use this only to test the pipeline)")
         return model
     if args.weights == "imagenet":
-        variant = args.variant or "torchvision"
+        if args.variant not in (None, "torchvision"):
+            raise UsageError(f"no published ImageNet weights exist for --variant {args.variant} (the 2012 "
+                             "paper's network); use --variant torchvision, --weights FILE or --random-weights")
         if args.num_classes not in (None, 1000):
             raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
         try:
-            return alexnet(variant, weights="imagenet", backend=args.backend)
-        except _weights_unavailable_error() as exc:
-            from . import weights as W
-            cause = str(exc).replace(getattr(W, "_HOW_TO", "\0"), "").strip()
-            raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: {cause} "
-                             f"To get them: run `{PROG} weights download` where there is network "
-                             f"access (or set FASTALEX_WEIGHTS_URL to a mirror), or pass --weights FILE, "
-                             f"or use --random-weights to test without them.") from None
-        except ValueError as exc:
-            raise UsageError(f"{exc} (on the command line: --variant torchvision, or --weights FILE, "
-                             f"or --random-weights)") from None
+            return alexnet("torchvision", weights="imagenet", backend=args.backend)
+        except WeightsUnavailableError as exc:
+            raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: "
+                             f"{_cli_message(exc)} {_HOW_TO_CLI}") from None
     state = _load_state(args.weights)
-    variant = args.variant or _infer_variant(state, args.weights)
-    last = state.get("classifier.6.weight")
-    num_classes = int(last.shape[0]) if last is not None and last.ndim == 2 else 1000
-    if args.num_classes is not None and args.num_classes != num_classes:
-        raise UsageError(f"--num-classes {args.num_classes} but the weights file {args.weights} "
-                         f"has {num_classes} classes")
     try:
-        return alexnet(variant, num_classes=num_classes, weights=state, backend=args.backend)
-    except ValueError as exc:
-        raise UsageError(f"weights file {args.weights} does not fit the {variant} AlexNet: {exc}") from None
+        return alexnet(args.variant, num_classes=args.num_classes, weights=state, backend=args.backend)
+    except WeightsMismatchError as exc:
+        if exc.fits is None:
+            raise UsageError(f"weights file {args.weights} does not fit any AlexNet variant ({exc.detail})") from None
+        variant, classes = exc.fits
+        if args.variant not in (None, variant):
+            raise UsageError(f"weights file {args.weights} fits --variant {variant} ({classes} classes), "
+                             f"not --variant {args.variant}; leave --variant out") from None
+        raise UsageError(f"--num-classes {args.num_classes} but the weights file {args.weights} "
+                         f"has {classes} classes") from None
+
+
+def _compile_note(backend):
+    """Say once on stderr that the first run compiles the Numba kernels (cold cache only)."""
+    from . import _numba_cache
+    from .backends import get_backend_name
+    if (backend or get_backend_name()) == "numba" and _numba_cache.kernels_cached() is False:
+        _err(_numba_cache.COMPILE_NOTE)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def _printable(text):
+    """``text`` with control characters (a newline in a file name) escaped: one record, one line."""
+    return text.translate(_CONTROL)
 
 
 def _format_prediction(pred, width):
-    lines = [pred.path if pred.path is not None else f"<input {pred.input}>"]
+    lines = [_printable(pred.path) if pred.path is not None else f"<input {pred.input}>"]
     for rank, (index, label, p) in enumerate(zip(pred.indices, pred.labels, pred.probabilities), 1):
         name = label if label is not None else f"class {index}"
         lines.append(f"  {rank:>{width}}. {p * 100:6.2f}%  {name}")
@@ -222,13 +229,18 @@ def _json_safe(d):
 def cmd_classify(args):
     from PIL import Image
 
-    from .classify import expand_inputs, iter_classify
+    from .classify import SkippedFolderWarning, expand_inputs, iter_classify
     from .labels import LabelsError, load_labels
 
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse those images ourselves
     warnings.filterwarnings("ignore", module="PIL")  # EXIF/palette chatter; bad files are reported below
     t_start = time.perf_counter()
-    items = expand_inputs(args.paths)
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always", SkippedFolderWarning)
+        items = expand_inputs(args.paths)
+    for w in skipped:
+        if issubclass(w.category, SkippedFolderWarning):
+            _err(f"warning: {_printable(str(w.message))}")
     if not items:
         raise UsageError("no images found in " + ", ".join(args.paths)
                          + " (searched recursively for image file extensions)")
@@ -247,6 +259,7 @@ def cmd_classify(args):
     from .backends import get_backend
     get_backend(args.backend)  # import (and for numba, load the compiled kernels' module) up front
     t_backend = time.perf_counter() - t0
+    _compile_note(args.backend)
 
     from tqdm import tqdm
     show_bar = len(items) > PROGRESS_MIN_IMAGES and sys.stderr.isatty()
@@ -261,7 +274,7 @@ def cmd_classify(args):
                                   labels=labels, timings=timings):
             if pred.error:
                 failed += 1
-                write(f"{PROG}: cannot classify {pred.path}: {pred.error}", sys.stderr)
+                write(f"{PROG}: cannot classify {_printable(str(pred.path))}: {_printable(pred.error)}", sys.stderr)
                 if args.json:
                     write(_json_safe(pred.to_dict()), sys.stdout)
             else:
@@ -289,23 +302,30 @@ def cmd_weights_download(args):
     from . import weights as W
     try:
         path = W.download_imagenet(url=args.url, progress=None, force=args.force)
-    except W.WeightsUnavailableError as exc:
-        _err(f"error: {exc}")
-        return 1
+    except W.WeightsUnavailableError as exc:  # the same failure as classify's: exit 2
+        raise UsageError(f"{_cli_message(exc)} To use a local copy instead, pass --weights FILE to "
+                         f"classify, or --url file:///path/to/alexnet-owt-7be5be79.pth here.") from None
     print(path)
     return 0
 
 
 def cmd_weights_path(args):
+    """The cache directory and the ImageNet weights' entry, checked as ``classify`` checks it."""
     from . import weights as W
-    directory = W.cache_dir()
-    print(f"cache directory: {directory}")
-    cached = sorted(p for p in directory.glob("*.npz")) if directory.is_dir() else []
-    if cached:
-        for p in cached:
-            print(f"cached weights:  {p} ({p.stat().st_size / 2**20:.1f} MiB)")
+    print(f"cache directory: {W.cache_dir()}")
+    found = W.IMAGENET1K_V1.cached()  # a damaged entry raises, with how to clear it
+    if found is not None:
+        print(f"cached weights:  {found} ({found.stat().st_size / 2**20:.1f} MiB, verified)")
     else:
-        print(f"cached weights:  none (run `{PROG} weights download`)")
+        paths = W.IMAGENET1K_V1.paths()
+        if paths["raw"].is_file():
+            hint = f"{paths['raw'].name} is there and will be converted on first use"
+        elif paths["npz"].is_file():
+            hint = (f"{paths['npz'].name} has no recorded digest (an older fastalex?), so it cannot "
+                    f"be verified; `{PROG} weights download` replaces it")
+        else:
+            hint = f"run `{PROG} weights download`"
+        print(f"cached weights:  none ({hint})")
     return 0
 
 
@@ -316,6 +336,13 @@ def cmd_bench(args):
     from .models import alexnet
     names = list(BACKENDS) if args.backend == "all" else [args.backend]
     names.sort(key=lambda n: n != "numba")  # numba first
+    if "numba" in names:
+        from .backends import get_backend
+        try:
+            get_backend("numba")
+            _compile_note("numba")
+        except ImportError:
+            pass
     model = alexnet(args.variant)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     print(f"AlexNet ({args.variant}), batch {args.batch_size} x {model.input_shape}, "
@@ -361,11 +388,17 @@ def main(argv=None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if args.command != "weights":  # a bad FASTALEX_BACKEND is a usage error, reported first
+            from .backends import get_backend_name
+            try:
+                get_backend_name()
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         status = args.func(args)
         sys.stdout.flush()
         return status
-    except UsageError as exc:
-        _err(f"error: {exc}")
+    except (UsageError, WeightsFileError) as exc:
+        _err(f"error: {_printable(str(exc))}")
         return 2
     except KeyboardInterrupt:
         _err("interrupted")
