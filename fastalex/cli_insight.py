@@ -135,6 +135,13 @@ def _photo(path):
         return None
 
 
+def _backend_ready(backend):
+    """Import the backend up front and say on stderr if the Numba kernels compile first (cold cache)."""
+    from .backends import get_backend
+    get_backend(backend)
+    cli._compile_note(backend)
+
+
 def _bad_layer(exc):
     return cli.UsageError(str(exc).replace("extract: ", "--layer: ").replace("filters: ", "--layer: "))
 
@@ -164,6 +171,7 @@ def cmd_show_activations(args):
         model.resolve_layer(args.layer)
     except (ValueError, TypeError) as exc:
         raise _bad_layer(exc) from None
+    _backend_ready(args.backend)
     img = viz.activations(model, photo, args.layer, scale=args.scale, max_channels=args.max_channels,
                           normalize=args.normalize, cmap=args.cmap)
     img.save(args.output)
@@ -193,6 +201,7 @@ def cmd_explain(args):
     size = min(model.input_shape[1:])
     if args.patch > size:
         raise cli.UsageError(f"--patch {args.patch} is larger than the model's {size}x{size} input")
+    _backend_ready(args.backend)
     bar = tqdm(total=None, unit="copy", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,
                desc="occlusion")
 
@@ -230,6 +239,8 @@ def cmd_profile(args):
         names = sorted(BACKENDS, key=lambda n: n != "numba")  # numba first
     else:
         names = [args.backend or get_backend_name()]
+    if "numba" in names:
+        _backend_ready("numba")
     model = alexnet(args.variant)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     profiles, forward = {}, {}
