@@ -102,7 +102,8 @@ def add_commands(sub):
                        description="Time one forward pass of the model (random weights and input) step "
                                    "by step, median of several runs: output shape, MACs, time, GFLOP/s and "
                                    f"share of the total per step ({PROFILE_NOTE}).")
-    p.add_argument("--variant", choices=cli._variants(), default="torchvision", help="model variant (default torchvision)")
+    p.add_argument("--variant", choices=cli._variants(), default="torchvision",
+                   help="model variant (default torchvision)")
     p.add_argument("--batch-size", type=cli._positive_int, default=1, metavar="N", help="images per batch (default 1)")
     p.add_argument("--backend", choices=cli._backends() + ["all"], default=None,
                    help="backend to time, or all side by side with the speed-up (default: numba, or $FASTALEX_BACKEND)")

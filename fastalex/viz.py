@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["filters", "activations", "occlusion", "explain", "Occlusion", "grid_shape",
-           "caption_height", "grey_fill", "prepare", "draw_occlusion", "class_label", "COLORMAPS", "DEFAULT_PATCH", "DEFAULT_STRIDE"]
+           "caption_height", "grey_fill", "prepare", "draw_occlusion", "class_label", "COLORMAPS",
+           "DEFAULT_PATCH", "DEFAULT_STRIDE"]
 
 GUTTER = 1                 # pixels between tiles (and around the grid)
 BACKGROUND = (255, 255, 255)
@@ -214,8 +215,8 @@ def filters(model, layer=None, scale=None, per_input=False, max_tiles=MAX_SLICES
     (output, input) slice, a row per output channel, at most ``max_tiles`` of them (the first
     ``sqrt(max_tiles)`` inputs of as many outputs as fit; the caption says what was left out).
     Each tile is scaled to its own range (min black, max white) and upscaled ``scale`` times
-    with nearest neighbour (default: to about 40 pixels). Tiles are laid out as the module docstring says (``grid_shape`` of the
-    count, or a row per output channel with ``per_input``).
+    with nearest neighbour (default: to about 40 pixels). Tiles are laid out as the module
+    docstring says (``grid_shape`` of the count, or a row per output channel with ``per_input``).
     """
     name, conv = _conv_layer(model, layer)
     w = np.asarray(conv.weight, dtype=np.float64)
@@ -273,7 +274,9 @@ def activations(model, image, layer="features.1", scale=None, max_channels=None,
     c_all, h, w = a.shape
     n = c_all if max_channels is None else min(c_all, _check_positive("activations", "max_channels", max_channels))
     a = a[:n]
-    scale = max(1, round(ACTIVATION_TILE / max(h, w))) if scale is None else _check_positive("activations", "scale", scale)
+    if scale is None:
+        scale = max(1, round(ACTIVATION_TILE / max(h, w)))
+    scale = _check_positive("activations", "scale", scale)
     tile = max(h, w) * scale
     rows, cols = grid_shape(n + 4)
     block = {(0, 0), (0, 1), (1, 0), (1, 1)}

@@ -94,7 +94,8 @@ def test_errors_are_one_line_and_an_exit_code(photo, tmp_path, capsys, monkeypat
     monkeypatch.setattr(cli, "load_model", fast_load_model)
     out = tmp_path / "x.png"
     cases = [
-        (2, ["show", "filters", "--layer", "features.1", "--random-weights", "-o", out], "is a ReLU, not a convolution"),
+        (2, ["show", "filters", "--layer", "features.1", "--random-weights", "-o", out],
+         "is a ReLU, not a convolution"),
         (2, ["show", "activations", photo, "--layer", "conv9", "--random-weights", "-o", out], "unknown layer 'conv9'"),
         (1, ["show", "activations", tmp_path / "missing.jpg", "--random-weights", "-o", out], "no such file"),
         (2, ["explain", photo, "--random-weights", "-o", tmp_path / "x.txt"], "unknown image file extension"),
