@@ -8,4 +8,4 @@ PHOTOS=${PHOTOS:?set PHOTOS to the scikit-image data folder with chelsea.png and
 fastalex show filters --variant original --random-weights -o docs/filters.png
 fastalex show activations "$PHOTOS/chelsea.png" --variant torchvision --layer features.2 --random-weights -o docs/activations.png
 fastalex explain "$PHOTOS/astronaut.png" --variant torchvision --random-weights -o docs/explain.png
-fastalex profile --variant torchvision --backend all --plot docs/profile.png
+fastalex profile --variant torchvision --backend all --repeat 15 --plot docs/profile.png
