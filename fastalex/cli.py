@@ -26,7 +26,9 @@ PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images (and only 
 CLASSIFY_EPILOG = """\
 weights: by default torchvision's ImageNet weights, downloaded once and cached
 (`fastalex weights download`); --weights FILE loads a .npz/.pth state dict (the variant and
-the number of classes are read from the file); --random-weights runs without weights.
+the number of classes are read from the file) or an .onnx model (its architecture too; say
+--preprocess caffe for Caffe-converted models such as the ONNX zoo's bvlcalexnet and
+caffenet); --random-weights runs without weights.
 offline: --weights FILE, or fill the cache with
 `fastalex weights download --url file:///path/to/alexnet-owt-7be5be79.pth`.
 
@@ -64,6 +66,26 @@ def _backends():
     return list(BACKENDS)
 
 
+def _add_weight_dtype(p):
+    from .lowp import WEIGHT_DTYPES
+    p.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="float32",
+                   help="storage of the dense layers' weights: float32 (default), bfloat16 (half the "
+                        "bytes, faster at small batches) or int8 (per-channel scales); convolutions "
+                        "stay float32")
+
+
+def _presets():
+    from .images import PRESETS
+    return list(PRESETS)
+
+
+def _add_preprocess(p):
+    p.add_argument("--preprocess", choices=_presets(), default=None,
+                   help="image preprocessing: torchvision (RGB, [0,1], ImageNet mean/std) or caffe "
+                        "(BGR, 0-255, mean 104/117/123 subtracted); default: the model's own "
+                        "(torchvision for .onnx files)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="AlexNet inference on the CPU (NumPy reference and Numba fast path).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -77,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model variant (default: torchvision, or whatever the --weights file holds)")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", metavar="FILE|imagenet", default="imagenet",
-                   help="weights file (.npz/.pth) or 'imagenet' (default)")
+                   help="weights file (.npz/.pth), an .onnx model, or 'imagenet' (default)")
     w.add_argument("--random-weights", action="store_true",
                    help="seeded random weights (for testing: the labels are meaningless)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (for non-ImageNet weights)")
@@ -87,14 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per forward pass (default 16)")
     p.add_argument("--backend", choices=_backends(), default=None,
                    help="compute backend (default: numba, or $FASTALEX_BACKEND)")
+    _add_weight_dtype(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line per image")
     p.add_argument("--timings", action="store_true", help="print where the time went on stderr")
+    _add_preprocess(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("summary", help="print the model's layers, shapes, parameters and MACs",
                        description="Print a model summary.")
-    p.add_argument("--variant", choices=_variants(), default="torchvision", help="model variant (default torchvision)")
-    p.add_argument("--num-classes", type=_positive_int, default=1000, metavar="N", help="classes (default 1000)")
+    p.add_argument("--variant", choices=_variants(), default=None, help="model variant (default torchvision)")
+    p.add_argument("--num-classes", type=_positive_int, default=None, metavar="N", help="classes (default 1000)")
+    p.add_argument("--weights", metavar="FILE.onnx", default=None,
+                   help="summarize an .onnx model (its architecture) instead of a variant")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("weights", help="download the ImageNet weights or show where they are cached",
@@ -113,11 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time the whole model on random input",
                        description="Time a forward pass of the whole model (random weights and input): "
                                    "median and min of several runs after a warm-up.")
-    p.add_argument("--variant", choices=_variants(), default="torchvision", help="model variant (default torchvision)")
+    p.add_argument("--variant", choices=_variants(), default=None, help="model variant (default torchvision)")
+    p.add_argument("--weights", metavar="FILE.onnx", default=None,
+                   help="time an .onnx model instead of a variant, and ONNX Runtime on the same file "
+                        "if installed (--peers does not apply)")
     p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per batch (default 16)")
     p.add_argument("--backend", choices=_backends() + ["all"], default="all", help="backend(s) to time (default all)")
     p.add_argument("--repeat", type=_positive_int, default=5, metavar="N", help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
+    _add_weight_dtype(p)
+    p.add_argument("--peers", choices=["auto", "none"], default="auto",
+                   help="auto (default): also time PyTorch and ONNX Runtime on the same model, weights, "
+                        "input and number of threads, when they are installed; none: only fastalex")
     p.set_defaults(func=cmd_bench)
 
     from .cli_insight import add_commands
@@ -155,13 +188,52 @@ def _load_state(path):
         raise UsageError(f"{exc} (give a .npz/.pth file, 'imagenet', or use --random-weights)") from None
 
 
+def is_onnx(path) -> bool:
+    return isinstance(path, str) and path.lower().endswith(".onnx")
+
+
+def load_onnx_model(args):
+    """The model of an .onnx --weights file: it brings its architecture, so --variant is an error."""
+    if getattr(args, "variant", None):
+        raise UsageError(f"--variant {args.variant} cannot be combined with an .onnx model "
+                         f"({args.weights} brings its own architecture)")
+    if not os.path.exists(args.weights):
+        raise UsageError(f"model file {args.weights} does not exist")
+    from .onnx_import import OnnxError, load_onnx
+    try:
+        backend = getattr(args, "backend", None)
+        model = load_onnx(args.weights, backend=None if backend == "all" else backend,
+                          preprocess=getattr(args, "preprocess", None) or "torchvision")
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    except OnnxError as exc:
+        raise UsageError(f"cannot use ONNX model {exc}") from None
+    num_classes = getattr(args, "num_classes", None)
+    if num_classes is not None and num_classes != model.num_classes:
+        raise UsageError(f"--num-classes {num_classes} but the model {args.weights} has "
+                         f"{model.num_classes} classes")
+    return model
+
+
+def _apply_preprocess(model, args):
+    """``--preprocess PRESET`` replaces the model's own preprocessing (crop: the model's input size)."""
+    preset = getattr(args, "preprocess", None)
+    if preset:
+        from .images import preprocess_preset
+        model.preprocess = preprocess_preset(preset, crop=model.input_shape[1])
+    return model
+
+
 def load_model(args):
     """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend."""
     from .models import WeightsMismatchError, alexnet
     from .weights import WeightsUnavailableError
+    weight_dtype = getattr(args, "weight_dtype", "float32")  # commands without --weight-dtype
+    if not args.random_weights and is_onnx(args.weights):  # an .onnx file brings its architecture
+        return load_onnx_model(args).set_weight_dtype(weight_dtype)
     if args.random_weights:
         model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
-                        backend=args.backend, seed=0)
+                        backend=args.backend, seed=0, weight_dtype=weight_dtype)
         _err("WARNING: --random-weights: the model has random weights; its predictions and labels "
              "are MEANINGLESS (use this only to test the pipeline)")
         return model
@@ -172,13 +244,14 @@ def load_model(args):
         if args.num_classes not in (None, 1000):
             raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
         try:
-            return alexnet("torchvision", weights="imagenet", backend=args.backend)
+            return alexnet("torchvision", weights="imagenet", backend=args.backend, weight_dtype=weight_dtype)
         except WeightsUnavailableError as exc:
             raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: "
                              f"{_cli_message(exc)} {_HOW_TO_CLI}") from None
     state = _load_state(args.weights)
     try:
-        return alexnet(args.variant, num_classes=args.num_classes, weights=state, backend=args.backend)
+        return alexnet(args.variant, num_classes=args.num_classes, weights=state, backend=args.backend,
+                       weight_dtype=weight_dtype)
     except WeightsMismatchError as exc:
         if exc.fits is None:
             raise UsageError(f"weights file {args.weights} does not fit any AlexNet variant ({exc.detail})") from None
@@ -245,7 +318,7 @@ def cmd_classify(args):
         raise UsageError("no images found in " + ", ".join(args.paths)
                          + " (searched recursively for image file extensions)")
     t0 = time.perf_counter()
-    model = load_model(args)
+    model = _apply_preprocess(load_model(args), args)
     t_model = time.perf_counter() - t0
     labels = None
     if args.labels:
@@ -294,7 +367,12 @@ def cmd_classify(args):
 
 def cmd_summary(args):
     from .models import alexnet
-    print(alexnet(args.variant, num_classes=args.num_classes).summary())
+    if args.weights is not None:
+        if not is_onnx(args.weights):
+            raise UsageError(f"summary --weights takes an .onnx model, got {args.weights}")
+        print(load_onnx_model(args).summary())
+        return 0
+    print(alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000).summary())
     return 0
 
 
@@ -329,6 +407,30 @@ def cmd_weights_path(args):
     return 0
 
 
+def _bench_runners(model, names, peers):
+    """``(name, run or None, note)`` for each fastalex backend, then each installed peer."""
+    import numba
+
+    from . import peers as P
+    for name in names:
+        def run(x, name=name):
+            model.backend = name
+            return model(x)
+        yield name, run, ""
+    if peers == "none":
+        return
+    threads = numba.get_num_threads()
+    for name, build, package in (("torch", P.torch_model, "torch"),
+                                 ("onnxruntime", lambda m, t: P.onnx_session(m, t, m.input_shape),
+                                  "onnxruntime onnx")):
+        try:
+            yield name, build(model, threads), f"{threads} threads"
+        except ImportError:
+            yield name, None, f"not installed (pip install {package})"
+        except NotImplementedError as exc:
+            yield name, None, f"cannot run this model: {exc}"
+
+
 def cmd_bench(args):
     import numpy as np
 
@@ -343,35 +445,88 @@ def cmd_bench(args):
             _compile_note("numba")
         except ImportError:
             pass
-    model = alexnet(args.variant)
+    if args.weights is not None:
+        if not is_onnx(args.weights):
+            raise UsageError(f"bench --weights takes an .onnx model, got {args.weights}")
+        model, title = load_onnx_model(args).set_weight_dtype(args.weight_dtype), args.weights
+    else:
+        variant = args.variant or "torchvision"
+        model, title = alexnet(variant, weight_dtype=args.weight_dtype), f"AlexNet ({variant})"
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
-    print(f"AlexNet ({args.variant}), batch {args.batch_size} x {model.input_shape}, "
+    print(f"{title}, batch {args.batch_size} x {model.input_shape}, {args.weight_dtype} dense weights, "
           f"median and min of {args.repeat} runs after {args.warmup} warm-up")
-    header = f"{'backend':<8} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
+    header = (f"{'engine':<12} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
+              f"  {'vs numba':>8}")
     print(header)
     print("-" * len(header))
-    outputs = {}
-    for name in names:
-        model.backend = name
+    outputs, medians = {}, {}
+    runners = (_onnx_file_runners(model, names, args.weights) if args.weights is not None
+               else _bench_runners(model, names, args.peers))
+    for name, run, note in runners:
+        if run is None:
+            print(f"{name:<12} {note}", flush=True)
+            continue
         try:
             for _ in range(max(0, args.warmup)):
-                outputs[name] = model(x)
+                outputs[name] = run(x)
         except ImportError as exc:
-            print(f"{name:<8} unavailable: {exc}", flush=True)
+            print(f"{name:<12} unavailable: {exc}", flush=True)
             continue
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            outputs[name] = model(x)
+            outputs[name] = run(x)
             times.append(time.perf_counter() - t0)
         med, best = float(np.median(times)), min(times)
-        print(f"{name:<8} {med:>11.3f} s {best:>8.3f} s {med / args.batch_size * 1e3:>10.1f} ms "
-              f"{args.batch_size / med:>9.1f}", flush=True)
-    if len(outputs) == 2:
-        (a, ya), (b, yb) = outputs.items()
-        rel = float(np.abs(ya - yb).max() / max(np.abs(yb).max(), 1e-30))
-        print(f"agreement: max |{a} - {b}| / max |{b}| = {rel:.2e}")
+        medians[name] = med
+        ratio = f"{med / medians['numba']:7.2f}x" if "numba" in medians else ""
+        print(f"{name:<12} {med:>11.3f} s {best:>8.3f} s {med / args.batch_size * 1e3:>10.1f} ms "
+              f"{args.batch_size / med:>9.1f}  {ratio:>8}", flush=True)
+    model.backend = None
+    base = "numpy" if "numpy" in outputs else next(iter(outputs), None)
+    for name, y in outputs.items():
+        if name != base:
+            rel = float(np.abs(y - outputs[base]).max() / max(np.abs(outputs[base]).max(), 1e-30))
+            print(f"agreement: max |{name} - {base}| / max |{base}| = {rel:.2e}")
     return 0
+
+
+def _onnx_file_runners(model, names, path):
+    """fastalex's backends on an .onnx model, then ONNX Runtime on that very file (same threads)."""
+    import numba
+    yield from _bench_runners(model, names, "none")
+    threads = numba.get_num_threads()
+    try:
+        yield "onnxruntime", _onnx_file_session(path, threads), f"{threads} threads"
+    except ImportError:
+        yield "onnxruntime", None, "not installed (pip install onnxruntime)"
+    except Exception as exc:  # ONNX Runtime's own errors: report, keep the fastalex rows
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        yield "onnxruntime", None, f"cannot run this file: {text}"
+
+
+def _onnx_file_session(path, threads):
+    """``run(x)`` with ONNX Runtime on the .onnx file ``path``; a graph with a fixed batch size
+    (the zoo's are 1) runs the batch in pieces of that size."""
+    import numpy as np
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]
+    output = session.get_outputs()[0].name
+
+    def run(x):
+        if not isinstance(fixed, int) or fixed in (0, x.shape[0]):
+            return session.run([output], {name: x})[0]
+        if x.shape[0] % fixed:
+            raise ValueError(f"the graph's batch size {fixed} does not divide --batch-size {x.shape[0]}")
+        return np.concatenate([session.run([output], {name: x[i:i + fixed]})[0]
+                               for i in range(0, x.shape[0], fixed)])
+
+    return run
 
 
 # ----------------------------------------------------------------------------- entry point

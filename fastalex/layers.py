@@ -10,6 +10,8 @@ Shapes given to ``output_shape`` / ``macs`` are per-sample, without the batch ax
 
 Parameters are float32 numpy arrays in torch's layouts; setting one checks its shape and
 rejects NaN/inf once, at assignment, instead of on every call.
+``Dense`` may store its weight in bfloat16 or int8 (``weight_dtype``, see
+:mod:`fastalex.lowp`); its ``weight`` attribute still reads and writes float32.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import math
 import numpy as np
 
 from . import functional as F
-from .shapes import conv_output_size
+from .lowp import check_weight_dtype, pack
+from .shapes import conv_output_size, padding_sides
 
 __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "AdaptiveAvgPool2D", "LocalResponseNorm",
@@ -29,6 +32,15 @@ __all__ = [
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _padding(v):
+    """An int, an ``(h, w)`` pair or a 4-tuple ``(left, right, top, bottom)`` (uneven padding)."""
+    return F._padding(v, "padding") if isinstance(v, (tuple, list)) and len(v) == 4 else _pair(v)
+
+
+def _padding_repr(padding):
+    return f", padding={padding}" if any(padding) else ""
 
 
 def _rng(rng_or_seed):
@@ -136,7 +148,7 @@ class Conv2D(_Parametric):
                              f"and out_channels={out_channels}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.padding, self.dilation = _padding(padding), _pair(dilation)
         self.activation = activation
         self.weight_shape = (out_channels, in_channels // groups) + self.kernel_size
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
@@ -168,8 +180,8 @@ class Conv2D(_Parametric):
         c, h, w = _expect_image(self, input_shape)
         if c != self.in_channels:
             raise ValueError(f"{self}: expects {self.in_channels} input channels, got shape {tuple(input_shape)}")
-        hw = [conv_output_size(n, k, s, p, d) for n, k, s, p, d in
-              zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation)]
+        hw = [conv_output_size(n, k, s, p[0], d, padding_end=p[1]) for n, k, s, p, d in
+              zip((h, w), self.kernel_size, self.stride, padding_sides(self.padding), self.dilation)]
         if min(hw) < 1:
             raise ValueError(f"{self}: input {tuple(input_shape)} is smaller than the kernel")
         return (self.out_channels, *hw)
@@ -180,8 +192,7 @@ class Conv2D(_Parametric):
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
+        s += _padding_repr(self.padding)
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
@@ -192,18 +203,56 @@ class Conv2D(_Parametric):
 
 
 class Dense(_Parametric):
-    """Fully connected layer, ``y = x @ W.T + b``, weight ``(out, in)``."""
+    """Fully connected layer, ``y = x @ W.T + b``, weight ``(out, in)``.
+
+    ``weight_dtype`` is how the weight is stored: ``"float32"`` (default), ``"bfloat16"`` or
+    ``"int8"`` (per-output-channel scales), see :mod:`fastalex.lowp`. The weight is converted
+    once, whenever it is assigned (rounded to nearest even for bfloat16); the product widens it
+    and accumulates in float32. ``layer.weight`` is always a float32 ``(out, in)`` array (for
+    low-precision storage a widened copy: what the layer computes with), so ``state_dict()``
+    and saved weights stay float32; ``layer.stored_weight`` is what is kept and used.
+    """
 
     def __init__(self, in_features, out_features, bias=True, activation=None, weight=None,
-                 bias_value=None, rng=0):
+                 bias_value=None, rng=0, weight_dtype="float32"):
         super().__init__()
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         self.weight_shape = (out_features, in_features)
+        self._weight_dtype = "float32"
         self._init_params(weight, bias_value, bias, in_features, rng)
+        self.set_weight_dtype(weight_dtype)
+
+    @property
+    def weight(self):
+        stored = self.stored_weight
+        return stored if isinstance(stored, np.ndarray) else stored.to_float32()
+
+    @weight.setter
+    def weight(self, value):  # reached through _set_param / load_state_dict: value is checked float32
+        object.__setattr__(self, "stored_weight", pack(value, self._weight_dtype))
+
+    @property
+    def weight_dtype(self) -> str:
+        return self._weight_dtype
+
+    def set_weight_dtype(self, dtype):
+        """Store the weight as ``dtype`` from now on (converting the current one). Converting
+        a bfloat16/int8 weight starts from its widened values: precision lost stays lost."""
+        dtype = check_weight_dtype(dtype, "Dense")
+        if dtype != self._weight_dtype:
+            weight = self.weight
+            self._weight_dtype = dtype
+            self.weight = weight
+        return self
+
+    @property
+    def num_params(self) -> int:
+        return self.in_features * self.out_features + (0 if self.bias is None else self.bias.size)
 
     def forward(self, x, activation=None):
         """``activation`` (None or ``"relu"``) is applied on top of the layer's own, fused."""
-        return F.linear(x, self.weight, self.bias, activation or self.activation, backend=self.backend)
+        return F.linear(x, self.stored_weight, self.bias, activation or self.activation,
+                        backend=self.backend)
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):
@@ -216,7 +265,9 @@ class Dense(_Parametric):
 
     def extra_repr(self):
         s = f"{self.in_features}, {self.out_features}"
-        return s + (f", activation={self.activation!r}" if self.activation else "")
+        if self.activation:
+            s += f", activation={self.activation!r}"
+        return s + (f", weight_dtype={self._weight_dtype!r}" if self._weight_dtype != "float32" else "")
 
 
 class _Pool(Layer):
@@ -226,7 +277,7 @@ class _Pool(Layer):
         super().__init__()
         self.kernel_size = _pair(kernel_size)
         self.stride = self.kernel_size if stride is None else _pair(stride)
-        self.padding, self.ceil_mode = _pair(padding), bool(ceil_mode)
+        self.padding, self.ceil_mode = _padding(padding), bool(ceil_mode)
 
     def output_shape(self, input_shape):
         c, h, w = _expect_image(self, input_shape)
@@ -236,9 +287,7 @@ class _Pool(Layer):
         return (c, *hw)
 
     def extra_repr(self):
-        s = f"kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}" + _padding_repr(self.padding)
         return s + (", ceil_mode=True" if self.ceil_mode else "")
 
 
@@ -260,6 +309,9 @@ class AvgPool2D(_Pool):
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad, backend=self.backend)
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
 
 
 class AdaptiveAvgPool2D(Layer):

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import functional as F
 from . import layers as L
+from .lowp import check_weight_dtype
 
 __all__ = ["Sequential", "Model", "build", "alexnet", "detect_variant", "param_shapes",
            "WeightsMismatchError", "VARIANTS", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -199,7 +200,8 @@ class Sequential(L.Layer):
 
     # -- weights
     def state_dict(self) -> dict[str, np.ndarray]:
-        """``{"features.0.weight": array, ...}`` in torch's key names and layouts (no copies)."""
+        """``{"features.0.weight": array, ...}`` in torch's key names and layouts, float32 (no
+        copies, except widened ones of bfloat16/int8 dense weights)."""
         return {f"{name}.{p}": arr for name, layer in self.named_layers()
                 for p, arr in layer.parameters().items()}
 
@@ -233,6 +235,22 @@ class Sequential(L.Layer):
         for layer, p, arr in staged:  # shapes and values are checked above: assign directly
             object.__setattr__(layer, p, arr)
         return result
+
+    # -- storage of the dense weights
+    @property
+    def weight_dtype(self) -> str:
+        """How the dense layers store their weights (``"mixed"`` if they differ)."""
+        kinds = {layer.weight_dtype for _, layer in self.named_layers() if isinstance(layer, L.Dense)}
+        return kinds.pop() if len(kinds) == 1 else ("float32" if not kinds else "mixed")
+
+    def set_weight_dtype(self, dtype):
+        """Store every dense layer's weight as ``dtype`` (``"float32"``, ``"bfloat16"``,
+        ``"int8"``, see :mod:`fastalex.lowp`); convolutions stay float32. Returns ``self``."""
+        check_weight_dtype(dtype, "set_weight_dtype")
+        for _, layer in self.named_layers():
+            if isinstance(layer, L.Dense):
+                layer.set_weight_dtype(dtype)
+        return self
 
     def extra_repr(self):
         return ", ".join(name for name, _ in self.children)
@@ -294,7 +312,7 @@ def _build_children(entries, rng):
 class Model(Sequential):
     """A :class:`Sequential` built from a spec, with prediction, a summary and preprocessing info."""
 
-    def __init__(self, spec, seed=0, backend=None):
+    def __init__(self, spec, seed=0, backend=None, weight_dtype="float32"):
         # seed=None: zero placeholders for weights that are about to be loaded (no 1 s of RNG)
         rng = None if seed is None else np.random.default_rng(seed)
         super().__init__(_build_children(spec["layers"], rng))
@@ -304,6 +322,7 @@ class Model(Sequential):
         self.preprocess = dict(spec.get("preprocess", {}))
         self.backend = backend
         self.num_classes = self.output_shape(self.input_shape)[0]
+        self.set_weight_dtype(weight_dtype)
 
     def _batch(self, x):
         """``(batch, squeezed)``: ``x`` as ``(N, C, H, W)``, checked against the model's input."""
@@ -376,7 +395,9 @@ class Model(Sequential):
     def predict(self, x, top=5):
         """``(probabilities, indices)``, each ``(N, top)`` (or ``(top,)`` for one image), best first."""
         logits = self(x)
-        probs = F.softmax(logits, axis=-1)
+        last = list(self.named_layers())[-1][1]
+        ends_in_softmax = isinstance(last, L.Softmax)  # e.g. an ONNX zoo graph: already probabilities
+        probs = logits if ends_in_softmax else F.softmax(logits, axis=-1)
         top = max(1, min(int(top), self.num_classes))
         idx = np.argsort(-probs, axis=-1, kind="stable")[..., :top]
         return np.take_along_axis(probs, idx, axis=-1), idx
@@ -412,21 +433,43 @@ class Model(Sequential):
         rule = "-" * len(fmt.format(*header))
         total_params = sum(r["params"] for r in rows)
         total_macs = sum(r["macs"] for r in rows)
-        lines = [f'AlexNet ("{self.variant}"), input {shape}', rule, fmt.format(*header), rule]
+        title = self.spec.get("title") or f'AlexNet ("{self.variant}")'
+        lines = [f"{title}, input {shape}", rule, fmt.format(*header), rule]
         lines += [fmt.format(*b) for b in body]
         lines += [rule,
                   f"Total params: {total_params:,} ({total_params * 4 / 2**20:.1f} MiB as float32)",
-                  f"Total MACs:   {total_macs:,} ({total_macs / 1e9:.2f} G per image)",
-                  rule]
+                  f"Total MACs:   {total_macs:,} ({total_macs / 1e9:.2f} G per image)"]
+        dense = [r["layer"] for r in rows if isinstance(r["layer"], L.Dense)]
+        if any(d.weight_dtype != "float32" for d in dense):
+            stored = sum(d.stored_weight.nbytes for d in dense)
+            lines.append(f"Dense weights: {self.weight_dtype} ({stored / 2**20:.1f} MiB stored)")
+        lines.append(rule)
+        lines += self._plan_lines()
         return "\n".join(lines)
+
+    def _plan_lines(self):
+        """How the backend runs each convolution (its plan, made once), when it says."""
+        from .backends import get_backend, get_backend_name
+        name = self.backend or get_backend_name()
+        try:
+            describe = getattr(get_backend(name), "describe_plan", None)
+        except ImportError:
+            return []
+        if describe is None:
+            return []
+        lines = [f"Convolutions on the {name} backend (weights prepared once, when first used):"]
+        for layer_name, layer in self.named_layers():
+            if isinstance(layer, L.Conv2D):
+                lines.append(f"  {layer_name:<12} {describe(layer.plan().data)}")
+        return lines
 
     def extra_repr(self):
         return self.variant
 
 
-def build(spec, seed=0, backend=None) -> Model:
+def build(spec, seed=0, backend=None, weight_dtype="float32") -> Model:
     """A :class:`Model` from a spec dict (see :func:`original_spec` for the format)."""
-    return Model(spec, seed=seed, backend=backend)
+    return Model(spec, seed=seed, backend=backend, weight_dtype=weight_dtype)
 
 
 class WeightsMismatchError(ValueError):
@@ -482,14 +525,18 @@ def _describe_weights(weights) -> str:
     return "the state dict"
 
 
-def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0) -> Model:
+def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
+            weight_dtype="float32") -> Model:
     """An AlexNet.
 
     ``variant``: ``"original"`` (the 2012 paper: LRN, groups, 227x227) or ``"torchvision"``
     (224x224, the published ImageNet weights). ``weights``: None (He-normal init from ``seed``),
     ``"imagenet"`` (torchvision's published weights, :data:`fastalex.weights.IMAGENET1K_V1`,
     downloaded once and cached), a path to a ``.npz``/``.pth`` file, or a state dict.
-    ``backend``: ``"numba"``, ``"numpy"`` or None (the process default).
+    ``backend``: ``"numba"``, ``"numpy"`` or None (the process default). ``weight_dtype``: how
+    the dense layers store their weights, ``"float32"`` (default), ``"bfloat16"`` or ``"int8"``
+    (per-output-channel scales); they are converted once, after loading, and the convolutions
+    stay float32 (see :mod:`fastalex.lowp`).
 
     ``variant`` and ``num_classes`` default to what the weights fit (read from their keys and
     shapes: :func:`detect_variant`); without weights, to ``"original"`` and 1000. Naming a
@@ -502,8 +549,10 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0) 
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
         raise ValueError(f"alexnet: num_classes must be a positive int, got {num_classes!r}")
+    check_weight_dtype(weight_dtype, "alexnet")
     if weights is None:
-        return Model(VARIANTS[variant or "original"](num_classes or 1000), seed=seed, backend=backend)
+        return Model(VARIANTS[variant or "original"](num_classes or 1000), seed=seed, backend=backend,
+                     weight_dtype=weight_dtype)
     from .weights import published_weights, resolve_weights
     meta = published_weights(weights)
     if meta is not None:
@@ -521,7 +570,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0) 
             raise WeightsMismatchError(
                 f"alexnet: {source} does not fit any AlexNet variant ({', '.join(map(repr, VARIANTS))}); "
                 f"against the {target!r} one: {exc}", source, detail=f"against the {target} AlexNet: {exc}") from None
-        return model
+        return model.set_weight_dtype(weight_dtype)
     fit_variant, fit_classes = fits
     if variant is not None and variant != fit_variant:
         raise WeightsMismatchError(
@@ -532,4 +581,4 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0) 
             f"alexnet: {source} has {fit_classes} classes, not num_classes={num_classes}", source, fits)
     model = Model(VARIANTS[fit_variant](fit_classes), seed=None, backend=backend)
     model.load_state_dict(state)  # strict: every parameter is replaced
-    return model
+    return model.set_weight_dtype(weight_dtype)
