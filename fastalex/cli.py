@@ -1,4 +1,5 @@
-"""The ``fastalex`` command: classify images, show a model, manage weights, time the backends.
+"""The ``fastalex`` command: classify images, show a model, manage weights, time the backends,
+and see inside the network (``show``, ``explain``, ``profile``: :mod:`fastalex.cli_insight`).
 
 Every error ends as one ``fastalex: error: ...`` line on stderr and an exit code, never a
 traceback: 0 success, 1 some inputs failed (or an unexpected error), 2 usage errors (bad
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): also time PyTorch and ONNX Runtime on the same model, weights, "
                         "input and number of threads, when they are installed; none: only fastalex")
     p.set_defaults(func=cmd_bench)
+
+    from .cli_insight import add_commands
+    add_commands(sub)  # show filters|activations, explain, profile
     return parser
 
 

@@ -426,6 +426,13 @@ class Model(Sequential):
         idx = np.argsort(-probs, axis=-1, kind="stable")[..., :top]
         return np.take_along_axis(probs, idx, axis=-1), idx
 
+    def profile(self, x, repeat=5, warmup=1) -> list:
+        """One forward pass on ``x`` timed step by step (median of ``repeat`` runs): a list of
+        row dicts (name, layers, type, output_shape, macs, seconds, gflops, share); a fused
+        conv/dense + ReLU is one row. See :func:`fastalex.profiling.profile`."""
+        from .profiling import profile
+        return profile(self, x, repeat=repeat, warmup=warmup)
+
     def layer_table(self, input_shape=None):
         """One dict per leaf layer: name, type, output shape, params, MACs (per image)."""
         shape = tuple(input_shape or self.input_shape)
