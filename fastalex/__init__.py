@@ -15,9 +15,10 @@ from .weights import load_weights, save_weights
 from .images import ImageError, load_image, load_images
 from .labels import imagenet_labels
 from .classify import classify  # the name is the function; import helpers with ``from fastalex.classify import ...``
+from .embedding import embed
 
 __version__ = "0.1.0"
 
 __all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend",
            "get_backend_name", "load_weights", "save_weights", "load_image", "load_images", "ImageError",
-           "imagenet_labels", "classify", "__version__"]
+           "imagenet_labels", "classify", "embed", "__version__"]

@@ -26,7 +26,20 @@ weights: by default torchvision's ImageNet weights, downloaded once and cached
 (`fastalex weights download`); --weights FILE loads a .npz/.pth state dict (the variant and
 the number of classes are read from the file); --random-weights runs without weights.
 
-exit status: 0 all images classified, 1 some could not be read, 2 usage error."""
+with --workers N or --scheduler ADDRESS the batches run on a Dask cluster; its workers read
+the images and load the weights themselves (a path or URL they can reach, or 'imagenet' from
+their own cache, $FASTALEX_HOME). --output FILE with --resume continues an interrupted run.
+
+exit status: 0 all images classified, 1 some could not be read, 2 usage error,
+130 interrupted (rerun with --resume to continue an --output)."""
+
+EMBED_EPILOG = """\
+weights as for `fastalex classify`. The vectors are float32, in input order; images that
+cannot be read are reported on stderr and left out (--resume tries them again). While running,
+vectors go to FILE.journal; the output is written (to a temporary name, then renamed) when the
+run ends, so an interruption never leaves a torn file: rerun with --resume to continue.
+
+exit status: 0 all images embedded, 1 some could not be read, 2 usage error, 130 interrupted."""
 
 
 class UsageError(Exception):
@@ -60,6 +73,33 @@ def _backends():
     return list(BACKENDS)
 
 
+def _add_model_options(p):
+    p.add_argument("--variant", choices=_variants(), default=None,
+                   help="model variant (default: torchvision, or whatever the --weights file holds)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", metavar="FILE|URL|imagenet", default="imagenet",
+                   help="weights file (.npz/.pth), a URL of one, or 'imagenet' (default)")
+    w.add_argument("--random-weights", action="store_true",
+                   help="seeded random weights (for testing: the labels are meaningless)")
+    p.add_argument("--num-classes", type=_positive_int, metavar="N",
+                   help="classes of the model (with --random-weights; otherwise read from the weights)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                   help="images per forward pass, and per task on a cluster (default 16)")
+    p.add_argument("--backend", choices=_backends(), default=None,
+                   help="compute backend (default: numba, or $FASTALEX_BACKEND)")
+
+
+def _add_run_options(p):
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: skip the paths already in --output")
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="run on a local Dask cluster of N worker processes (needs fastalex[dask])")
+    d.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask cluster of this scheduler, e.g. tcp://host:8786 (needs fastalex[dask])")
+    p.add_argument("--timings", action="store_true", help="print where the time went on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="AlexNet inference on the CPU (NumPy reference and Numba fast path).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -68,24 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="classify image files or folders",
                        description="Classify images: files, or folders searched recursively.",
                        epilog=CLASSIFY_EPILOG)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("--variant", choices=_variants(), default=None,
-                   help="model variant (default: torchvision, or whatever the --weights file holds)")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--weights", metavar="FILE|imagenet", default="imagenet",
-                   help="weights file (.npz/.pth) or 'imagenet' (default)")
-    w.add_argument("--random-weights", action="store_true",
-                   help="seeded random weights (for testing: the labels are meaningless)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or URLs")
+    _add_model_options(p)
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (for non-ImageNet weights)")
-    p.add_argument("--num-classes", type=_positive_int, metavar="N",
-                   help="classes of the model (with --random-weights; otherwise read from the weights)")
     p.add_argument("--top", type=_positive_int, default=5, metavar="K", help="classes to show per image (default 5)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per forward pass (default 16)")
-    p.add_argument("--backend", choices=_backends(), default=None,
-                   help="compute backend (default: numba, or $FASTALEX_BACKEND)")
     p.add_argument("--json", action="store_true", help="one JSON object per line per image")
-    p.add_argument("--timings", action="store_true", help="print where the time went on stderr")
+    p.add_argument("--output", metavar="FILE",
+                   help="write JSON lines to FILE (appended and fsynced a batch at a time) instead of stdout")
+    _add_run_options(p)
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("embed", help="write feature vectors (fc7, ...) of images to a file",
+                       description="Write one feature vector per image (a layer's output, flattened) "
+                                   "to FILE: .npy (plus FILE-stem.paths.txt), .npz (paths, vectors) or "
+                                   ".parquet (columns path, vector; needs pyarrow).",
+                       epilog=EMBED_EPILOG)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or URLs")
+    p.add_argument("--layer", default="fc7", metavar="NAME",
+                   help="pool5, fc6, fc7 (after ReLU, as in Caffe), fc8/logits, or a layer name such as "
+                        "features.7 (default fc7)")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="FILE.npy, FILE.npz or FILE.parquet")
+    p.add_argument("--normalize", action="store_true", help="unit-length (L2-normalized) vectors")
+    _add_model_options(p)
+    _add_run_options(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("summary", help="print the model's layers, shapes, parameters and MACs",
                        description="Print a model summary.")
@@ -174,26 +220,78 @@ def load_model(args):
         try:
             return alexnet(variant, weights="imagenet", backend=args.backend)
         except _weights_unavailable_error() as exc:
-            from . import weights as W
-            cause = str(exc).replace(getattr(W, "_HOW_TO", "\0"), "").strip()
-            raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: {cause} "
-                             f"To get them: run `{PROG} weights download` where there is network "
-                             f"access (or set FASTALEX_WEIGHTS_URL to a mirror), or pass --weights FILE, "
-                             f"or use --random-weights to test without them.") from None
+            raise _imagenet_unavailable(exc) from None
         except ValueError as exc:
             raise UsageError(f"{exc} (on the command line: --variant torchvision, or --weights FILE, "
                              f"or --random-weights)") from None
-    state = _load_state(args.weights)
+    variant, num_classes, state = _weights_file(args)
+    try:
+        return alexnet(variant, num_classes=num_classes, weights=state, backend=args.backend)
+    except ValueError as exc:
+        raise UsageError(f"weights file {args.weights} does not fit the {variant} AlexNet: {exc}") from None
+
+
+def _imagenet_unavailable(exc):
+    from . import weights as W
+    cause = str(exc).replace(getattr(W, "_HOW_TO", "\0"), "").strip()
+    return UsageError(f"the ImageNet weights are not cached and cannot be downloaded: {cause} "
+                      f"To get them: run `{PROG} weights download` where there is network "
+                      f"access (or set FASTALEX_WEIGHTS_URL to a mirror), or pass --weights FILE, "
+                      f"or use --random-weights to test without them.")
+
+
+def _weights_file(args):
+    """``(variant, num_classes, state)`` of --weights FILE (or URL, fetched into the cache once)."""
+    path = args.weights
+    from .classify import is_url
+    if is_url(path):
+        from .distributed import fetch_weights
+        try:
+            path = fetch_weights(path)
+        except (OSError, ValueError, ImportError, _weights_unavailable_error()) as exc:
+            raise UsageError(f"cannot fetch the weights {args.weights}: {exc}") from None
+    state = _load_state(path)
     variant = args.variant or _infer_variant(state, args.weights)
     last = state.get("classifier.6.weight")
     num_classes = int(last.shape[0]) if last is not None and last.ndim == 2 else 1000
     if args.num_classes is not None and args.num_classes != num_classes:
         raise UsageError(f"--num-classes {args.num_classes} but the weights file {args.weights} "
                          f"has {num_classes} classes")
+    return variant, num_classes, state
+
+
+def model_recipe(args):
+    """What the workers of a distributed run build (see :func:`fastalex.distributed.recipe_of`),
+    made without loading the model here: the spec, and the weights as a path or URL."""
+    from .models import VARIANTS, Model
+    if args.random_weights:
+        _err("WARNING: --random-weights: the model has random weights; its predictions and labels "
+             "are MEANINGLESS (use this only to test the pipeline)")
+        spec = VARIANTS[args.variant or "torchvision"](args.num_classes or 1000)
+        return {"spec": spec, "seed": 0, "weights": None, "backend": args.backend}
+    if args.weights == "imagenet":
+        if (args.variant or "torchvision") != "torchvision":
+            raise UsageError("no published ImageNet weights exist for the 'original' AlexNet (on the "
+                             "command line: --variant torchvision, or --weights FILE, or --random-weights)")
+        if args.num_classes not in (None, 1000):
+            raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
+        if args.workers:  # local workers share this machine's cache: fill it once, here
+            from . import weights as W
+            try:
+                W.download_imagenet()
+            except W.WeightsUnavailableError as exc:
+                raise _imagenet_unavailable(exc) from None
+        return {"spec": VARIANTS["torchvision"](1000), "seed": None, "weights": "imagenet",
+                "backend": args.backend}
+    variant, num_classes, state = _weights_file(args)
+    spec = VARIANTS[variant](num_classes)
     try:
-        return alexnet(variant, num_classes=num_classes, weights=state, backend=args.backend)
+        Model(spec, seed=None).load_state_dict(state)  # check that it fits before the workers try
     except ValueError as exc:
         raise UsageError(f"weights file {args.weights} does not fit the {variant} AlexNet: {exc}") from None
+    from .classify import is_url
+    source = args.weights if is_url(args.weights) else os.path.abspath(args.weights)
+    return {"spec": spec, "seed": None, "weights": source, "backend": args.backend}
 
 
 def _format_prediction(pred, width):
@@ -216,6 +314,42 @@ def _json_safe(d):
 # ----------------------------------------------------------------------------- commands
 
 def cmd_classify(args):
+    return _run_images(args, "classify")
+
+
+def cmd_embed(args):
+    return _run_images(args, "embed")
+
+
+def _cluster(args):
+    """A context manager giving a Dask client (``--workers``/``--scheduler``) or None."""
+    import contextlib
+    if not (args.workers or args.scheduler):
+        return contextlib.nullcontext(None)
+    from . import distributed
+    try:
+        distributed.require_dask()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    if args.workers:
+        return distributed.local_cluster(args.workers)
+    return distributed.connect(args.scheduler)
+
+
+def _open_output(args, kind):
+    from .outputs import JsonLinesOutput, VectorOutput
+    try:
+        if kind == "embed":
+            return VectorOutput(args.output, resume=args.resume, flush_every=args.batch_size)
+        return JsonLinesOutput(args.output, resume=args.resume, flush_every=args.batch_size)
+    except (ValueError, ImportError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot open the output {args.output}: {exc.strerror or exc}") from None
+
+
+def _run_images(args, kind):
+    """classify and embed: one loop for inputs, model, cluster, output, progress and errors."""
     from PIL import Image
 
     from .classify import expand_inputs, iter_classify
@@ -223,26 +357,45 @@ def cmd_classify(args):
 
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse those images ourselves
     warnings.filterwarnings("ignore", module="PIL")  # EXIF/palette chatter; bad files are reported below
+    if args.resume and not args.output:
+        raise UsageError("--resume needs --output FILE (the file to continue)")
+    distributed = bool(args.workers or args.scheduler)
+    cluster = _cluster(args)  # checks that Dask is installed before anything slow
     t_start = time.perf_counter()
     items = expand_inputs(args.paths)
     if not items:
         raise UsageError("no images found in " + ", ".join(args.paths)
                          + " (searched recursively for image file extensions)")
     t0 = time.perf_counter()
-    model = load_model(args)
+    model = model_recipe(args) if distributed else load_model(args)
     t_model = time.perf_counter() - t0
+    num_classes = model.num_classes if not distributed else _recipe_classes(model)
     labels = None
-    if args.labels:
+    if kind == "classify":
+        if args.labels:
+            try:
+                labels = load_labels(args.labels, num_classes)
+            except LabelsError as exc:
+                raise UsageError(str(exc)) from None
+        elif num_classes != 1000:
+            labels = False  # print class indices
+    else:
+        from .embedding import check_layer
         try:
-            labels = load_labels(args.labels, model.num_classes)
-        except LabelsError as exc:
+            check_layer(model, args.layer)
+        except (ValueError, TypeError) as exc:
             raise UsageError(str(exc)) from None
-    elif model.num_classes != 1000:
-        labels = False  # print class indices
     t0 = time.perf_counter()
-    from .backends import get_backend
-    get_backend(args.backend)  # import (and for numba, load the compiled kernels' module) up front
+    if not distributed:
+        from .backends import get_backend
+        get_backend(args.backend)  # import (and for numba, load the compiled kernels' module) up front
     t_backend = time.perf_counter() - t0
+
+    output = _open_output(args, kind) if args.output else None
+    total = len(items)
+    if output is not None and output.done:
+        items = [item for item in items if item.path not in output.done]
+        _err(f"resuming: {total - len(items)} of {total} inputs are already in {args.output}")
 
     from tqdm import tqdm
     show_bar = len(items) > PROGRESS_MIN_IMAGES and sys.stderr.isatty()
@@ -251,28 +404,62 @@ def cmd_classify(args):
     write = (lambda s, file: tqdm.write(s, file=file)) if show_bar else (lambda s, file: print(s, file=file))
     timings = {}
     failed = 0
-    width = len(str(args.top))
+    width = len(str(getattr(args, "top", 1)))
+    finished = False
+    from .distributed import ModelLoadError
     try:
-        for pred in iter_classify(items, model=model, top=args.top, batch_size=args.batch_size,
-                                  labels=labels, timings=timings):
-            if pred.error:
-                failed += 1
-                write(f"{PROG}: cannot classify {pred.path}: {pred.error}", sys.stderr)
-                if args.json:
-                    write(_json_safe(pred.to_dict()), sys.stdout)
+        with cluster as client:
+            if kind == "classify":
+                results = iter_classify(items, model=model, top=args.top, batch_size=args.batch_size,
+                                        labels=labels, timings=timings, client=client)
             else:
-                write(_json_safe(pred.to_dict()) if args.json else _format_prediction(pred, width), sys.stdout)
-            bar.update(1)
+                from .embedding import iter_embed
+                results = iter_embed(items, model=model, layer=args.layer, normalize=args.normalize,
+                                     batch_size=args.batch_size, timings=timings, client=client)
+            for r in results:
+                if r.error:
+                    failed += 1
+                    write(f"{PROG}: cannot {kind} {r.path}: {r.error}", sys.stderr)
+                if kind == "embed":
+                    if r.ok:
+                        output.write(r.path, r.vector)
+                elif output is not None:
+                    output.write(_json_safe(r.to_dict()))
+                elif args.json:
+                    write(_json_safe(r.to_dict()), sys.stdout)
+                elif r.ok:
+                    write(_format_prediction(r, width), sys.stdout)
+                bar.update(1)
+        if output is not None:
+            output.finish()
+        finished = True
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        if output is not None:
+            _err(f"interrupted: what is done is kept; rerun with --resume to continue {args.output}")
+        raise
     finally:
         bar.close()
+        if output is not None and not finished:
+            output.close()
     if args.timings:
-        total = time.perf_counter() - t_start
-        _err(f"timings: model+weights {t_model:.3f}s, backend import {t_backend:.3f}s, "
-             f"decode {timings.get('decode', 0):.3f}s (waited {timings.get('wait', 0):.3f}s), "
-             f"forward {timings.get('forward', 0):.3f}s, total {total:.3f}s for {len(items)} inputs")
+        elapsed = time.perf_counter() - t_start
+        if distributed:
+            _err(f"timings: model setup {t_model:.3f}s, waited for the cluster {timings.get('wait', 0):.3f}s "
+                 f"over {timings.get('batches', 0)} batches, total {elapsed:.3f}s for {len(items)} inputs")
+        else:
+            _err(f"timings: model+weights {t_model:.3f}s, backend import {t_backend:.3f}s, "
+                 f"decode {timings.get('decode', 0):.3f}s (waited {timings.get('wait', 0):.3f}s), "
+                 f"forward {timings.get('forward', 0):.3f}s, total {elapsed:.3f}s for {len(items)} inputs")
     if failed:
-        _err(f"{failed} of {len(items)} inputs could not be classified")
+        _err(f"{failed} of {len(items)} inputs could not be {'classified' if kind == 'classify' else 'embedded'}")
     return 1 if failed else 0
+
+
+def _recipe_classes(recipe):
+    from .distributed import skeleton
+    return skeleton(recipe).num_classes
 
 
 def cmd_summary(args):

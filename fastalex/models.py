@@ -9,6 +9,7 @@ new spec, not new code.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -299,6 +300,16 @@ class Model(Sequential):
         self.preprocess = dict(spec.get("preprocess", {}))
         self.backend = backend
         self.num_classes = self.output_shape(self.input_shape)[0]
+        #: how to build this model again elsewhere (a Dask worker): spec, seed and weights
+        #: source; None once its weights came from arrays (see fastalex.distributed.recipe_of)
+        self.recipe = None if seed is None else {"spec": spec, "seed": seed, "weights": None}
+
+    def load_state_dict(self, state_dict, strict=True):
+        result = super().load_state_dict(state_dict, strict)
+        self.recipe = None  # the weights now come from arrays the recipe does not know
+        return result
+
+    load_state_dict.__doc__ = Sequential.load_state_dict.__doc__
 
     def _batch(self, x):
         """``(batch, squeezed)``: ``x`` as ``(N, C, H, W)``, checked against the model's input."""
@@ -437,4 +448,9 @@ def alexnet(variant="original", num_classes=1000, weights=None, backend=None, se
     state = resolve_weights(weights, variant=variant)
     model = Model(VARIANTS[variant](num_classes), seed=None, backend=backend)
     model.load_state_dict(state)  # strict: every parameter is replaced
+    if isinstance(weights, (str, os.PathLike)):  # a file or URL other processes can load again
+        source = os.fspath(weights)
+        if source.lower() != "imagenet" and "://" not in source:
+            source = os.path.abspath(source)
+        model.recipe = {"spec": model.spec, "seed": None, "weights": source}
     return model

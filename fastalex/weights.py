@@ -343,8 +343,10 @@ def resolve_weights(weights, variant="torchvision") -> dict[str, np.ndarray]:
     """A state dict from what ``alexnet(weights=...)`` accepts.
 
     A mapping is returned as is; ``"imagenet"`` gives torchvision's published weights (only for
-    ``variant="torchvision"``; downloaded once, see :func:`download_imagenet`); a ``str`` or
-    path-like is read with :func:`load_weights`.
+    ``variant="torchvision"``; downloaded once, see :func:`download_imagenet`); a URL
+    (``https://``, ``s3://``, ...) is fetched once into :func:`cache_dir` (see
+    :func:`fastalex.distributed.fetch_weights`); a ``str`` or path-like is read with
+    :func:`load_weights`.
     """
     if isinstance(weights, Mapping):
         return weights
@@ -355,6 +357,9 @@ def resolve_weights(weights, variant="torchvision") -> dict[str, np.ndarray]:
                 "paper's network with LRN and grouped convolutions); use variant='torchvision' "
                 "for weights='imagenet', or pass a weights file you trained")
         return load_weights(download_imagenet())
+    if isinstance(weights, str) and "://" in weights:  # a URL: fetched once into the cache
+        from .distributed import fetch_weights
+        return load_weights(fetch_weights(weights))
     if isinstance(weights, (str, os.PathLike)):
         return load_weights(weights)
     raise TypeError(f"weights must be None, 'imagenet', a path to an .npz/.pth file or a state dict, "
