@@ -361,6 +361,12 @@ def _run_images(args, kind):
         raise UsageError("--resume needs --output FILE (the file to continue)")
     distributed = bool(args.workers or args.scheduler)
     cluster = _cluster(args)  # checks that Dask is installed before anything slow
+    if kind == "embed":
+        from .outputs import check_vector_path
+        try:
+            check_vector_path(args.output)  # the format (and pyarrow for .parquet), before anything slow
+        except (ValueError, ImportError) as exc:
+            raise UsageError(str(exc)) from None
     t_start = time.perf_counter()
     items = expand_inputs(args.paths)
     if not items:

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-__all__ = ["JsonLinesOutput", "VectorOutput", "VECTOR_FORMATS", "PARQUET_HINT", "read_vectors"]
+__all__ = ["JsonLinesOutput", "VectorOutput", "check_vector_path", "VECTOR_FORMATS", "PARQUET_HINT", "read_vectors"]
 
 PARQUET_HINT = "pip install 'fastalex[parquet]'"
 VECTOR_FORMATS = (".npy", ".npz", ".parquet")
@@ -113,6 +113,12 @@ class JsonLinesOutput:
 
 
 # ----------------------------------------------------------------------------- vectors
+
+def check_vector_path(path) -> str:
+    """The format (extension) of a vector output; ValueError for an unknown extension,
+    ImportError naming the extra when ``.parquet`` lacks pyarrow."""
+    return _format(os.fspath(path))
+
 
 def _format(path):
     ext = os.path.splitext(path)[1].lower()
@@ -261,6 +267,9 @@ class VectorOutput:
         d = os.path.dirname(os.path.abspath(target))
         fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(target)}.", suffix=".part")
         os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
         return tmp
 
     def _replace(self, tmp, target):
