@@ -19,6 +19,7 @@ from fastalex.embedding import Embedding, EmbedTask
 from fastalex.models import build
 from fastalex.outputs import JsonLinesOutput, VectorOutput, paths_file, read_vectors, scan_jsonl
 
+from conftest import assert_agree
 from fixture_specs import reduced_spec
 
 N_GOOD = 7
@@ -56,7 +57,7 @@ def test_embeddings_match_extract(photos, variant, layer, backend):
     assert [r.path for r in results] == files and all(r.ok for r in results)
     got = np.stack([r.vector for r in results])
     assert got.dtype == np.float32 and got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # same code path, batch split aside
+    assert_agree(got, expected, layer)  # batches of 3 vs 7: BLAS may round differently
 
 
 def test_normalize_and_errors(photos, small):
