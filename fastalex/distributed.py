@@ -152,17 +152,23 @@ def skeleton(recipe):
 
 
 def fetch_weights(url) -> str:
-    """A local copy of the weights at ``url`` (kept in :func:`fastalex.weights.cache_dir`):
-    ``http(s)://`` and ``file://`` through :func:`~fastalex.weights.download_imagenet` (any
-    state dict, converted to ``.npz``), other schemes (``s3://``, ``gs://``, ...) via fsspec."""
+    """A local copy of the weights file at ``url``, downloaded once per machine into
+    ``<cache_dir>/remote/<hash of the URL>/<file name>`` (written to a temporary name and
+    renamed): ``http(s)://`` and ``file://`` with urllib (a hash in the file name, as in
+    ``alexnet-owt-7be5be79.pth``, is verified), other schemes (``s3://``, ``gs://``, ...) with
+    fsspec. The copy is a ``.pth`` or ``.npz`` as at the URL."""
+    import hashlib
+
     from . import weights as W
-    scheme = url.split("://", 1)[0]
-    if scheme in ("http", "https", "file"):
-        return str(W.download_imagenet(url=url, progress=False))
-    from .classify import _fsspec
-    name = url.rstrip("/").rsplit("/", 1)[-1] or "weights.npz"
-    dest = W.cache_dir() / "remote" / name
-    if not dest.is_file():
+    name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "weights"
+    dest = W.cache_dir() / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    if dest.is_file():
+        return str(dest)
+    if url.split("://", 1)[0] in ("http", "https", "file"):
+        W._fetch(url, dest, progress=False)
+    else:
+        from .classify import _fsspec
+
         def copy(out):
             with _fsspec(url).open(url, "rb") as f:
                 while chunk := f.read(1 << 20):
@@ -262,7 +268,7 @@ def local_cluster(workers, threads_per_worker=None, silence_logs=logging.ERROR, 
                  **{k: v for k, v in env.items() if k != "NUMBA_NUM_THREADS"}}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                               host="127.0.0.1", dashboard_address=None, silence_logs=silence_logs,
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=silence_logs,
                                env=env, **kwargs)
     try:
         client = Client(cluster)

@@ -235,3 +235,45 @@ def test_embed_cli_usage_errors(photos, tmp_path, monkeypatch, capsys, numpy_bac
     assert all(line.startswith("fastalex: error: ") and "pip install 'fastalex[dask]'" in line
                for line in err[1:])
     assert not list(tmp_path.iterdir())  # no output was started
+
+
+# ----------------------------------------------------------------------------- URLs
+
+def test_url_inputs_are_read_like_paths(photos, small):
+    """``file://`` URLs through fsspec (a folder URL is listed), ``http://`` through urllib."""
+    import functools
+    import http.server
+    import threading
+    files = good_files(photos)
+    local = fastalex.embed(files, model=small, layer="fc7")
+    by_folder = fastalex.embed([f"file://{photos}/"], model=small, layer="fc7")
+    assert [r.path for r in by_folder] == [f"file://{photos}/broken.png"] + [f"file://{f}" for f in files]
+    assert "not an image" in by_folder[0].error
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(photos))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        names = [os.path.basename(f) for f in files]
+        by_http = fastalex.embed([f"{base}/{n}" for n in names] + [f"{base}/gone.jpg"], model=small)
+    finally:
+        server.shutdown()
+        server.server_close()
+    for got in (by_folder[1:], by_http[:-1]):
+        np.testing.assert_array_equal(np.stack([r.vector for r in got]), np.stack([r.vector for r in local]))
+    assert "cannot read" in by_http[-1].error and "404" in by_http[-1].error
+
+
+def test_weights_from_a_url_are_fetched_once_and_remembered(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTALEX_HOME", str(tmp_path / "home"))
+    model = fastalex.alexnet("torchvision", num_classes=3, seed=4, backend="numpy")
+    fastalex.save_weights(model, tmp_path / "three.npz")
+    url = f"file://{tmp_path}/three.npz"
+    again = fastalex.alexnet("torchvision", num_classes=3, weights=url)
+    assert again.recipe["weights"] == url  # what a Dask worker will load
+    np.testing.assert_array_equal(again.state_dict()["classifier.6.weight"], model.state_dict()["classifier.6.weight"])
+    (tmp_path / "three.npz").unlink()  # the cached copy is used from now on
+    fastalex.alexnet("torchvision", num_classes=3, weights=url)
+    local = fastalex.alexnet("torchvision", num_classes=3, weights=again.state_dict())
+    assert local.recipe is None  # arrays: nothing another process could load
