@@ -30,6 +30,11 @@ def _peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _noop(recipe, task, batch, start):
     return [None] * len(batch)
 
@@ -37,11 +42,11 @@ def _noop(recipe, task, batch, start):
 def one_process(items, batch_size, backend):
     model = fastalex.alexnet("torchvision", seed=0, backend=backend)
     list(iter_classify(items[:batch_size], model=model, batch_size=batch_size))  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     n = sum(1 for _ in iter_classify(items, model=model, batch_size=batch_size))
-    wall = time.perf_counter() - t0
-    print(f"one process: {n / wall:6.2f} images/s ({n} in {wall:.1f} s), peak RSS {_peak_mib():.0f} MiB",
-          flush=True)
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    print(f"one process: {n / wall:6.2f} images/s ({n} in {wall:.1f} s), {cpu / n * 1e3:.0f} CPU-ms/image, "
+          f"peak RSS {_peak_mib():.0f} MiB", flush=True)
 
 
 def cluster(items, batch_size, backend, workers):
@@ -56,9 +61,11 @@ def cluster(items, batch_size, backend, workers):
         list(iter_classify(items[:batch_size * threads], model=recipe, batch_size=batch_size, client=client))
         warm = time.perf_counter() - t0
         with get_task_stream(client) as ts:
-            t1 = time.perf_counter()
+            t1, c1, w1 = time.perf_counter(), _cpu(), client.run(_cpu)
             n = sum(1 for _ in iter_classify(items, model=recipe, batch_size=batch_size, client=client))
             wall = time.perf_counter() - t1
+            client_cpu = _cpu() - c1
+            worker_cpu = sum(v - w1[k] for k, v in client.run(_cpu).items())
         compute = [sum(s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute")
                    for t in ts.data if t["key"].startswith("fastalex-")]
         peaks = client.run(_peak_mib)
@@ -74,7 +81,8 @@ def cluster(items, batch_size, backend, workers):
     per_batch = sum(compute) / batches
     print(f"--workers {workers} ({threads} threads): {n / wall:6.2f} images/s ({n} in {wall:.1f} s); "
           f"cluster up in {started:.1f} s, warm (model built in each worker) after {warm:.1f} s; "
-          f"peak RSS per worker {', '.join(f'{v:.0f}' for v in peaks.values())} MiB; "
+          f"{worker_cpu / n * 1e3:.0f} CPU-ms/image in workers + {client_cpu / n * 1e3:.1f} in client "
+          f"and scheduler; peak RSS per worker {', '.join(f'{v:.0f}' for v in peaks.values())} MiB; "
           f"{batches} batches, compute {per_batch * 1e3:.0f} ms/batch on a worker, client wall "
           f"{wall / batches * threads * 1e3:.0f} ms/batch per thread; empty-task round trip median "
           f"{trips[len(trips) // 2] * 1e3:.1f} ms", flush=True)
