@@ -9,6 +9,7 @@ options, missing or unavailable weights, bad labels file), 130 interrupted, 141 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -422,20 +423,21 @@ def _run_images(args, kind):
                 from .embedding import iter_embed
                 results = iter_embed(items, model=model, layer=args.layer, normalize=args.normalize,
                                      batch_size=args.batch_size, timings=timings, client=client)
-            for r in results:
-                if r.error:
-                    failed += 1
-                    write(f"{PROG}: cannot {kind} {r.path}: {r.error}", sys.stderr)
-                if kind == "embed":
-                    if r.ok:
-                        output.write(r.path, r.vector)
-                elif output is not None:
-                    output.write(_json_safe(r.to_dict()))
-                elif args.json:
-                    write(_json_safe(r.to_dict()), sys.stdout)
-                elif r.ok:
-                    write(_format_prediction(r, width), sys.stdout)
-                bar.update(1)
+            with contextlib.closing(results):  # on Ctrl-C: cancel queued batches before the cluster closes
+                for r in results:
+                    if r.error:
+                        failed += 1
+                        write(f"{PROG}: cannot {kind} {r.path}: {r.error}", sys.stderr)
+                    if kind == "embed":
+                        if r.ok:
+                            output.write(r.path, r.vector)
+                    elif output is not None:
+                        output.write(_json_safe(r.to_dict()))
+                    elif args.json:
+                        write(_json_safe(r.to_dict()), sys.stdout)
+                    elif r.ok:
+                        write(_format_prediction(r, width), sys.stdout)
+                    bar.update(1)
         if output is not None:
             output.finish()
         finished = True

@@ -262,6 +262,15 @@ def _cores():
         return os.cpu_count() or 1
 
 
+def dask_setup(worker):
+    """Preload hook of :func:`local_cluster`'s workers: they ignore SIGINT. Ctrl-C in a terminal
+    reaches the whole process group; the client (the ``fastalex`` command) handles it and closes
+    the cluster, instead of every worker printing a KeyboardInterrupt traceback."""
+    import signal
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def local_cluster(workers, threads_per_worker=None, silence_logs=logging.ERROR, **kwargs):
     """A ``Client`` on a ``LocalCluster`` of ``workers`` processes on 127.0.0.1, closed on exit.
@@ -284,7 +293,7 @@ def local_cluster(workers, threads_per_worker=None, silence_logs=logging.ERROR, 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                                host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=silence_logs,
-                               env=env, **kwargs)
+                               env=env, preload=["fastalex.distributed"], **kwargs)
     try:
         client = Client(cluster)
         try:
@@ -295,12 +304,16 @@ def local_cluster(workers, threads_per_worker=None, silence_logs=logging.ERROR, 
         cluster.close()
 
 
+#: seconds to wait for ``--scheduler ADDRESS`` to answer
+CONNECT_TIMEOUT = 30
+
+
 @contextlib.contextmanager
-def connect(address, timeout=30):
+def connect(address, timeout=None):
     """A ``Client`` of the running scheduler at ``address`` (``tcp://host:8786``), closed on exit."""
     require_dask()
     from distributed import Client
-    client = Client(address, timeout=timeout)
+    client = Client(address, timeout=timeout or CONNECT_TIMEOUT)
     try:
         yield client
     finally:

@@ -117,6 +117,22 @@ def test_a_killed_worker_loses_nothing_and_repeats_nothing(photos, model):
     assert got == local  # every path exactly once, in order, with the same answers
 
 
+def test_cli_scheduler_address_runs_on_that_cluster(photos, client, capsys, monkeypatch):
+    """``--scheduler ADDRESS`` (in-process, on the module's cluster) prints what one process prints."""
+    from fastalex import backends, cli
+    monkeypatch.setenv("FASTALEX_BACKEND", "numpy")
+    monkeypatch.setattr(backends, "_default", None)
+    files = sorted(str(p) for p in photos.glob("p0*.jpg"))[:3]
+    args = ["classify", *files, "--random-weights", "--json", "--top", "2"]
+    assert cli.main(args) == 0
+    want = capsys.readouterr().out
+    assert cli.main(args + ["--scheduler", client.scheduler.address]) == 0
+    assert capsys.readouterr().out == want and want.count("\n") == 3
+    monkeypatch.setattr(sys.modules["fastalex.distributed"], "CONNECT_TIMEOUT", 1)
+    assert cli.main(args + ["--scheduler", "tcp://127.0.0.1:1"]) == 1  # nobody there
+    assert "fastalex: error:" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- CLI, in subprocesses
 
 def _cli(*args, env, **kwargs):
@@ -132,42 +148,58 @@ def env(tmp_path_factory):
     return e
 
 
-def test_cli_workers_and_resume_after_a_killed_client(tmp_path, env):
-    """``embed --workers 2`` killed (SIGKILL: no clean-up at all) part-way, then ``--resume``:
-    the result equals a one-process run; ``classify --workers 2`` equals one process too.
-    (The full-size AlexNet with random weights: a few images only.)"""
-    n = 8
+def _interrupt(args, env, journal, records, sig):
+    """Run ``fastalex *args`` until ``journal`` holds ``records`` records, then send ``sig`` to
+    its whole process group (the client and its workers, as Ctrl-C in a terminal does)."""
+    p = subprocess.Popen([sys.executable, "-m", "fastalex", *map(str, args)], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and p.poll() is None:
+            if os.path.exists(journal) and len(scan_jsonl(journal)) >= records:
+                break
+            time.sleep(0.02)
+        os.killpg(p.pid, sig)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    return p.returncode, err
+
+
+def test_cli_workers_and_resume_after_interruptions(tmp_path, env):
+    """``embed --workers 2`` killed (SIGKILL: no clean-up at all) part-way, resumed and
+    interrupted again with SIGINT (Ctrl-C: exit 130), then resumed to the end: the result
+    equals a one-process run. ``classify --workers 2`` prints what one process prints.
+    (The full-size AlexNet with random weights: a few small images only.)"""
+    n = 16
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(3)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (40, 50 + i, 3), dtype=np.uint8)).save(photos / f"q{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 50 + i, 3), dtype=np.uint8)).save(photos / f"q{i:02d}.png")
     (photos / "broken.jpg").write_text("not a jpeg")
-    common = ["--random-weights", "--batch-size", "2", "--layer", "fc6"]
+    common = ["--random-weights", "--batch-size", "1", "--layer", "fc6"]
     one = tmp_path / "one.npy"
     proc = _cli("embed", photos, "-o", one, *common, env=env)
     assert proc.returncode == 1 and "broken.jpg" in proc.stderr, proc.stderr
 
     out = tmp_path / "dist.npy"
     journal = str(out) + ".journal"
-    p = subprocess.Popen([sys.executable, "-m", "fastalex", "embed", str(photos), "-o", str(out), *common,
-                          "--workers", "2", "--batch-size", "1"], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and p.poll() is None:
-            if os.path.exists(journal) and len(scan_jsonl(journal)) >= 2:
-                break
-            time.sleep(0.05)
-    finally:
-        os.killpg(p.pid, signal.SIGKILL)  # the client and its workers, mid-run
-        p.wait()
-    assert not out.exists() and 2 <= len(scan_jsonl(journal)) < n
-    proc = _cli("embed", photos, "-o", out, *common, "--workers", "2", "--resume", env=env)
+    run = ["embed", photos, "-o", out, *common, "--workers", "2"]
+    _interrupt(run, env, journal, 2, signal.SIGKILL)
+    first = len(scan_jsonl(journal))
+    assert not out.exists() and 2 <= first < n
+    status, err = _interrupt(run + ["--resume"], env, journal, first + 2, signal.SIGINT)
+    assert status == 130 and "rerun with --resume" in err and "Traceback" not in err, err
+    second = len(scan_jsonl(journal))
+    assert not out.exists() and first < second < n
+    proc = _cli(*run, "--resume", env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "inputs are already in" in proc.stderr
+    assert f"{second} of {n + 1} inputs are already in" in proc.stderr
     (p1, v1), (p2, v2) = read_vectors(one), read_vectors(out)
-    assert p1 == p2 and len(p1) == n and len(set(p2)) == n
+    assert p1 == p2 and len(p1) == n and len(set(p2)) == n and not os.path.exists(journal)
     assert_agree(np.concatenate(list(v2)), np.concatenate(list(v1)), "resumed on workers")
 
     proc = _cli("classify", photos, "--json", "--random-weights", "--top", "3", env=env)
