@@ -313,7 +313,10 @@ def connect(address, timeout=None):
     """A ``Client`` of the running scheduler at ``address`` (``tcp://host:8786``), closed on exit."""
     require_dask()
     from distributed import Client
-    client = Client(address, timeout=timeout or CONNECT_TIMEOUT)
+    try:
+        client = Client(address, timeout=timeout or CONNECT_TIMEOUT)
+    except (OSError, ValueError) as exc:  # refused, timed out, not an address
+        raise ConnectionError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
     try:
         yield client
     finally:

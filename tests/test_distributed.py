@@ -130,7 +130,7 @@ def test_cli_scheduler_address_runs_on_that_cluster(photos, client, capsys, monk
     assert capsys.readouterr().out == want and want.count("\n") == 3
     monkeypatch.setattr(sys.modules["fastalex.distributed"], "CONNECT_TIMEOUT", 1)
     assert cli.main(args + ["--scheduler", "tcp://127.0.0.1:1"]) == 1  # nobody there
-    assert "fastalex: error:" in capsys.readouterr().err
+    assert "fastalex: error: cannot reach the Dask scheduler at tcp://127.0.0.1:1" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- CLI, in subprocesses
