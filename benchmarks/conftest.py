@@ -63,18 +63,43 @@ class LayerSpec:
     weight_shape: tuple = ()     # conv / dense only
     kwargs: dict = field(default_factory=dict)
 
+    def macs(self) -> int:
+        """Multiply-accumulates per sample (conv and dense; 0 for the others)."""
+        if self.op == "linear":
+            return int(np.prod(self.weight_shape))
+        if self.op != "conv2d":
+            return 0
+        out, cin_g, kh, kw = self.weight_shape
+        stride, padding = self.kwargs.get("stride", 1), self.kwargs.get("padding", 0)
+        ho = (self.input_shape[1] + 2 * padding - kh) // stride + 1
+        wo = (self.input_shape[2] + 2 * padding - kw) // stride + 1
+        return out * ho * wo * cin_g * kh * kw
 
+
+def _convs_and_pools(prefix, channels, conv1, groups):
+    """One variant's conv/pool layers; ``conv1`` is (input size, padding), ``groups`` of conv2/4/5."""
+    c1, c2, c3, c4, c5 = channels
+    size, pad = conv1
+    g = groups
+    return [
+        LayerSpec(f"{prefix}conv1", "conv2d", (3, size, size), (c1, 3, 11, 11), dict(stride=4, padding=pad)),
+        LayerSpec(f"{prefix}pool1", "max_pool2d", (c1, 55, 55), kwargs=POOL_ARGS),
+        LayerSpec(f"{prefix}conv2", "conv2d", (c1, 27, 27), (c2, c1 // g, 5, 5), dict(padding=2, groups=g)),
+        LayerSpec(f"{prefix}pool2", "max_pool2d", (c2, 27, 27), kwargs=POOL_ARGS),
+        LayerSpec(f"{prefix}conv3", "conv2d", (c2, 13, 13), (c3, c2, 3, 3), dict(padding=1)),
+        LayerSpec(f"{prefix}conv4", "conv2d", (c3, 13, 13), (c4, c3 // g, 3, 3), dict(padding=1, groups=g)),
+        LayerSpec(f"{prefix}conv5", "conv2d", (c4, 13, 13), (c5, c4 // g, 3, 3), dict(padding=1, groups=g)),
+        LayerSpec(f"{prefix}pool3", "max_pool2d", (c5, 13, 13), kwargs=POOL_ARGS),
+    ]
+
+
+# The 2012 network (names without prefix) and torchvision's (prefix "tv-"); the dense layers
+# are the same in both. Convolutions run with their fused ReLU, as in the models.
 LAYERS = {spec.name: spec for spec in [
-    LayerSpec("conv1", "conv2d", (3, 227, 227), (96, 3, 11, 11), dict(stride=4, padding=0)),
+    *_convs_and_pools("", (96, 256, 384, 384, 256), (227, 0), 2),
     LayerSpec("lrn1", "local_response_norm", (96, 55, 55), kwargs=LRN_ARGS),
-    LayerSpec("pool1", "max_pool2d", (96, 55, 55), kwargs=POOL_ARGS),
-    LayerSpec("conv2", "conv2d", (96, 27, 27), (256, 48, 5, 5), dict(padding=2, groups=2)),
     LayerSpec("lrn2", "local_response_norm", (256, 27, 27), kwargs=LRN_ARGS),
-    LayerSpec("pool2", "max_pool2d", (256, 27, 27), kwargs=POOL_ARGS),
-    LayerSpec("conv3", "conv2d", (256, 13, 13), (384, 256, 3, 3), dict(padding=1)),
-    LayerSpec("conv4", "conv2d", (384, 13, 13), (384, 192, 3, 3), dict(padding=1, groups=2)),
-    LayerSpec("conv5", "conv2d", (384, 13, 13), (256, 192, 3, 3), dict(padding=1, groups=2)),
-    LayerSpec("pool3", "max_pool2d", (256, 13, 13), kwargs=POOL_ARGS),
+    *_convs_and_pools("tv-", (64, 192, 384, 256, 256), (224, 2), 1),
     LayerSpec("fc6", "linear", (9216,), (4096, 9216)),
     LayerSpec("fc7", "linear", (4096,), (4096, 4096)),
     LayerSpec("fc8", "linear", (4096,), (1000, 4096)),
@@ -110,12 +135,27 @@ class LayerCase:
         return self.spec.name
 
     def run(self, backend: str) -> np.ndarray:
-        """The layer through ``fastalex.functional`` on ``backend``."""
+        """The layer through ``fastalex.functional`` on ``backend``: a convolution with its fused
+        ReLU and its weights prepared once (as ``Conv2D`` layers run it)."""
         spec = self.spec
         op = getattr(F, spec.op)
-        if spec.op in ("conv2d", "linear"):
+        if spec.op == "conv2d":
+            return op(self.x, self.weight, self.bias, activation="relu", backend=backend,
+                      plan=self._plans[backend], **spec.kwargs)
+        if spec.op == "linear":
             return op(self.x, self.weight, self.bias, backend=backend, **spec.kwargs)
         return op(self.x, backend=backend, **spec.kwargs)
+
+    @functools.cached_property
+    def _plans(self) -> dict:
+        kw = self.spec.kwargs
+        return {b: F.prepare_conv2d(self.weight, self.bias, kw.get("stride", 1), 1, kw.get("groups", 1),
+                                    backend=b) for b in BACKENDS}
+
+    @property
+    def flops(self) -> int:
+        """Floating-point operations of one call (2 per multiply-accumulate)."""
+        return 2 * self.batch * self.spec.macs()
 
     def function(self, backend: str):
         return functools.partial(self.run, backend)
@@ -164,8 +204,9 @@ def _torch_function(case: LayerCase):
     w = None if case.weight is None else torch.from_numpy(case.weight)
     b = None if case.bias is None else torch.from_numpy(case.bias)
     kw = spec.kwargs
-    if spec.op == "conv2d":
-        call = lambda: TF.conv2d(x, w, b, kw.get("stride", 1), kw.get("padding", 0), 1, kw.get("groups", 1))
+    if spec.op == "conv2d":  # conv2d + ReLU, as fastalex's fused convolution
+        call = lambda: torch.relu_(TF.conv2d(x, w, b, kw.get("stride", 1), kw.get("padding", 0), 1,
+                                             kw.get("groups", 1)))
     elif spec.op == "linear":
         call = lambda: TF.linear(x, w, b)
     elif spec.op == "local_response_norm":
@@ -240,3 +281,33 @@ def pytest_generate_tests(metafunc):
     impls = getattr(metafunc.module, "LAYER_IMPLEMENTATIONS", BACKENDS + PEERS)
     grid = [(n, b, i) for n in names for b in batches for i in impls]
     metafunc.parametrize("alexnet_layer", grid, ids=[f"{n}-b{b}-{i}" for n, b, i in grid])
+
+
+# ----------------------------------------------------------------------------- GFLOP/s report
+
+SGEMM_GROUP = "sgemm"  # the machine's BLAS rate, measured in the same run
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables
+def pytest_terminal_summary(terminalreporter, config):
+    """After a timed run: GFLOP/s of every conv/dense benchmark and its fraction of the sgemm
+    rate measured in the same run (``test_sgemm_rate``)."""
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or session.disabled or not session.benchmarks:
+        return
+    rows = [b for b in session.benchmarks if b.extra_info.get("flops")]
+    if not rows:
+        return
+    sgemm = [b.extra_info["flops"] / b.stats.median for b in rows if b.group == SGEMM_GROUP]
+    rate = max(sgemm) if sgemm else None
+    tr = terminalreporter
+    tr.section("GFLOP/s (median)")
+    if rate:
+        tr.write_line(f"sgemm rate in this run: {rate / 1e9:.1f} GFLOP/s")
+    tr.write_line(f"{'benchmark':<44} {'median ms':>10} {'GFLOP/s':>8} {'of sgemm':>9}")
+    for b in sorted(rows, key=lambda b: (b.group, b.name)):
+        if b.group == SGEMM_GROUP:
+            continue
+        gflops = b.extra_info["flops"] / b.stats.median / 1e9
+        share = f"{gflops * 1e9 / rate:8.0%}" if rate else "       -"
+        tr.write_line(f"{b.name[:44]:<44} {b.stats.median * 1e3:>10.3f} {gflops:>8.1f} {share:>9}")

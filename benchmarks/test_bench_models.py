@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastalex
-from model_peers import onnx_session, torch_model
+from fastalex.peers import onnx_session, torch_model
 
 VARIANTS = ("original", "torchvision")
 BATCHES = (1, 16)

@@ -10,8 +10,8 @@ A readable NumPy reference path and a fast path of parallel Numba kernels behind
 
 from . import functional, layers
 from .backends import get_backend_name, set_backend
-from .models import Model, Sequential, alexnet, build
-from .weights import load_weights, save_weights
+from .models import Model, Sequential, WeightsMismatchError, alexnet, build, detect_variant
+from .weights import IMAGENET1K_V1, WeightsFileError, WeightsUnavailableError, load_weights, save_weights
 from .images import ImageError, load_image, load_images
 from .labels import imagenet_labels
 from .classify import classify  # the name is the function; import helpers with ``from fastalex.classify import ...``
@@ -20,5 +20,6 @@ from .embedding import embed
 __version__ = "0.1.0"
 
 __all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend",
-           "get_backend_name", "load_weights", "save_weights", "load_image", "load_images", "ImageError",
+           "get_backend_name", "load_weights", "save_weights", "WeightsFileError", "WeightsUnavailableError",
+           "WeightsMismatchError", "detect_variant", "IMAGENET1K_V1", "load_image", "load_images", "ImageError",
            "imagenet_labels", "classify", "embed", "__version__"]

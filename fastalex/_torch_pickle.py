@@ -26,6 +26,7 @@ import collections
 import io
 import math
 import pickle
+import pickletools
 import struct
 import zipfile
 
@@ -37,6 +38,13 @@ __all__ = ["WeightsFileError", "UnsafePickleError", "LazyTensor", "SafeUnpickler
 #: the first pickle of a legacy torch file (``torch.serialization.MAGIC_NUMBER``)
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+
+#: an expanded (zero-stride) tensor may repeat its storage up to this many elements (256 MiB
+#: of float32, more than any AlexNet parameter); beyond that the file is refused rather than
+#: trusted to size an allocation
+MAX_EXPANDED = 1 << 26
+#: the largest pickle (structure only, no tensor data) read from a zip-format file
+MAX_PICKLE_BYTES = 64 << 20
 
 
 class WeightsFileError(ValueError):
@@ -135,6 +143,12 @@ class LazyTensor:
                 raise WeightsFileError(
                     f"a tensor of size {self.size}, stride {self.stride} at offset {self.offset} "
                     f"reaches past the end of its storage {self.storage.key!r} ({base.size} elements)")
+            if numel > base.size and numel > MAX_EXPANDED:
+                # a zero-stride (expanded) view: a few bytes in the file can ask for gigabytes
+                raise WeightsFileError(
+                    f"a tensor of size {self.size}, stride {self.stride} repeats the {base.size} "
+                    f"elements of storage {self.storage.key!r} into {numel:,} elements (an expanded "
+                    f"tensor); more than {MAX_EXPANDED:,} is refused")
             view = np.lib.stride_tricks.as_strided(
                 base[self.offset:], shape=self.size,
                 strides=tuple(s * base.itemsize for s in self.stride), writeable=False)
@@ -263,7 +277,53 @@ def _storage_dtype(ref, big_endian=False):
     return dtype.newbyteorder(">") if big_endian and dtype.itemsize > 1 else dtype
 
 
+class _Clamped:
+    """A file whose reads never ask for more than what is left of its ``size`` bytes: Python's
+    buffered ``read(n)`` allocates ``n`` bytes up front, and ``n`` may come from the file."""
+
+    def __init__(self, f, size):
+        self.f, self.size = f, size
+
+    def _left(self, n):
+        left = max(0, self.size - self.f.tell())
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n=-1):
+        return self.f.read(self._left(n))
+
+    def readline(self, n=-1):
+        return self.f.readline(self._left(n))
+
+    def readinto(self, buffer):
+        view = memoryview(buffer)
+        return self.f.readinto(view[:self._left(len(view))])
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self.f.seek(offset, whence)
+
+    def tell(self):
+        return self.f.tell()
+
+
+def _prescan(f):
+    """Walk the next pickle's opcodes without building anything, then rewind: a counted
+    bytes/string opcode that claims more data than the file holds fails here, before
+    ``pickle`` allocates what it claims (``f`` must be seekable and bounded, e.g. :class:`_Clamped`)."""
+    start = f.tell()
+    try:
+        for _ in pickletools.genops(f):
+            pass
+    except Exception as exc:
+        raise WeightsFileError(f"the pickle inside is corrupt or truncated ({type(exc).__name__}: {exc})") from None
+    f.seek(start)
+
+
 def _unpickle(data_or_file, source, unpickler_cls=SafeUnpickler):
+    if not isinstance(data_or_file, _Clamped):
+        size = data_or_file.seek(0, io.SEEK_END)
+        data_or_file.seek(0)
+        data_or_file = _Clamped(data_or_file, size)
+    _prescan(data_or_file)
     unpickler = unpickler_cls(data_or_file, source)
     try:
         obj = unpickler.load()
@@ -301,33 +361,85 @@ def read_torch_zip(archive: zipfile.ZipFile, source: str, select):
         if order not in (b"little", b"big"):
             raise WeightsFileError(f"{source}: unknown byte order {order!r}")
         big_endian = order == b"big"
-    obj, storages = _unpickle(io.BytesIO(archive.read(pkl[0])), source)
+    info = archive.getinfo(pkl[0])
+    check_member(info, source, MAX_PICKLE_BYTES)
+    with archive.open(info) as member:
+        data = member.read(MAX_PICKLE_BYTES + 1)
+    obj, storages = _unpickle(io.BytesIO(data), source)
     tensors = select(obj)
     for key in _needed(tensors):
         try:
-            raw = archive.read(f"{prefix}data/{key}")
+            info = archive.getinfo(f"{prefix}data/{key}")
         except KeyError:
             raise WeightsFileError(f"{source}: storage {key!r} is missing from the archive") from None
-        _fill(storages[key], raw, big_endian, source)
+        check_member(info, source)
+        ref = storages[key]
+        nbytes = ref.numel * _storage_dtype(ref).itemsize
+        if nbytes != info.file_size:  # checked before allocating or inflating anything
+            raise WeightsFileError(f"{source}: storage {key!r} holds {info.file_size:,} bytes, but "
+                                   f"its tensors declare {ref.numel:,} elements ({nbytes:,} bytes)"
+                                   + (" (truncated file?)" if nbytes > info.file_size else ""))
+        with archive.open(info) as member:
+            _fill(ref, member, big_endian, source)
     return {name: t.to_numpy() for name, t in tensors.items()}
 
 
-def _fill(ref, raw, big_endian, source):
-    dtype = _storage_dtype(ref, big_endian)
-    if len(raw) < ref.numel * dtype.itemsize:
-        raise WeightsFileError(f"{source}: storage {ref.key!r} holds {len(raw)} bytes, "
-                               f"expected {ref.numel * dtype.itemsize} (truncated file?)")
-    ref.array = np.frombuffer(raw, dtype=dtype, count=ref.numel)
+#: deflate cannot expand data more than about 1032 times; a member claiming more is a lie
+_MAX_DEFLATE_RATIO = 1100
 
 
-def read_torch_legacy(f, source: str, select):
+def check_member(info: zipfile.ZipInfo, source: str, max_size=None):
+    """Refuse a zip member that is encrypted, uses a compression other than stored/deflate, or
+    declares more uncompressed bytes than its compressed size (or ``max_size``) allows."""
+    if info.flag_bits & 0x1:
+        raise WeightsFileError(f"{source}: zip member {info.filename!r} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise WeightsFileError(f"{source}: zip member {info.filename!r} uses compression method "
+                               f"{info.compress_type}; only stored and deflate are supported")
+    limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO)
+    if info.file_size > limit + 1024:
+        raise WeightsFileError(f"{source}: zip member {info.filename!r} claims {info.file_size:,} bytes "
+                               f"from {info.compress_size:,} compressed bytes (corrupt, or a zip bomb)")
+    if max_size is not None and info.file_size > max_size:
+        raise WeightsFileError(f"{source}: zip member {info.filename!r} is {info.file_size:,} bytes, "
+                               f"more than the {max_size:,} allowed")
+
+
+_READ_CHUNK = 1 << 20
+
+
+def read_exactly(f, dtype, count, what, source):
+    """``count`` elements of ``dtype`` read from ``f`` into a new array (the caller has checked
+    that the file can hold them); a short read is a truncated file."""
+    arr = np.empty(count, dtype=dtype)
+    view, done = memoryview(arr).cast("B"), 0
+    while done < len(view):
+        n = f.readinto(view[done:done + _READ_CHUNK])  # small pieces: no second big buffer
+        if not n:
+            raise WeightsFileError(f"{source}: {what} holds {done} bytes, expected {len(view)} "
+                                   "(truncated file?)")
+        done += n
+    return arr
+
+
+def _fill(ref, f, big_endian, source):
+    ref.array = read_exactly(f, _storage_dtype(ref, big_endian), ref.numel, f"storage {ref.key!r}", source)
+
+
+def read_torch_legacy(f, source: str, select, size=None):
     """The tensors of a legacy torch file open at its start (``select`` as in :func:`read_torch_zip`).
 
     Storages are stored one after the other; the ones ``select`` did not pick are skipped.
+    ``size``: the file's size in bytes (default: found by seeking); nothing larger is allocated.
     """
+    if size is None:
+        size = f.seek(0, io.SEEK_END)
+        f.seek(0)
+    f = _Clamped(f, size)
     header = []
     for what in ("magic number", "protocol version", "system info"):
         try:
+            _prescan(f)
             header.append(SafeUnpickler(f, source, allow_storages=False).load())
         except WeightsFileError:
             raise
@@ -344,6 +456,7 @@ def read_torch_legacy(f, source: str, select):
 
     obj, storages = _unpickle(f, source)
     try:
+        _prescan(f)
         keys = SafeUnpickler(f, source, allow_storages=False).load()
     except WeightsFileError:
         raise
@@ -365,8 +478,11 @@ def read_torch_legacy(f, source: str, select):
             raise WeightsFileError(f"{source}: storage {key!r} says {count} elements, "
                                    f"the tensors expect {ref.numel}")
         nbytes = count * dtype.itemsize
+        if nbytes > size - f.tell():  # checked before allocating: never trust the count alone
+            raise WeightsFileError(f"{source}: storage {key!r} says {count:,} elements ({nbytes:,} "
+                                   f"bytes) but only {size - f.tell():,} bytes are left (truncated file?)")
         if key in needed:
-            _fill(ref, f.read(nbytes), big_endian, source)
+            _fill(ref, f, big_endian, source)
         else:
             f.seek(nbytes, io.SEEK_CUR)
     return {name: t.to_numpy() for name, t in tensors.items()}

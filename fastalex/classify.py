@@ -17,6 +17,7 @@ import functools
 import io
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -26,8 +27,8 @@ from PIL import Image
 from .images import ImageError, _describe, get_preprocess, is_image_file, open_image, preprocess_image
 from .labels import imagenet_labels, load_labels
 
-__all__ = ["Prediction", "classify", "iter_classify", "expand_inputs", "default_model", "iter_results",
-           "run_batch", "ClassifyTask", "is_url"]
+__all__ = ["Prediction", "classify", "iter_classify", "expand_inputs", "default_model", "SkippedFolderWarning",
+           "iter_results", "run_batch", "ClassifyTask", "is_url"]
 
 
 @dataclass
@@ -68,11 +69,39 @@ class _Item:
 
 # ----------------------------------------------------------------------------- inputs
 
+class SkippedFolderWarning(UserWarning):
+    """A folder reached again while searching (a symlink loop, or two links to one folder):
+    skipped so that nothing is searched twice and a loop cannot run forever."""
+
+
 def _walk(directory: str):
-    """Image files under ``directory``, recursively, sorted, hidden entries skipped."""
+    """Image files under ``directory``, recursively, sorted, hidden entries skipped. Symlinked
+    folders are followed; one that leads to a folder already searched (a loop) is skipped
+    with a :class:`SkippedFolderWarning`."""
     errors = []
-    for root, dirs, files in os.walk(directory, onerror=errors.append):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    try:
+        st = os.stat(directory)
+        seen = {(st.st_dev, st.st_ino): directory}
+    except OSError:
+        seen = {}
+    for root, dirs, files in os.walk(directory, onerror=errors.append, followlinks=True):
+        keep = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            full = os.path.join(root, d)
+            try:
+                st = os.stat(full)
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                warnings.warn(SkippedFolderWarning(
+                    f"{full}: skipped, it leads to {seen[key]}, which is already searched"
+                    + (" (a symlink loop)" if full.startswith(seen[key] + os.sep) else "")), stacklevel=2)
+                continue
+            seen[key] = full
+            keep.append(d)
+        dirs[:] = keep
         for name in sorted(files):
             if not name.startswith(".") and is_image_file(name):
                 yield _Item(os.path.join(root, name), os.path.join(root, name))
@@ -153,8 +182,9 @@ def read_url(url) -> bytes:
 
 
 def expand_inputs(inputs) -> list[_Item]:
-    """Paths (files, or folders searched recursively for image extensions), PIL images and arrays
-    -> a flat list of inputs in order. Nothing is decoded here."""
+    """Paths (files, or folders searched recursively for image extensions, following symlinked
+    folders), PIL images and arrays -> a flat list of inputs in order. Nothing is decoded here.
+    A folder reached twice (a symlink loop) is skipped with a :class:`SkippedFolderWarning`."""
     if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)):
         inputs = [inputs]
     items = []

@@ -18,6 +18,7 @@ import time
 import warnings
 
 from . import __version__
+from ._torch_pickle import WeightsFileError
 
 PROG = "fastalex"
 PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images (and only on a terminal)
@@ -26,6 +27,8 @@ CLASSIFY_EPILOG = """\
 weights: by default torchvision's ImageNet weights, downloaded once and cached
 (`fastalex weights download`); --weights FILE loads a .npz/.pth state dict (the variant and
 the number of classes are read from the file); --random-weights runs without weights.
+offline: --weights FILE, or fill the cache with
+`fastalex weights download --url file:///path/to/alexnet-owt-7be5be79.pth`.
 
 with --workers N or --scheduler ADDRESS the batches run on a Dask cluster; its workers read
 the images and load the weights themselves (a path or URL they can reach, or 'imagenet' from
@@ -161,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=_backends() + ["all"], default="all", help="backend(s) to time (default all)")
     p.add_argument("--repeat", type=_positive_int, default=5, metavar="N", help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
+    p.add_argument("--peers", choices=["auto", "none"], default="auto",
+                   help="auto (default): also time PyTorch and ONNX Runtime on the same model, weights, "
+                        "input and number of threads, when they are installed; none: only fastalex")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -171,43 +177,34 @@ def _err(message):
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
+_HOW_TO_CLI = ("To get them: run `fastalex weights download` where there is network access "
+               "(--url or FASTALEX_WEIGHTS_URL for a mirror, e.g. --url file:///path/to/alexnet-owt-7be5be79.pth), "
+               "or pass --weights FILE, or use --random-weights to test without them.")
+
+
+def _sentence(text):
+    text = text.strip()
+    return text if not text or text.endswith((".", "?", "!")) else text + "."
+
+
+def _cli_message(exc):
+    """An exception's message with the library's Python-syntax advice replaced by the CLI's."""
+    from . import weights as W
+    return _sentence(str(exc).replace(W._HOW_TO, "").strip())
+
+
 def _load_state(path):
-    if not os.path.exists(path):
-        raise UsageError(f"weights file {path} does not exist (give a .npz/.pth file, 'imagenet', "
-                         f"or use --random-weights)")
-    if os.path.isdir(path):
-        raise UsageError(f"weights file {path} is a directory")
-    from .weights import load_weights
+    from .weights import WeightsFileNotFoundError, load_weights
     try:
         return load_weights(path)
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise UsageError(f"cannot read weights file {path}: {exc}") from None
-
-
-def _infer_variant(state, path):
-    from .models import VARIANTS
-    first = state.get("features.0.weight")
-    if first is not None:
-        for name, spec in VARIANTS.items():
-            conv = spec()["layers"][0][1][0][1]
-            if tuple(first.shape) == (conv["out_channels"], conv["in_channels"] // conv.get("groups", 1),
-                                      conv["kernel_size"], conv["kernel_size"]):
-                return name
-    raise UsageError(f"weights file {path} does not look like an AlexNet state dict "
-                     f"(no recognizable features.0.weight); pass --variant")
-
-
-def _weights_unavailable_error():
-    try:
-        from .weights import WeightsUnavailableError
-        return WeightsUnavailableError
-    except ImportError:  # pragma: no cover - weights.py always ships it
-        return ()
+    except WeightsFileNotFoundError as exc:
+        raise UsageError(f"{exc} (give a .npz/.pth file, 'imagenet', or use --random-weights)") from None
 
 
 def load_model(args):
     """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend."""
-    from .models import alexnet
+    from .models import WeightsMismatchError, alexnet
+    from .weights import WeightsUnavailableError
     if args.random_weights:
         model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
                         backend=args.backend, seed=0)
@@ -215,88 +212,107 @@ def load_model(args):
              "are MEANINGLESS (use this only to test the pipeline)")
         return model
     if args.weights == "imagenet":
-        variant = args.variant or "torchvision"
+        if args.variant not in (None, "torchvision"):
+            raise UsageError(f"no published ImageNet weights exist for --variant {args.variant} (the 2012 "
+                             "paper's network); use --variant torchvision, --weights FILE or --random-weights")
         if args.num_classes not in (None, 1000):
             raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
         try:
-            return alexnet(variant, weights="imagenet", backend=args.backend)
-        except _weights_unavailable_error() as exc:
-            raise _imagenet_unavailable(exc) from None
-        except ValueError as exc:
-            raise UsageError(f"{exc} (on the command line: --variant torchvision, or --weights FILE, "
-                             f"or --random-weights)") from None
-    variant, num_classes, state = _weights_file(args)
+            return alexnet("torchvision", weights="imagenet", backend=args.backend)
+        except WeightsUnavailableError as exc:
+            raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: "
+                             f"{_cli_message(exc)} {_HOW_TO_CLI}") from None
+    return _model_from_state(args, _load_state(_local_weights(args.weights)))
+
+
+def _model_from_state(args, state):
+    from .models import WeightsMismatchError, alexnet
     try:
-        return alexnet(variant, num_classes=num_classes, weights=state, backend=args.backend)
-    except ValueError as exc:
-        raise UsageError(f"weights file {args.weights} does not fit the {variant} AlexNet: {exc}") from None
-
-
-def _imagenet_unavailable(exc):
-    from . import weights as W
-    cause = str(exc).replace(getattr(W, "_HOW_TO", "\0"), "").strip()
-    return UsageError(f"the ImageNet weights are not cached and cannot be downloaded: {cause} "
-                      f"To get them: run `{PROG} weights download` where there is network "
-                      f"access (or set FASTALEX_WEIGHTS_URL to a mirror), or pass --weights FILE, "
-                      f"or use --random-weights to test without them.")
-
-
-def _weights_file(args):
-    """``(variant, num_classes, state)`` of --weights FILE (or URL, fetched into the cache once)."""
-    path = args.weights
-    from .classify import is_url
-    if is_url(path):
-        from .distributed import fetch_weights
-        try:
-            path = fetch_weights(path)
-        except (OSError, ValueError, ImportError, _weights_unavailable_error()) as exc:
-            raise UsageError(f"cannot fetch the weights {args.weights}: {exc}") from None
-    state = _load_state(path)
-    variant = args.variant or _infer_variant(state, args.weights)
-    last = state.get("classifier.6.weight")
-    num_classes = int(last.shape[0]) if last is not None and last.ndim == 2 else 1000
-    if args.num_classes is not None and args.num_classes != num_classes:
+        return alexnet(args.variant, num_classes=args.num_classes, weights=state, backend=args.backend)
+    except WeightsMismatchError as exc:
+        if exc.fits is None:
+            raise UsageError(f"weights file {args.weights} does not fit any AlexNet variant ({exc.detail})") from None
+        variant, classes = exc.fits
+        if args.variant not in (None, variant):
+            raise UsageError(f"weights file {args.weights} fits --variant {variant} ({classes} classes), "
+                             f"not --variant {args.variant}; leave --variant out") from None
         raise UsageError(f"--num-classes {args.num_classes} but the weights file {args.weights} "
-                         f"has {num_classes} classes")
-    return variant, num_classes, state
+                         f"has {classes} classes") from None
+
+
+def _local_weights(weights):
+    """``weights`` itself, or for a URL its copy in the cache (fetched once)."""
+    from .classify import is_url
+    if not is_url(weights):
+        return weights
+    from .distributed import fetch_weights
+    from .weights import WeightsUnavailableError
+    try:
+        return fetch_weights(weights)
+    except (OSError, ValueError, ImportError, WeightsUnavailableError) as exc:
+        raise UsageError(f"cannot fetch the weights {weights}: {exc}") from None
 
 
 def model_recipe(args):
-    """What the workers of a distributed run build (see :func:`fastalex.distributed.recipe_of`),
-    made without loading the model here: the spec, and the weights as a path or URL."""
-    from .models import VARIANTS, Model
+    """What the workers of a distributed run build (see :func:`fastalex.distributed.recipe_of`):
+    the spec, and the weights as a path or URL the workers read themselves. The backend is
+    this process's (--backend, or $FASTALEX_BACKEND here), so the workers compute as it would."""
+    recipe = _model_recipe(args)
+    from .backends import get_backend_name
+    recipe["backend"] = args.backend or get_backend_name()
+    return recipe
+
+
+def _model_recipe(args):
+    from .models import VARIANTS
     if args.random_weights:
         _err("WARNING: --random-weights: the model has random weights; its predictions and labels "
              "are MEANINGLESS (use this only to test the pipeline)")
         spec = VARIANTS[args.variant or "torchvision"](args.num_classes or 1000)
         return {"spec": spec, "seed": 0, "weights": None, "backend": args.backend}
     if args.weights == "imagenet":
-        if (args.variant or "torchvision") != "torchvision":
-            raise UsageError("no published ImageNet weights exist for the 'original' AlexNet (on the "
-                             "command line: --variant torchvision, or --weights FILE, or --random-weights)")
+        if args.variant not in (None, "torchvision"):
+            raise UsageError(f"no published ImageNet weights exist for --variant {args.variant} (the 2012 "
+                             "paper's network); use --variant torchvision, --weights FILE or --random-weights")
         if args.num_classes not in (None, 1000):
             raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
         if args.workers:  # local workers share this machine's cache: fill it once, here
-            from . import weights as W
+            from .weights import WeightsUnavailableError, download_imagenet
             try:
-                W.download_imagenet()
-            except W.WeightsUnavailableError as exc:
-                raise _imagenet_unavailable(exc) from None
+                download_imagenet()
+            except WeightsUnavailableError as exc:
+                raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: "
+                                 f"{_cli_message(exc)} {_HOW_TO_CLI}") from None
         return {"spec": VARIANTS["torchvision"](1000), "seed": None, "weights": "imagenet",
                 "backend": args.backend}
-    variant, num_classes, state = _weights_file(args)
-    spec = VARIANTS[variant](num_classes)
-    try:
-        Model(spec, seed=None).load_state_dict(state)  # check that it fits before the workers try
-    except ValueError as exc:
-        raise UsageError(f"weights file {args.weights} does not fit the {variant} AlexNet: {exc}") from None
+    # read once here: the variant and classes come from the file, and it must fit before the
+    # workers try (a file the workers read elsewhere is not checked by this)
+    model = _model_from_state(args, _load_state(_local_weights(args.weights)))
     from .classify import is_url
     source = args.weights if is_url(args.weights) else os.path.abspath(args.weights)
-    return {"spec": spec, "seed": None, "weights": source, "backend": args.backend}
+    return {"spec": model.spec, "seed": None, "weights": source, "backend": args.backend}
+
+
+
+def _compile_note(backend):
+    """Say once on stderr that the first run compiles the Numba kernels (cold cache only)."""
+    from . import _numba_cache
+    from .backends import get_backend_name
+    if (backend or get_backend_name()) == "numba" and _numba_cache.kernels_cached() is False:
+        _err(_numba_cache.COMPILE_NOTE)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def _printable(text):
+    """``text`` with control characters (a newline in a file name) escaped: one record, one line."""
+    return text.translate(_CONTROL)
 
 
 def _format_prediction(pred, width):
-    lines = [pred.path if pred.path is not None else f"<input {pred.input}>"]
+    lines = [_printable(pred.path) if pred.path is not None else f"<input {pred.input}>"]
     for rank, (index, label, p) in enumerate(zip(pred.indices, pred.labels, pred.probabilities), 1):
         name = label if label is not None else f"class {index}"
         lines.append(f"  {rank:>{width}}. {p * 100:6.2f}%  {name}")
@@ -353,7 +369,7 @@ def _run_images(args, kind):
     """classify and embed: one loop for inputs, model, cluster, output, progress and errors."""
     from PIL import Image
 
-    from .classify import expand_inputs, iter_classify
+    from .classify import SkippedFolderWarning, expand_inputs, iter_classify
     from .labels import LabelsError, load_labels
 
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse those images ourselves
@@ -369,7 +385,12 @@ def _run_images(args, kind):
         except (ValueError, ImportError) as exc:
             raise UsageError(str(exc)) from None
     t_start = time.perf_counter()
-    items = expand_inputs(args.paths)
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always", SkippedFolderWarning)
+        items = expand_inputs(args.paths)
+    for w in skipped:
+        if issubclass(w.category, SkippedFolderWarning):
+            _err(f"warning: {_printable(str(w.message))}")
     if not items:
         raise UsageError("no images found in " + ", ".join(args.paths)
                          + " (searched recursively for image file extensions)")
@@ -397,6 +418,7 @@ def _run_images(args, kind):
         from .backends import get_backend
         get_backend(args.backend)  # import (and for numba, load the compiled kernels' module) up front
     t_backend = time.perf_counter() - t0
+    _compile_note(args.backend)
 
     output = _open_output(args, kind) if args.output else None
     total = len(items)
@@ -427,7 +449,7 @@ def _run_images(args, kind):
                 for r in results:
                     if r.error:
                         failed += 1
-                        write(f"{PROG}: cannot {kind} {r.path}: {r.error}", sys.stderr)
+                        write(f"{PROG}: cannot {kind} {_printable(str(r.path))}: {_printable(r.error)}", sys.stderr)
                     if kind == "embed":
                         if r.ok:
                             output.write(r.path, r.vector)
@@ -480,24 +502,55 @@ def cmd_weights_download(args):
     from . import weights as W
     try:
         path = W.download_imagenet(url=args.url, progress=None, force=args.force)
-    except W.WeightsUnavailableError as exc:
-        _err(f"error: {exc}")
-        return 1
+    except W.WeightsUnavailableError as exc:  # the same failure as classify's: exit 2
+        raise UsageError(f"{_cli_message(exc)} To use a local copy instead, pass --weights FILE to "
+                         f"classify, or --url file:///path/to/alexnet-owt-7be5be79.pth here.") from None
     print(path)
     return 0
 
 
 def cmd_weights_path(args):
+    """The cache directory and the ImageNet weights' entry, checked as ``classify`` checks it."""
     from . import weights as W
-    directory = W.cache_dir()
-    print(f"cache directory: {directory}")
-    cached = sorted(p for p in directory.glob("*.npz")) if directory.is_dir() else []
-    if cached:
-        for p in cached:
-            print(f"cached weights:  {p} ({p.stat().st_size / 2**20:.1f} MiB)")
+    print(f"cache directory: {W.cache_dir()}")
+    found = W.IMAGENET1K_V1.cached()  # a damaged entry raises, with how to clear it
+    if found is not None:
+        print(f"cached weights:  {found} ({found.stat().st_size / 2**20:.1f} MiB, verified)")
     else:
-        print(f"cached weights:  none (run `{PROG} weights download`)")
+        paths = W.IMAGENET1K_V1.paths()
+        if paths["raw"].is_file():
+            hint = f"{paths['raw'].name} is there and will be converted on first use"
+        elif paths["npz"].is_file():
+            hint = (f"{paths['npz'].name} has no recorded digest (an older fastalex?), so it cannot "
+                    f"be verified; `{PROG} weights download` replaces it")
+        else:
+            hint = f"run `{PROG} weights download`"
+        print(f"cached weights:  none ({hint})")
     return 0
+
+
+def _bench_runners(model, names, peers):
+    """``(name, run or None, note)`` for each fastalex backend, then each installed peer."""
+    import numba
+
+    from . import peers as P
+    for name in names:
+        def run(x, name=name):
+            model.backend = name
+            return model(x)
+        yield name, run, ""
+    if peers == "none":
+        return
+    threads = numba.get_num_threads()
+    for name, build, package in (("torch", P.torch_model, "torch"),
+                                 ("onnxruntime", lambda m, t: P.onnx_session(m, t, m.input_shape),
+                                  "onnxruntime onnx")):
+        try:
+            yield name, build(model, threads), f"{threads} threads"
+        except ImportError:
+            yield name, None, f"not installed (pip install {package})"
+        except NotImplementedError as exc:
+            yield name, None, f"cannot run this model: {exc}"
 
 
 def cmd_bench(args):
@@ -507,34 +560,48 @@ def cmd_bench(args):
     from .models import alexnet
     names = list(BACKENDS) if args.backend == "all" else [args.backend]
     names.sort(key=lambda n: n != "numba")  # numba first
+    if "numba" in names:
+        from .backends import get_backend
+        try:
+            get_backend("numba")
+            _compile_note("numba")
+        except ImportError:
+            pass
     model = alexnet(args.variant)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     print(f"AlexNet ({args.variant}), batch {args.batch_size} x {model.input_shape}, "
           f"median and min of {args.repeat} runs after {args.warmup} warm-up")
-    header = f"{'backend':<8} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
+    header = (f"{'engine':<12} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
+              f"  {'vs numba':>8}")
     print(header)
     print("-" * len(header))
-    outputs = {}
-    for name in names:
-        model.backend = name
+    outputs, medians = {}, {}
+    for name, run, note in _bench_runners(model, names, args.peers):
+        if run is None:
+            print(f"{name:<12} {note}", flush=True)
+            continue
         try:
             for _ in range(max(0, args.warmup)):
-                outputs[name] = model(x)
+                outputs[name] = run(x)
         except ImportError as exc:
-            print(f"{name:<8} unavailable: {exc}", flush=True)
+            print(f"{name:<12} unavailable: {exc}", flush=True)
             continue
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            outputs[name] = model(x)
+            outputs[name] = run(x)
             times.append(time.perf_counter() - t0)
         med, best = float(np.median(times)), min(times)
-        print(f"{name:<8} {med:>11.3f} s {best:>8.3f} s {med / args.batch_size * 1e3:>10.1f} ms "
-              f"{args.batch_size / med:>9.1f}", flush=True)
-    if len(outputs) == 2:
-        (a, ya), (b, yb) = outputs.items()
-        rel = float(np.abs(ya - yb).max() / max(np.abs(yb).max(), 1e-30))
-        print(f"agreement: max |{a} - {b}| / max |{b}| = {rel:.2e}")
+        medians[name] = med
+        ratio = f"{med / medians['numba']:7.2f}x" if "numba" in medians else ""
+        print(f"{name:<12} {med:>11.3f} s {best:>8.3f} s {med / args.batch_size * 1e3:>10.1f} ms "
+              f"{args.batch_size / med:>9.1f}  {ratio:>8}", flush=True)
+    model.backend = None
+    base = "numpy" if "numpy" in outputs else next(iter(outputs), None)
+    for name, y in outputs.items():
+        if name != base:
+            rel = float(np.abs(y - outputs[base]).max() / max(np.abs(outputs[base]).max(), 1e-30))
+            print(f"agreement: max |{name} - {base}| / max |{base}| = {rel:.2e}")
     return 0
 
 
@@ -552,11 +619,17 @@ def main(argv=None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if args.command != "weights":  # a bad FASTALEX_BACKEND is a usage error, reported first
+            from .backends import get_backend_name
+            try:
+                get_backend_name()
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         status = args.func(args)
         sys.stdout.flush()
         return status
-    except UsageError as exc:
-        _err(f"error: {exc}")
+    except (UsageError, WeightsFileError) as exc:
+        _err(f"error: {_printable(str(exc))}")
         return 2
     except KeyboardInterrupt:
         _err("interrupted")

@@ -128,8 +128,11 @@ def _build(recipe):
         model.load_state_dict(state)
         return model
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the model on worker (pid {os.getpid()}, host "
-                             f"{_hostname()}) from weights {weights!r}: {exc}") from None
+        reason = str(exc) or type(exc).__name__
+    # raised outside the except block: Dask pickles an error with its __context__, and some
+    # errors (with required constructor arguments) do not survive that, leaving a bare Exception
+    raise ModelLoadError(f"cannot load the model on worker (pid {os.getpid()}, host {_hostname()}) "
+                         f"from weights {weights!r}: {reason}")
 
 
 def _hostname():
@@ -165,7 +168,7 @@ def fetch_weights(url) -> str:
     if dest.is_file():
         return str(dest)
     if url.split("://", 1)[0] in ("http", "https", "file"):
-        W._fetch(url, dest, progress=False)
+        W._fetch(url, dest, False, W._hash_prefix(name))
     else:
         from .classify import _fsspec
 
@@ -262,22 +265,14 @@ def _cores():
         return os.cpu_count() or 1
 
 
-def dask_setup(worker):
-    """Preload hook of :func:`local_cluster`'s workers: they ignore SIGINT. Ctrl-C in a terminal
-    reaches the whole process group; the client (the ``fastalex`` command) handles it and closes
-    the cluster, instead of every worker printing a KeyboardInterrupt traceback."""
-    import signal
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 @contextlib.contextmanager
 def local_cluster(workers, threads_per_worker=None, silence_logs=logging.ERROR, **kwargs):
     """A ``Client`` on a ``LocalCluster`` of ``workers`` processes on 127.0.0.1, closed on exit.
 
     Each worker gets ``threads_per_worker`` threads (default: cores // workers, at least 1), and
     Numba and BLAS are set to the same number of threads in each worker process, so the workers
-    together use every core once.
+    together use every core once. The workers ignore SIGINT (see :mod:`fastalex._dask_preload`):
+    Ctrl-C is the client's to handle.
     """
     require_dask()
     import dask
@@ -293,7 +288,7 @@ def local_cluster(workers, threads_per_worker=None, silence_logs=logging.ERROR, 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                                host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=silence_logs,
-                               env=env, preload=["fastalex.distributed"], **kwargs)
+                               env=env, preload=["fastalex._dask_preload"], **kwargs)
     try:
         client = Client(cluster)
         try:

@@ -11,14 +11,15 @@ single result back.
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import get_backend, get_backend_name
 from .shapes import pool_output_size
 
 __all__ = [
-    "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "local_response_norm",
+    "conv2d", "prepare_conv2d", "ConvPlan", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "local_response_norm",
     "linear", "relu", "softmax", "flatten", "dropout",
 ]
 
@@ -92,13 +93,54 @@ def _bias(bias, out_features, op):
 
 # ----------------------------------------------------------------------------- convolution
 
+class ConvPlan(NamedTuple):
+    """A convolution's weights prepared once by a backend (see :func:`prepare_conv2d`)."""
+
+    backend: str
+    weight: np.ndarray
+    bias: object          # np.ndarray or None
+    stride: tuple
+    dilation: tuple
+    groups: int
+    data: object          # the backend's own form of the weights (None: nothing to prepare)
+
+
+def prepare_conv2d(weight, bias=None, stride=1, dilation=1, groups=1, backend=None) -> ConvPlan:
+    """Prepare a convolution's weights once for many :func:`conv2d` calls (``plan=``).
+
+    The fast backend transforms the weights for its Winograd algorithm here (a few ms for a
+    large layer) instead of on every call; the reference backend has nothing to prepare.
+    ``Conv2D`` layers do this by themselves. The plan refers to ``weight`` and ``bias``
+    (no copy) and is valid while they are unchanged: layers make their parameters read-only
+    once planned, so a change is an assignment of new arrays, which makes a new plan.
+    """
+    op = "prepare_conv2d"
+    weight = _as_float32(weight, op, "weight")
+    if weight.ndim != 4 or min(weight.shape) < 1:
+        raise ValueError(f"{op}: weight must be (out_channels, in_channels/groups, kh, kw), "
+                         f"got shape {_shape(weight)}")
+    stride = _pair(stride, op, "stride", 1)
+    dilation = _pair(dilation, op, "dilation", 1)
+    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    if weight.shape[0] % int(groups):
+        raise ValueError(f"{op}: groups={groups} must divide the output channels of weight {_shape(weight)}")
+    bias = _bias(bias, weight.shape[0], op)
+    name = get_backend_name() if backend is None else backend
+    impl = get_backend(name)
+    prepare = getattr(impl, "prepare_conv2d", None)
+    data = None if prepare is None else prepare(weight, bias, stride, dilation, int(groups))
+    return ConvPlan(name, weight, bias, stride, dilation, int(groups), data)
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
-           backend=None):
+           backend=None, plan=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``, with an optional fused ReLU.
 
     ``x`` is ``(N, C, H, W)`` or ``(C, H, W)``; ``weight`` is ``(out, C/groups, kh, kw)``;
     ``bias`` is ``(out,)`` or None; ``stride``, ``padding`` and ``dilation`` are ints or
-    ``(h, w)`` pairs; ``activation`` is None or ``"relu"``.
+    ``(h, w)`` pairs; ``activation`` is None or ``"relu"``. ``plan``: the result of
+    :func:`prepare_conv2d` for these very ``weight`` and ``bias`` arrays and arguments.
     """
     op = "conv2d"
     x, squeezed = _image_batch(x, op)
@@ -129,7 +171,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
         raise ValueError(f"{op}: kernel {kh}x{kw} (dilation {dilation}, spanning {span[0]}x{span[1]}) "
                          f"is larger than the padded input {padded[0]}x{padded[1]}; input {_shape(x)}")
     bias = _bias(bias, out_ch, op)
-    y = get_backend(backend).conv2d(x, weight, bias, stride, padding, dilation, groups, relu_)
+    data = None
+    if plan is not None:
+        if not isinstance(plan, ConvPlan):
+            raise TypeError(f"{op}: plan must come from prepare_conv2d, got {type(plan).__name__}")
+        name = get_backend_name() if backend is None else backend
+        if (plan.backend != name or plan.weight is not weight or plan.bias is not bias
+                or (plan.stride, plan.dilation, plan.groups) != (stride, dilation, groups)):
+            raise ValueError(f"{op}: the plan was prepared for other weights, arguments or backend "
+                             f"(make a new one with prepare_conv2d)")
+        data = plan.data
+    y = get_backend(backend).conv2d(x, weight, bias, stride, padding, dilation, groups, relu_, data)
     return _unbatch(y, squeezed)
 
 

@@ -13,8 +13,9 @@ The sizes, mean and std come from the model spec (``model.preprocess``), never f
 
 Before that, every image becomes 8-bit RGB: the EXIF orientation is applied, an animated
 image gives its first frame, alpha (``LA``, ``RGBA``, ``P`` with transparency, ...) is
-composited on white, 16-bit and 32-bit integer images are scaled (not clipped) to 8 bits,
-float images are read as [0, 1], and ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr`` become RGB.
+composited on white, 16-bit and 32-bit integer images are read on the 16-bit scale (0-65535),
+float images on [0, 1] (values outside are clipped, never used to rescale the whole image),
+and ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr`` become RGB.
 
 Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is respected: an image
 with more pixels than that raises :class:`ImageError` (Pillow itself only warns below twice
@@ -30,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ._files import FileProblem, open_regular
+
 __all__ = ["ImageError", "load_image", "load_images", "open_image", "to_rgb", "preprocess_image",
            "get_preprocess", "IMAGE_EXTENSIONS"]
 
@@ -40,6 +43,15 @@ IMAGE_EXTENSIONS = frozenset({
 })
 
 WHITE = (255, 255, 255)
+
+#: images longer than this many times their width (or the reverse) are refused: resizing the
+#: short side to 256 would make the long side absurd (a 1x20000 strip: 256x5,120,000 pixels)
+MAX_ASPECT_RATIO = 1000
+
+#: above this many times the crop's area, only the centre crop is resampled (``box=``), so the
+#: work is bounded by the output's size, not the resized image's; below it the whole image is
+#: resized then cropped, exactly as torchvision does
+_BOX_RESIZE_AREA = 16
 
 
 class ImageError(ValueError):
@@ -115,6 +127,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def _bomb_check(img, path):
+    """Refuse images with more pixels than Pillow's limit, or an absurd aspect ratio."""
+    short, long = sorted((img.width, img.height))
+    if long > MAX_ASPECT_RATIO * max(short, 1):
+        raise ImageError(path, f"a {img.width}x{img.height} image has an aspect ratio beyond "
+                               f"1:{MAX_ASPECT_RATIO}; refused (resized for the model it would be "
+                               f"absurdly large)")
     limit = Image.MAX_IMAGE_PIXELS
     if limit and img.width * img.height > limit:
         raise ImageError(path, f"too large, refused as a possible decompression bomb "
@@ -135,22 +153,28 @@ def open_image(source) -> Image.Image:
                         f"got {type(source).__name__}")
     path = os.fspath(source)
     try:
-        if os.path.isdir(path):
-            raise ImageError(path, "is a directory")
-        if os.path.exists(path) and os.path.getsize(path) == 0:
+        f, size = open_regular(path)  # a FIFO or device is refused, never waited on
+    except FileProblem as problem:
+        raise ImageError(path, _FILE_PROBLEMS.get(problem.reason, problem.reason)) from None
+    with f:
+        if size == 0:
             raise ImageError(path, "empty file")
-        with Image.open(path) as img:
-            _bomb_check(img, path)
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # animated: the first frame
-            img.load()
-            return to_rgb(_upright(img))
-    except ImageError:
-        raise
-    except MemoryError:
-        raise ImageError(path, "out of memory while decoding") from None
-    except Exception as exc:  # Pillow raises many types for corrupt data (OSError, ValueError, SyntaxError, ...)
-        raise ImageError(path, _describe(exc)) from exc
+        try:
+            with Image.open(f) as img:
+                _bomb_check(img, path)
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)  # animated: the first frame
+                img.load()
+                return to_rgb(_upright(img))
+        except ImageError:
+            raise
+        except MemoryError:
+            raise ImageError(path, "out of memory while decoding") from None
+        except Exception as exc:  # Pillow raises many types for corrupt data (OSError, ValueError, SyntaxError, ...)
+            raise ImageError(path, _describe(exc)) from exc
+
+
+_FILE_PROBLEMS = {"not found": "no such file", "is a directory, not a file": "is a directory"}
 
 
 def _from_array(a: np.ndarray) -> Image.Image:
@@ -177,19 +201,19 @@ def _to_8bit(a: np.ndarray, scale: float) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit ``RGB``: alpha over white, 16/32-bit integers scaled by their
-    full range, floats read as [0, 1]."""
+    """Any Pillow mode -> 8-bit ``RGB``: alpha over white, 16/32-bit integers read on the 16-bit
+    scale, floats on [0, 1]; out-of-range values are clipped (the scale never depends on the
+    data)."""
     mode = img.mode
     if mode == "RGB":
         return img
     if mode.startswith("I;16"):  # 16-bit grayscale (PNG, TIFF, PGM)
         img = _to_8bit(np.asarray(img, dtype=np.float64), 65535.0)
-    elif mode == "I":  # 32-bit signed; in practice 16-bit data widened by the decoder
-        a = np.asarray(img, dtype=np.float64)
-        img = _to_8bit(a, 65535.0 if a.size and a.max() > 255 else 255.0)
-    elif mode == "F":
+    elif mode == "I":  # 32-bit signed; in practice 16-bit data widened by the decoder (PGM)
+        img = _to_8bit(np.asarray(img, dtype=np.float64), 65535.0)  # a fixed scale, clipped
+    elif mode == "F":  # [0, 1] as torchvision's to_tensor gives floats; outside it is clipped
         a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-        img = _to_8bit(a, 1.0 if not a.size or a.max() <= 1.0 else 255.0)
+        img = _to_8bit(a, 1.0)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode in ("P", "L", "RGB") and "transparency" in img.info)
     if has_alpha:
@@ -225,6 +249,16 @@ def preprocess_image(img: Image.Image, preprocess: dict, out: np.ndarray | None 
     """An RGB PIL image -> float32 ``(3, crop, crop)`` per ``preprocess``; writes into ``out``
     when given."""
     resize, crop = preprocess.get("resize"), preprocess.get("crop")
+    if resize and crop:
+        size = resized_size(img.width, img.height, int(resize))
+        crop = int(crop)
+        if size[0] >= crop and size[1] >= crop and size[0] * size[1] > _BOX_RESIZE_AREA * crop * crop:
+            # a long strip: resample just the centre crop's part of the source (the same filter,
+            # scale and sample positions as resize-then-crop, up to float rounding: +-1 level)
+            left, top, right, bottom = center_crop_box(size[0], size[1], crop)
+            sx, sy = img.width / size[0], img.height / size[1]
+            img = img.resize((crop, crop), Image.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy))
+            resize = None
     if resize:
         size = resized_size(img.width, img.height, int(resize))
         if size != img.size:

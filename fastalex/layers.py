@@ -70,8 +70,9 @@ class Layer:
         return {n: getattr(self, n) for n in self.param_names if getattr(self, n) is not None}
 
     def _set_param(self, name, value, shape):
-        """Assign a parameter after checking its shape and that it is finite."""
-        arr = np.ascontiguousarray(value, dtype=np.float32)
+        """Assign a copy of ``value`` after checking its shape and that it is finite (the layer
+        owns its parameters: changing the caller's array later does not change the layer)."""
+        arr = np.array(value, dtype=np.float32, order="C", copy=True)
         if arr.shape != tuple(shape):
             raise ValueError(f"{self}: {name} must have shape {tuple(shape)}, got {arr.shape}")
         if not np.isfinite(arr).all():
@@ -144,7 +145,24 @@ class Conv2D(_Parametric):
     def forward(self, x, activation=None):
         """``activation`` (None or ``"relu"``) is applied on top of the layer's own, fused."""
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups, activation or self.activation, backend=self.backend)
+                        self.groups, activation or self.activation, backend=self.backend,
+                        plan=self.plan())
+
+    def plan(self):
+        """The weights prepared by the backend in use (:func:`fastalex.functional.prepare_conv2d`),
+        made on first use and kept until ``weight`` or ``bias`` is assigned anew. Planned
+        parameters are made read-only, so they cannot change behind the plan's back."""
+        from .backends import get_backend_name
+        name = self.backend or get_backend_name()
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(name)
+        if plan is None or plan.weight is not self.weight or plan.bias is not self.bias:
+            for arr in (self.weight, self.bias):
+                if arr is not None:
+                    arr.flags.writeable = False
+            plan = plans[name] = F.prepare_conv2d(self.weight, self.bias, self.stride, self.dilation,
+                                                  self.groups, backend=name)
+        return plan
 
     def output_shape(self, input_shape):
         c, h, w = _expect_image(self, input_shape)

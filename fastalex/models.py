@@ -17,7 +17,8 @@ import numpy as np
 from . import functional as F
 from . import layers as L
 
-__all__ = ["Sequential", "Model", "build", "alexnet", "VARIANTS", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["Sequential", "Model", "build", "alexnet", "detect_variant", "param_shapes",
+           "WeightsMismatchError", "VARIANTS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -203,7 +204,8 @@ class Sequential(L.Layer):
                 for p, arr in layer.parameters().items()}
 
     def load_state_dict(self, state_dict, strict=True) -> "LoadResult":
-        """Copy matching arrays into the layers.
+        """Copy matching arrays into the layers (always copies: the model never shares memory
+        with ``state_dict``'s arrays, so changing them afterwards does not change the model).
 
         With ``strict`` (the default), any missing key, unexpected key or shape mismatch raises
         one ``ValueError`` listing all of them and nothing is changed. With ``strict=False``
@@ -222,7 +224,9 @@ class Sequential(L.Layer):
         staged = []
         for key, (layer, p, shape) in own.items():  # check every value before assigning any
             if key in state_dict and key not in bad:
-                arr = np.ascontiguousarray(state_dict[key], dtype=np.float32)
+                # always a copy: the model must not share memory with the caller's arrays
+                # (a later change to them would change the model, past this NaN check)
+                arr = np.array(state_dict[key], dtype=np.float32, order="C", copy=True)
                 if not np.isfinite(arr).all():
                     raise ValueError(f"load_state_dict: {key} contains NaN/inf values")
                 staged.append((layer, p, arr))
@@ -428,29 +432,113 @@ def build(spec, seed=0, backend=None) -> Model:
     return Model(spec, seed=seed, backend=backend)
 
 
-def alexnet(variant="original", num_classes=1000, weights=None, backend=None, seed=0) -> Model:
+class WeightsMismatchError(ValueError):
+    """Weights that do not fit the AlexNet asked for. ``fits`` is ``(variant, num_classes)`` of
+    the AlexNet they do fit (None if none), ``source`` names the weights, ``detail`` lists the
+    missing/unexpected keys and shape mismatches when none fits."""
+
+    def __init__(self, message, source, fits=None, detail=None):
+        super().__init__(message)
+        self.source, self.fits, self.detail = source, fits, detail
+
+
+def param_shapes(variant, num_classes=1000) -> dict[str, tuple]:
+    """``{key: shape}`` of a variant's state dict (no weights are initialized)."""
+    model = Model(VARIANTS[variant](num_classes), seed=None)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _classes_of(state) -> int:
+    last = state.get("classifier.6.weight")
+    shape = tuple(np.shape(last)) if last is not None else ()
+    return int(shape[0]) if len(shape) == 2 and shape[0] >= 1 else 1000
+
+
+def detect_variant(state) -> tuple[str, int] | None:
+    """``(variant, num_classes)`` of the AlexNet whose parameters have exactly the keys and
+    shapes of ``state`` (a state dict), or None if no variant fits.
+
+    >>> detect_variant(alexnet("torchvision", num_classes=7).state_dict())
+    ('torchvision', 7)
+    """
+    n = _classes_of(state)
+    for variant in VARIANTS:
+        shapes = param_shapes(variant, n)
+        if set(shapes) == set(state) and all(tuple(np.shape(state[k])) == s for k, s in shapes.items()):
+            return variant, n
+    return None
+
+
+def _closest_variant(state) -> str:
+    """The variant sharing the most keys (with the same shapes) with ``state``."""
+    n = _classes_of(state)
+
+    def score(variant):
+        return sum(1 for k, s in param_shapes(variant, n).items()
+                   if k in state and tuple(np.shape(state[k])) == s)
+    return max(VARIANTS, key=score)
+
+
+def _describe_weights(weights) -> str:
+    if isinstance(weights, (str, os.PathLike)):
+        return f"weights file '{os.fspath(weights)}'"
+    return "the state dict"
+
+
+def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0) -> Model:
     """An AlexNet.
 
     ``variant``: ``"original"`` (the 2012 paper: LRN, groups, 227x227) or ``"torchvision"``
     (224x224, the published ImageNet weights). ``weights``: None (He-normal init from ``seed``),
-    ``"imagenet"`` (torchvision's published weights, downloaded once and cached), a path to a
-    ``.npz``/``.pth`` file, or a state dict. ``backend``: ``"numba"``, ``"numpy"`` or None
-    (the process default).
+    ``"imagenet"`` (torchvision's published weights, :data:`fastalex.weights.IMAGENET1K_V1`,
+    downloaded once and cached), a path to a ``.npz``/``.pth`` file, or a state dict.
+    ``backend``: ``"numba"``, ``"numpy"`` or None (the process default).
+
+    ``variant`` and ``num_classes`` default to what the weights fit (read from their keys and
+    shapes: :func:`detect_variant`); without weights, to ``"original"`` and 1000. Naming a
+    variant or a class count the weights do not fit raises :class:`WeightsMismatchError` (a
+    ``ValueError``) that names the variant and class count they do fit.
     """
-    if variant not in VARIANTS:
+    if variant is not None and variant not in VARIANTS:
         raise ValueError(f"alexnet: unknown variant {variant!r}; valid variants are "
                          + ", ".join(repr(v) for v in VARIANTS))
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                                    or num_classes < 1):
         raise ValueError(f"alexnet: num_classes must be a positive int, got {num_classes!r}")
     if weights is None:
-        return Model(VARIANTS[variant](num_classes), seed=seed, backend=backend)
-    from .weights import resolve_weights
-    state = resolve_weights(weights, variant=variant)
-    model = Model(VARIANTS[variant](num_classes), seed=None, backend=backend)
+        return Model(VARIANTS[variant or "original"](num_classes or 1000), seed=seed, backend=backend)
+    from .weights import published_weights, resolve_weights
+    meta = published_weights(weights)
+    if meta is not None:
+        state = resolve_weights(meta, variant=variant)  # refuses another variant before downloading
+        source, fits = f"the published {meta.name} weights", (meta.variant, meta.num_classes)
+    else:
+        state = resolve_weights(weights)
+        source, fits = _describe_weights(weights), detect_variant(state)
+    if fits is None:
+        target = variant or _closest_variant(state)
+        model = Model(VARIANTS[target](num_classes or _classes_of(state)), seed=None, backend=backend)
+        try:
+            model.load_state_dict(state)
+        except ValueError as exc:
+            raise WeightsMismatchError(
+                f"alexnet: {source} does not fit any AlexNet variant ({', '.join(map(repr, VARIANTS))}); "
+                f"against the {target!r} one: {exc}", source, detail=f"against the {target} AlexNet: {exc}") from None
+        return model
+    fit_variant, fit_classes = fits
+    if variant is not None and variant != fit_variant:
+        raise WeightsMismatchError(
+            f"alexnet: {source} fits the {fit_variant!r} AlexNet ({fit_classes} classes), not the "
+            f"{variant!r} one; pass variant={fit_variant!r} or leave variant out", source, fits)
+    if num_classes is not None and num_classes != fit_classes:
+        raise WeightsMismatchError(
+            f"alexnet: {source} has {fit_classes} classes, not num_classes={num_classes}", source, fits)
+    model = Model(VARIANTS[fit_variant](fit_classes), seed=None, backend=backend)
     model.load_state_dict(state)  # strict: every parameter is replaced
-    if isinstance(weights, (str, os.PathLike)):  # a file or URL other processes can load again
-        source = os.fspath(weights)
-        if source.lower() != "imagenet" and "://" not in source:
-            source = os.path.abspath(source)
-        model.recipe = {"spec": model.spec, "seed": None, "weights": source}
+    if meta is not None:  # how other processes (Dask workers) get the same weights
+        model.recipe = {"spec": model.spec, "seed": None, "weights": meta.name}
+    elif isinstance(weights, (str, os.PathLike)):  # a file or URL they can load again
+        where = os.fspath(weights)
+        model.recipe = {"spec": model.spec, "seed": None,
+                        "weights": where if "://" in where else os.path.abspath(where)}
     return model

@@ -5,15 +5,20 @@
   PyTorch files written by ``torch.save`` (zip or legacy format) are read by
   :mod:`fastalex._torch_pickle` with a whitelisting unpickler, so a malicious file cannot run
   code. The format is detected from the content, not the extension.
-* :func:`download_imagenet`: torchvision's published AlexNet weights, downloaded once,
-  verified, converted to ``.npz`` and cached in :func:`cache_dir`.
+* :class:`PublishedWeights` / :data:`IMAGENET1K_V1` (and :func:`download_imagenet`):
+  torchvision's published AlexNet weights and their facts (url, hash, variant, classes,
+  preprocessing), downloaded once, verified, converted to ``.npz`` and cached in
+  :func:`cache_dir` with a digest that is checked on every use.
 * :func:`resolve_weights`: what ``alexnet(weights=...)`` accepts, turned into a state dict.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import http.client
+import math
 import os
 import re
 import sys
@@ -22,16 +27,21 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ._torch_pickle import LazyTensor, UnsafePickleError, WeightsFileError, read_torch_legacy, read_torch_zip
+from ._files import FileProblem, open_regular
+from ._torch_pickle import (LazyTensor, UnsafePickleError, WeightsFileError, check_member, read_exactly,
+                            read_torch_legacy, read_torch_zip)
 
 __all__ = ["save_weights", "load_weights", "resolve_weights", "download_imagenet", "cache_dir",
-           "IMAGENET_URL", "HASH_REGEX", "WeightsFileError", "UnsafePickleError",
-           "WeightsUnavailableError"]
+           "PublishedWeights", "IMAGENET1K_V1", "published_weights", "IMAGENET_URL", "HASH_REGEX",
+           "WeightsFileError", "WeightsFileNotFoundError", "UnsafePickleError",
+           "CachedWeightsError", "WeightsUnavailableError"]
 
 #: torchvision's ImageNet weights for its AlexNet (legacy torch format, 233 MB)
 IMAGENET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
@@ -53,14 +63,32 @@ class WeightsUnavailableError(RuntimeError):
 
 # ----------------------------------------------------------------------------- save / load
 
+def _umask() -> int:
+    """The process's umask (read from /proc where possible: ``os.umask`` can only be read by
+    setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write):
-    """Run ``write(fileobj)`` on a temp file next to ``path`` and move it into place."""
+    """Run ``write(fileobj)`` on a temp file next to ``path`` and move it into place. The file
+    gets the permissions of any new file (``0o666`` minus the umask), not the temp file's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -96,9 +124,8 @@ def save_weights(model_or_state_dict, path) -> Path:
     return path
 
 
-def _head(path: Path, n=512) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(n)
+class WeightsFileNotFoundError(WeightsFileError, FileNotFoundError):
+    """The weights file does not exist (a :class:`WeightsFileError` and a ``FileNotFoundError``)."""
 
 
 def load_weights(path) -> dict[str, np.ndarray]:
@@ -110,42 +137,62 @@ def load_weights(path) -> dict[str, np.ndarray]:
     DataParallel ``module.`` prefix is stripped. PyTorch files are read without torch and
     without running their pickles: anything other than tensors and plain containers is refused.
 
-    Raises ``FileNotFoundError`` for a missing file and :class:`WeightsFileError` (a
-    ``ValueError``) naming the file for anything unreadable.
+    Only regular files are read (a FIFO or device is refused, never waited on). Nothing larger
+    than the file can hold is allocated: sizes, counts and zip headers that claim more are
+    refused before any allocation (an expanded, zero-stride tensor may repeat its storage up
+    to :data:`fastalex._torch_pickle.MAX_EXPANDED` elements).
+
+    Every failure raises :class:`WeightsFileError` (a ``ValueError``) whose message names the
+    file and what is wrong with it; for a missing file it is a :class:`WeightsFileNotFoundError`,
+    which is also a ``FileNotFoundError``.
     """
     path = Path(os.fspath(path))
     source = f"weights file '{path}'"
-    if not path.exists():
-        raise FileNotFoundError(f"{source} not found")
-    if path.is_dir():
-        raise WeightsFileError(f"{source} is a directory, not a file")
-    head = _head(path)
-    if not head:
-        raise WeightsFileError(f"{source} is empty")
-    if head[:2] == b"PK":
-        state = _load_zip(path, source)
-    elif head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        with open(path, "rb") as f:
-            state = read_torch_legacy(f, source, lambda obj: _select(obj, source))
-    elif head[:6] == b"\x93NUMPY":
-        raise WeightsFileError(f"{source} is a single .npy array, not a set of weights; "
-                               "use save_weights() to write an .npz")
-    elif len(head) >= 262 and head[257:262] == b"ustar":
-        raise WeightsFileError(f"{source} is a tar archive (PyTorch < 0.4 format?), which is not "
-                               "supported; re-save it with a current torch.save")
-    else:
-        raise WeightsFileError(f"{source} is not an .npz or a PyTorch file "
-                               f"(it starts with {head[:8]!r})")
+    try:
+        f, size = open_regular(path)
+    except FileProblem as problem:
+        raise (WeightsFileNotFoundError if problem.missing else WeightsFileError)(
+            f"{source} {problem.reason}") from None
+    try:
+        with f:
+            state = _read(f, size, source)
+    except WeightsFileError as exc:
+        if source in str(exc):
+            raise
+        raise type(exc)(f"{source}: {exc}") from None
+    except MemoryError:
+        raise WeightsFileError(f"{source} cannot be read: it needs more memory than is available") from None
+    except Exception as exc:  # zipfile's RuntimeError/NotImplementedError, numpy's header errors, ...
+        raise WeightsFileError(f"{source} cannot be read ({type(exc).__name__}: {exc})") from None
     state = _strip_prefix(state)
     if not state:
         raise WeightsFileError(f"{source} holds no tensors")
     return state
 
 
-def _load_zip(path, source):
+def _read(f, size, source):
+    head = f.read(512)
+    f.seek(0)
+    if not head:
+        raise WeightsFileError(f"{source} is empty")
+    if head[:2] == b"PK":
+        return _load_zip(f, source)
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return read_torch_legacy(f, source, lambda obj: _select(obj, source), size)
+    if head[:6] == b"\x93NUMPY":
+        raise WeightsFileError(f"{source} is a single .npy array, not a set of weights; "
+                               "use save_weights() to write an .npz")
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        raise WeightsFileError(f"{source} is a tar archive (PyTorch < 0.4 format?), which is not "
+                               "supported; re-save it with a current torch.save")
+    raise WeightsFileError(f"{source} is not an .npz or a PyTorch file "
+                           f"(it starts with {head[:8]!r})")
+
+
+def _load_zip(f, source):
     try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        archive = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise WeightsFileError(f"{source} is a corrupt or truncated zip archive ({exc})") from None
     with archive:
         names = archive.namelist()
@@ -153,27 +200,44 @@ def _load_zip(path, source):
             if any(n.endswith("/data.pkl") for n in names):
                 return read_torch_zip(archive, source, lambda obj: _select(obj, source))
             if names and all(n.endswith(".npy") for n in names):
-                return _load_npz(path, source)
+                return _load_npz(archive, source)
         except WeightsFileError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
             raise WeightsFileError(f"{source} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
     raise WeightsFileError(f"{source} is a zip archive but neither an .npz nor a PyTorch file")
 
 
-def _load_npz(path, source):
+def _load_npz(archive, source):
+    """The arrays of an ``.npz``, each header checked against its zip member before allocating."""
     out = {}
-    with np.load(path, allow_pickle=False) as npz:
-        for key in npz.files:
-            try:
-                arr = npz[key]
-            except ValueError as exc:  # object arrays need pickle: refused
-                raise WeightsFileError(f"{source}: array {key!r} cannot be loaded ({exc})") from None
-            if arr.dtype.kind == "f":
-                arr = arr.astype(np.float32, copy=False)
-            elif arr.dtype.kind not in "iub":
-                raise WeightsFileError(f"{source}: array {key!r} has dtype {arr.dtype}, not numbers")
-            out[key] = arr.astype(arr.dtype.newbyteorder("="), order="C", copy=False)
+    for info in archive.infolist():
+        key = info.filename[: -len(".npy")]
+        check_member(info, source)
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise WeightsFileError(f"{source}: array {key!r} has .npy format version {version}, "
+                                       "which is not supported")
+            if dtype.hasobject:  # object arrays need pickle: refused
+                raise WeightsFileError(f"{source}: array {key!r} holds Python objects, which are "
+                                       "not loaded (no pickle)")
+            if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
+                raise WeightsFileError(f"{source}: array {key!r} has dtype {dtype}, not numbers")
+            count = math.prod(shape)
+            nbytes = count * dtype.itemsize
+            if nbytes > info.file_size:  # checked before allocating: the header may lie
+                raise WeightsFileError(f"{source}: array {key!r} claims shape {shape} ({nbytes:,} "
+                                       f"bytes) but its entry holds {info.file_size:,} bytes")
+            arr = read_exactly(member, dtype, count, f"array {key!r}", source)
+        arr = arr.reshape(shape, order="F" if fortran else "C")
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32, copy=False)
+        out[key] = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))
     return out
 
 
@@ -222,34 +286,216 @@ def cache_dir() -> Path:
 
 
 def _hash_prefix(filename: str):
+    """torch.hub's rule: the hex digits after the last '-' before the extension
+    (``alexnet-owt-7be5be79.pth`` -> ``7be5be79``), or None."""
     match = HASH_REGEX.search(filename)
     return match.group(1) if match and match.group(1) else None
 
 
-def _verified(path: Path) -> bool:
-    expected = _hash_prefix(path.name)
-    if expected is None:
-        return True
+def _sha256(path: Path) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             sha.update(chunk)
-    return sha.hexdigest().startswith(expected)
-
-
-def _file_name(url: str) -> str:
-    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
-    return name or "weights.pth"
+    return sha.hexdigest()
 
 
 _HOW_TO = ("To use a local copy instead, pass weights='path/to/alexnet-owt-7be5be79.pth' "
            "(or --weights FILE on the command line), or set FASTALEX_WEIGHTS_URL to a mirror.")
 
 
-def _fetch(url: str, dest: Path, progress: bool):
+class CachedWeightsError(WeightsFileError):
+    """A cache entry that fails its check (damaged or replaced after it was written)."""
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """Published weights and their facts, in the spirit of torchvision's ``AlexNet_Weights``.
+
+    ``url`` and ``file_name`` say where they come from and how they are cached; every download
+    is checked against ``hash_prefix`` (the start of the file's SHA-256, torch.hub's rule),
+    whatever the URL it came from is called. ``variant`` and ``num_classes`` say which model
+    they fit; :attr:`preprocess` (alias :attr:`transforms`) and :attr:`categories` are what
+    inputs and outputs mean.
+
+    The cache (:func:`cache_dir`) holds ``<stem>.npz`` (converted) and ``<stem>.npz.sha256``
+    (its digest, ``sha256sum -c`` format), where ``<stem>`` is ``file_name`` without its
+    extension. A ``<stem>.pth`` found there (an interrupted conversion, or the official file
+    copied in by hand) is used if its hash checks out.
+    """
+
+    name: str
+    url: str
+    file_name: str
+    hash_prefix: str
+    variant: str = "torchvision"
+    num_classes: int = 1000
+    description: str = ""
+
+    @property
+    def stem(self) -> str:
+        return Path(self.file_name).stem
+
+    @property
+    def preprocess(self) -> dict:
+        """``{"resize", "crop", "mean", "std"}``: the evaluation transform these weights expect."""
+        from .models import VARIANTS
+        return dict(VARIANTS[self.variant](self.num_classes)["preprocess"])
+
+    transforms = preprocess
+
+    @property
+    def categories(self) -> tuple:
+        """The class names, in the weights' class order."""
+        from .labels import imagenet_labels
+        return imagenet_labels()
+
+    def paths(self) -> dict[str, Path]:
+        """Where the cache keeps these weights: ``npz``, ``digest``, ``raw`` (a ``.pth`` to
+        convert) and ``lock``."""
+        d = cache_dir()
+        return {"npz": d / f"{self.stem}.npz", "digest": d / f"{self.stem}.npz.sha256",
+                "raw": d / f"{self.stem}.pth", "lock": d / f".{self.stem}.lock"}
+
+    def cached(self) -> Path | None:
+        """The cached, verified ``.npz``, or None if there is none yet (an ``.npz`` without its
+        digest, e.g. from an older fastalex, cannot be verified and counts as none: the next
+        download replaces it). A cache entry whose content no longer matches its recorded
+        digest raises :class:`CachedWeightsError`, which says how to clear it (about 0.15 s
+        per check for the ImageNet weights)."""
+        p = self.paths()
+        if not p["npz"].is_file() or not p["digest"].is_file():
+            return None  # no digest (an older fastalex, or interrupted): unverifiable, fetched again
+        try:
+            recorded = p["digest"].read_text().split()[0]
+        except (OSError, IndexError, UnicodeError):
+            recorded = None
+        if recorded is None or _sha256(p["npz"]) != recorded:
+            raise CachedWeightsError(
+                f"the cached weights {p['npz']} are damaged or were replaced: their SHA-256 does "
+                f"not match the one recorded in {p['digest'].name} when they were made. Delete "
+                f"them (rm '{p['npz']}' '{p['digest']}') or run `fastalex weights download --force`.")
+        return p["npz"]
+
+    def download(self, url=None, progress=None, force=False) -> Path:
+        """The cached ``.npz`` of these weights, downloading and converting them if needed.
+
+        ``url``: where to get them (default ``$FASTALEX_WEIGHTS_URL``, else :attr:`url`;
+        ``http(s)://`` or ``file://``). ``progress``: a progress bar on stderr (None: only when
+        stderr is a terminal). ``force``: download again even if cached.
+
+        The download goes to a ``.part`` file in :func:`cache_dir`, must be complete and have
+        a SHA-256 starting with :attr:`hash_prefix`, is renamed to ``<stem>.pth``, converted
+        to ``<stem>.npz`` with its digest next to it (each written atomically), and the
+        ``.pth`` is deleted. Processes take turns through a lock file, so two downloads at
+        once both end with the same good cache; ``.part`` files left by a killed download
+        are removed by the next one. Failures raise :class:`WeightsUnavailableError` and
+        leave nothing that looks complete.
+        """
+        url = url or os.environ.get("FASTALEX_WEIGHTS_URL") or self.url
+        scheme = urllib.parse.urlparse(url).scheme
+        if scheme not in ("http", "https", "file"):
+            raise WeightsUnavailableError(f"cannot download {url!r}: only http(s):// and file:// URLs "
+                                          f"are supported. {_HOW_TO}")
+        if progress is None:
+            progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        if not force:
+            found = self.cached()
+            if found is not None:
+                return found
+        directory = cache_dir()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WeightsUnavailableError(f"cannot create the cache directory {directory} ({exc}); "
+                                          "set FASTALEX_HOME to a writable directory") from None
+        p = self.paths()
+        with _cache_lock(p["lock"], progress):
+            _remove_stale_parts(directory, self.stem)  # ours are gone; others' writers are dead
+            if not force:  # another process may have finished while we waited
+                found = self.cached()
+                if found is not None:
+                    return found
+            raw = p["raw"]
+            if force or not raw.is_file() or not _sha256(raw).startswith(self.hash_prefix):
+                _fetch(url, raw, progress, self.hash_prefix)
+            try:
+                state = load_weights(raw)
+            except WeightsFileError as exc:
+                raw.unlink(missing_ok=True)
+                raise WeightsUnavailableError(f"the file downloaded from {url} is not usable weights: {exc}") from None
+            p["digest"].unlink(missing_ok=True)  # readers see "not cached" (and wait) meanwhile
+            save_weights(state, p["npz"])
+            digest = _sha256(p["npz"])
+            _atomic_write(p["digest"], lambda f: f.write(f"{digest}  {p['npz'].name}\n".encode()))
+            raw.unlink(missing_ok=True)
+            return p["npz"]
+
+    def get_state_dict(self, url=None, progress=None) -> dict[str, np.ndarray]:
+        """The state dict, from the cache (downloaded first if needed; see :meth:`download`)."""
+        return load_weights(self.download(url=url, progress=progress))
+
+
+#: torchvision's ``AlexNet_Weights.IMAGENET1K_V1`` (top-1 56.5%, top-5 79.1% on ImageNet-1k)
+IMAGENET1K_V1 = PublishedWeights(
+    name="IMAGENET1K_V1", url=IMAGENET_URL, file_name="alexnet-owt-7be5be79.pth",
+    hash_prefix=_hash_prefix("alexnet-owt-7be5be79.pth"), variant="torchvision", num_classes=1000,
+    description="torchvision's AlexNet trained on ImageNet-1k")
+
+#: the names ``weights=`` accepts for published weights (case-insensitive)
+PUBLISHED = {"imagenet": IMAGENET1K_V1, "imagenet1k_v1": IMAGENET1K_V1}
+
+
+def published_weights(weights) -> PublishedWeights | None:
+    """The :class:`PublishedWeights` that ``weights`` names (``"imagenet"``, ``"IMAGENET1K_V1"``
+    or the object itself), or None for anything else."""
+    if isinstance(weights, PublishedWeights):
+        return weights
+    if isinstance(weights, str):
+        return PUBLISHED.get(weights.lower())
+    return None
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path, progress=False):
+    """An exclusive lock on ``path`` (``flock``: released by the kernel if the holder dies);
+    a no-op where ``fcntl`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        raise WeightsUnavailableError(f"cannot create the lock file {path} ({exc}); "
+                                      "set FASTALEX_HOME to a writable directory") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                print(f"fastalex: waiting for another process downloading into {path.parent}",
+                      file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale_parts(directory: Path, stem: str):
+    """Delete the ``.part`` files of earlier downloads/conversions of ``stem`` (call with the
+    lock held: their writers are gone)."""
+    for part in directory.glob(f".{glob.escape(stem)}.*.part"):
+        try:
+            part.unlink()
+        except OSError:
+            pass
+
+
+def _fetch(url: str, dest: Path, progress: bool, expected: str | None):
     """Download ``url`` to ``dest`` through :func:`_atomic_write` (a ``.part`` file renamed into
-    place only when complete), verifying the length and the hash prefix in the file name."""
-    expected = _hash_prefix(dest.name)
+    place only when complete), verifying the length and that the SHA-256 starts with ``expected``."""
 
     def download(out):
         sha = hashlib.sha256()
@@ -272,8 +518,9 @@ def _fetch(url: str, dest: Path, progress: bool):
         digest = sha.hexdigest()
         if expected is not None and not digest.startswith(expected):
             raise WeightsUnavailableError(
-                f"download of {url} is corrupt: its SHA-256 is {digest}, but the file name says it "
-                f"starts with {expected}. The download was deleted. {_HOW_TO}")
+                f"download of {url} is not the expected file: its SHA-256 is {digest}, but the "
+                f"weights' SHA-256 starts with {expected} (a corrupt download, or a mirror serving "
+                f"other weights). The download was deleted. {_HOW_TO}")
 
     try:
         _atomic_write(dest, download)
@@ -295,68 +542,32 @@ def _fetch(url: str, dest: Path, progress: bool):
 
 
 def download_imagenet(url=None, progress=None, force=False) -> Path:
-    """The cached ``.npz`` of torchvision's ImageNet AlexNet weights, downloading it if needed.
-
-    ``url``: where to get the ``.pth``; default ``$FASTALEX_WEIGHTS_URL``, else
-    :data:`IMAGENET_URL` (``http(s)://`` or ``file://``). ``progress``: show a progress bar on
-    stderr (None: only when stderr is a terminal). ``force``: download again even if cached.
-
-    The file is downloaded to a ``.part`` file in :func:`cache_dir`, checked (complete, and,
-    when its name carries a hash like ``alexnet-owt-7be5be79.pth``, that the SHA-256 starts
-    with it, as ``torch.hub`` does; a mirror's file named without a hash is not verified,
-    though it must still parse as weights), renamed into place and converted once to
-    ``<stem>.npz`` (written atomically too), after which the ``.pth`` is deleted to save space;
-    later calls return the ``.npz`` without touching the network. Failures raise
-    :class:`WeightsUnavailableError` and leave nothing that looks complete.
-    """
-    url = url or os.environ.get("FASTALEX_WEIGHTS_URL") or IMAGENET_URL
-    scheme = urllib.parse.urlparse(url).scheme
-    if scheme not in ("http", "https", "file"):
-        raise WeightsUnavailableError(f"cannot download {url!r}: only http(s):// and file:// URLs "
-                                      f"are supported. {_HOW_TO}")
-    if progress is None:
-        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
-    directory = cache_dir()
-    name = _file_name(url)
-    npz = directory / (Path(name).stem + ".npz")
-    if npz.is_file() and not force:
-        return npz
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WeightsUnavailableError(f"cannot create the cache directory {directory} ({exc}); "
-                                      "set FASTALEX_HOME to a writable directory") from None
-    raw = directory / name  # only left over if an earlier conversion failed: reuse if it checks out
-    if force or not raw.is_file() or not _verified(raw):
-        _fetch(url, raw, progress)
-    try:
-        state = load_weights(raw)
-    except WeightsFileError as exc:
-        raw.unlink(missing_ok=True)
-        raise WeightsUnavailableError(f"the file downloaded from {url} is not usable weights: {exc}") from None
-    save_weights(state, npz)
-    raw.unlink(missing_ok=True)
-    return npz
+    """The cached ``.npz`` of torchvision's ImageNet AlexNet weights (:data:`IMAGENET1K_V1`),
+    downloading it if needed; see :meth:`PublishedWeights.download`. Whatever ``url`` (or
+    ``$FASTALEX_WEIGHTS_URL``) is called, its content must have the official SHA-256 prefix
+    ``7be5be79``."""
+    return IMAGENET1K_V1.download(url=url, progress=progress, force=force)
 
 
-def resolve_weights(weights, variant="torchvision") -> dict[str, np.ndarray]:
+def resolve_weights(weights, variant=None) -> dict[str, np.ndarray]:
     """A state dict from what ``alexnet(weights=...)`` accepts.
 
-    A mapping is returned as is; ``"imagenet"`` gives torchvision's published weights (only for
-    ``variant="torchvision"``; downloaded once, see :func:`download_imagenet`); a URL
-    (``https://``, ``s3://``, ...) is fetched once into :func:`cache_dir` (see
-    :func:`fastalex.distributed.fetch_weights`); a ``str`` or path-like is read with
-    :func:`load_weights`.
+    A mapping is returned as is; published weights (``"imagenet"``, ``"IMAGENET1K_V1"`` or a
+    :class:`PublishedWeights`) come from the cache, downloaded once (only for their variant,
+    ``"torchvision"``); a URL (``https://``, ``s3://``, ...) is fetched once into
+    :func:`cache_dir` (see :func:`fastalex.distributed.fetch_weights`); a ``str`` or path-like
+    is read with :func:`load_weights`.
     """
     if isinstance(weights, Mapping):
         return weights
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        if variant != "torchvision":
+    meta = published_weights(weights)
+    if meta is not None:
+        if variant is not None and variant != meta.variant:
             raise ValueError(
                 f"no published ImageNet weights exist for the {variant!r} AlexNet (the 2012 "
-                "paper's network with LRN and grouped convolutions); use variant='torchvision' "
+                f"paper's network with LRN and grouped convolutions); use variant={meta.variant!r} "
                 "for weights='imagenet', or pass a weights file you trained")
-        return load_weights(download_imagenet())
+        return meta.get_state_dict()
     if isinstance(weights, str) and "://" in weights:  # a URL: fetched once into the cache
         from .distributed import fetch_weights
         return load_weights(fetch_weights(weights))

@@ -41,9 +41,9 @@ def env(tmp_path_factory):
     return e
 
 
-def run(env, *args, stdin=None):
+def run(env, *args, stdin=None, timeout=300):
     proc = subprocess.run([sys.executable, "-m", "fastalex", *map(str, args)], env=env, capture_output=True,
-                          text=True, errors="surrogateescape", timeout=300)
+                          text=True, errors="surrogateescape", timeout=timeout)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stdout
     return proc
@@ -172,8 +172,8 @@ def test_usage_errors_exit_2(env, photos, tmp_path):
         (["classify"], "required: PATH"),
         (["classify", photos, "--bogus"], "unrecognized arguments"),
         (["classify", photos, "--top", "0"], "positive integer"),
-        (["classify", photos, "--weights", tmp_path / "nope.npz"], "does not exist"),
-        (["classify", photos, "--weights", photos / "readme.txt"], "cannot read weights file"),
+        (["classify", photos, "--weights", tmp_path / "nope.npz"], "nope.npz' not found"),
+        (["classify", photos, "--weights", photos / "readme.txt"], "readme.txt' is not an .npz or a PyTorch file"),
         (["classify", photos, "--weights", "x.npz", "--random-weights"], "not allowed with"),
         (["classify", photos / "no-images", "--random-weights"], "no images found"),
         (["classify", photos / "gray.png", "--variant", "original"], "no published ImageNet weights"),
@@ -194,18 +194,69 @@ def test_summary_bench_weights_version(env):
     proc = run(env, "summary", "--num-classes", "10")
     assert proc.returncode == 0 and "(10)" in proc.stdout
 
-    proc = run(env, "bench", "--backend", "numpy", "--repeat", "2", "--warmup", "0", "--batch-size", "1")
+    proc = run(env, "bench", "--backend", "numpy", "--repeat", "2", "--warmup", "0", "--batch-size", "1",
+               "--peers", "none")
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"^numpy +\d+\.\d+ s +\d+\.\d+ s +\d+\.\d ms +\d+\.\d$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^numpy +\d+\.\d+ s +\d+\.\d+ s +\d+\.\d ms +\d+\.\d *$", proc.stdout, re.M), proc.stdout
+    assert not re.search(r"^(torch|onnxruntime) ", proc.stdout, re.M)
+
+    # peers: timed on the same model when installed, otherwise named with the install command
+    proc = run(env, "bench", "--backend", "numba", "--repeat", "1", "--warmup", "0", "--batch-size", "1")
+    assert proc.returncode == 0, proc.stderr
+    for peer in ("torch", "onnxruntime"):
+        timed = rf"^{peer} +\d+\.\d+ s +\d+\.\d+ s .* +\d+\.\d\dx$"
+        missing = rf"^{peer} +not installed \(pip install {peer}"
+        assert re.search(timed, proc.stdout, re.M) or re.search(missing, proc.stdout, re.M), proc.stdout
+        if re.search(timed, proc.stdout, re.M):
+            assert re.search(rf"^agreement: max \|{peer} - numba\| / max \|numba\| = \d", proc.stdout, re.M)
 
     proc = run(env, "weights", "path")
     assert proc.returncode == 0 and env["FASTALEX_HOME"] in proc.stdout and "none" in proc.stdout
 
-    proc = run(env, "weights", "download")
-    assert proc.returncode == 1 and proc.stderr.startswith("fastalex: error: cannot download")
+    proc = run(env, "weights", "download")  # the same missing weights as classify's: exit 2
+    assert proc.returncode == 2 and proc.stderr.startswith("fastalex: error: cannot download")
+    assert proc.stderr.count("\n") == 1 and "weights='" not in proc.stderr
 
     proc = run(env, "--version")
     assert proc.returncode == 0 and proc.stdout.startswith("fastalex ")
+
+
+def test_bad_backend_variable_is_a_usage_error_reported_first(env, photos):
+    proc = run({**env, "FASTALEX_BACKEND": "cuda"}, "classify", photos / "gray.png", "--random-weights")
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()  # before the --random-weights warning, and only that line
+    assert line.startswith("fastalex: error:") and "FASTALEX_BACKEND" in line and "'numba'" in line
+
+
+def test_messages_are_sentences_in_command_line_terms(env, photos):
+    proc = run(env, "classify", photos / "gray.png")  # ImageNet weights: not cached, offline
+    assert proc.returncode == 2
+    assert "weights='" not in proc.stderr and "variant='" not in proc.stderr
+    assert not re.search(r"[a-z] To get them", proc.stderr), proc.stderr  # "...directory. To get them"
+
+
+def test_symlink_loop_and_fifo_as_weights(env, photos, tmp_path):
+    loop = tmp_path / "loop.pth"
+    os.symlink(loop, loop)
+    proc = run(env, "classify", photos / "gray.png", "--weights", loop)
+    assert proc.returncode == 2 and "symlink loop" in proc.stderr and "not found" not in proc.stderr
+    fifo = tmp_path / "fifo.pth"
+    os.mkfifo(fifo)
+    proc = run(env, "classify", photos / "gray.png", "--weights", fifo, timeout=60)
+    assert proc.returncode == 2 and "FIFO" in proc.stderr and "not a regular file" in proc.stderr
+
+
+def test_newline_in_a_file_name_stays_on_one_line(env, tmp_path):
+    odd = tmp_path / "two\nlines.png"
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(odd)
+    broken = tmp_path / "bad\nname.png"
+    broken.write_bytes(b"not a png")
+    proc = run(env, "classify", odd, broken, "--random-weights", "--top", "1")
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("two\\nlines.png") and lines[1].startswith("  1.") and len(lines) == 2
+    err = [l for l in proc.stderr.splitlines() if "cannot classify" in l]
+    assert len(err) == 1 and err[0].count("bad\\nname.png") >= 1
 
 
 def test_broken_pipe_is_quiet(env, photos):
@@ -248,8 +299,9 @@ def test_interrupt_and_unexpected_errors_in_process(monkeypatch, capsys):
 
 
 def test_variant_is_inferred_from_the_weights():
-    from fastalex.cli import UsageError, _infer_variant
-    assert _infer_variant({"features.0.weight": np.zeros((96, 3, 11, 11))}, "w") == "original"
-    assert _infer_variant({"features.0.weight": np.zeros((64, 3, 11, 11))}, "w") == "torchvision"
-    with pytest.raises(UsageError, match="pass --variant"):
-        _infer_variant({"fc.weight": np.zeros((2, 2))}, "w")
+    from fastalex import detect_variant
+    from fastalex.models import param_shapes
+    for variant in ("original", "torchvision"):
+        state = {k: np.zeros(shape, np.float32) for k, shape in param_shapes(variant, 10).items()}
+        assert detect_variant(state) == (variant, 10)
+    assert detect_variant({"fc.weight": np.zeros((2, 2))}) is None

@@ -19,6 +19,9 @@ from fixture_specs import FIXTURES
 PAYLOAD = (FIXTURES / "torchvision_reduced_legacy.pth").read_bytes()
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 GOOD_NAME = f"alexnet-tiny-{SHA[:8]}.pth"
+#: published weights whose content is the small fixture (the real ones are 233 MB)
+TINY = W.PublishedWeights(name="TINY", url="http://127.0.0.1:9/unused.pth", file_name=GOOD_NAME,
+                          hash_prefix=SHA[:8])
 
 
 class Server:
@@ -94,7 +97,8 @@ def isolated_cache(tmp_path, monkeypatch):
 
 
 def _files(directory: Path):
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    """The cache's files, but for the (empty) lock files downloads take turns with."""
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock")) if directory.exists() else []
 
 
 def _expected():
@@ -105,55 +109,59 @@ def _expected():
 
 def test_download_verifies_converts_and_caches(server, isolated_cache):
     url = server.serve(GOOD_NAME)
-    path = download_imagenet(url=url, progress=False)
+    path = TINY.download(url=url, progress=False)
     assert path == isolated_cache / GOOD_NAME.replace(".pth", ".npz")
-    assert _files(isolated_cache) == [path.name]  # the .pth is converted then removed; no .part
+    # the .pth is converted then removed; the digest is kept next to the .npz; no .part
+    assert _files(isolated_cache) == [path.name, path.name + ".sha256"]
     got, want = load_weights(path), _expected()
     assert list(got) == list(want) and all(np.array_equal(got[k], want[k]) for k in want)
     assert len(server.requests) == 1
 
     server.close()  # the second call must not need the network
-    assert download_imagenet(url=url, progress=False) == path
+    assert TINY.download(url=url, progress=False) == path
     assert len(server.requests) == 1
 
 
 def test_url_from_the_environment_and_resolve_weights(server, monkeypatch, isolated_cache):
-    monkeypatch.setenv("FASTALEX_WEIGHTS_URL", server.serve(GOOD_NAME))
-    state = resolve_weights("imagenet", variant="torchvision")
+    monkeypatch.setenv("FASTALEX_WEIGHTS_URL", server.serve("anything.pth"))
+    state = resolve_weights(TINY, variant="torchvision")
     assert sorted(state) == sorted(_expected())
     assert (isolated_cache / GOOD_NAME.replace(".pth", ".npz")).is_file()
 
 
 def test_force_downloads_again(server):
     url = server.serve(GOOD_NAME)
-    download_imagenet(url=url, progress=False)
-    download_imagenet(url=url, progress=False, force=True)
+    TINY.download(url=url, progress=False)
+    TINY.download(url=url, progress=False, force=True)
     assert len(server.requests) == 2
 
 
-def test_name_without_hash_is_not_verified_but_must_be_weights(server, isolated_cache):
-    path = download_imagenet(url=server.serve("mirror-copy.pth"), progress=False)
-    assert path.name == "mirror-copy.npz" and sorted(load_weights(path)) == sorted(_expected())
+def test_any_url_name_is_verified_and_must_be_weights(server, isolated_cache):
+    path = TINY.download(url=server.serve("mirror-copy.pth"), progress=False)
+    assert path.name == GOOD_NAME.replace(".pth", ".npz") and sorted(load_weights(path)) == sorted(_expected())
+    garbage = b"<html>not here</html>"
+    other = W.PublishedWeights(name="G", url="x", file_name="garbage.pth",
+                               hash_prefix=hashlib.sha256(garbage).hexdigest()[:8])
     with pytest.raises(WeightsUnavailableError, match="not usable weights"):
-        download_imagenet(url=server.serve("garbage.pth", b"<html>not here</html>"), progress=False)
+        other.download(url=server.serve("garbage.pth", garbage), progress=False)
     assert "garbage.pth" not in _files(isolated_cache) and "garbage.npz" not in _files(isolated_cache)
 
 
 def test_file_url(tmp_path, isolated_cache):
     source = tmp_path / GOOD_NAME
     source.write_bytes(PAYLOAD)
-    path = download_imagenet(url=source.as_uri(), progress=False)
+    path = TINY.download(url=source.as_uri(), progress=False)
     assert path.parent == isolated_cache and path.suffix == ".npz"
 
 
 def test_progress_bar_goes_to_stderr(server, capfd):
-    download_imagenet(url=server.serve(GOOD_NAME), progress=True)
+    TINY.download(url=server.serve(GOOD_NAME), progress=True)
     out, err = capfd.readouterr()
     assert out == "" and GOOD_NAME in err and "100%" in err
 
 
 def test_no_progress_bar_when_stderr_is_not_a_terminal(server, capfd):
-    download_imagenet(url=server.serve(GOOD_NAME))  # progress=None; pytest's stderr is no TTY
+    TINY.download(url=server.serve(GOOD_NAME))  # progress=None; pytest's stderr is no TTY
     out, err = capfd.readouterr()
     assert out == "" and err == ""
 
@@ -161,13 +169,13 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(server, capfd):
 def test_default_url(monkeypatch, isolated_cache):
     seen = []
 
-    def fake_fetch(url, dest, progress):  # no network: just record and provide the file
-        seen.append((url, dest.name))
+    def fake_fetch(url, dest, progress, expected):  # no network: just record and provide the file
+        seen.append((url, dest.name, expected))
         dest.write_bytes(PAYLOAD)
 
     monkeypatch.setattr(W, "_fetch", fake_fetch)
     path = download_imagenet(progress=False)
-    assert seen == [(W.IMAGENET_URL, "alexnet-owt-7be5be79.pth")]
+    assert seen == [(W.IMAGENET_URL, "alexnet-owt-7be5be79.pth", "7be5be79")]
     assert path == isolated_cache / "alexnet-owt-7be5be79.npz"
 
 
@@ -181,9 +189,10 @@ def test_hash_regex_like_torch_hub():
 # ----------------------------------------------------------------------------- failures
 
 def test_hash_mismatch_leaves_nothing(server, isolated_cache):
+    other = PAYLOAD + b"\0"
     with pytest.raises(WeightsUnavailableError, match="SHA-256") as info:
-        download_imagenet(url=server.serve("alexnet-tiny-deadbeef.pth"), progress=False)
-    assert "deadbeef" in str(info.value) and SHA in str(info.value)
+        TINY.download(url=server.serve(GOOD_NAME, other), progress=False)
+    assert SHA[:8] in str(info.value) and hashlib.sha256(other).hexdigest() in str(info.value)
     assert _files(isolated_cache) == []
 
 
@@ -191,7 +200,7 @@ def test_hash_mismatch_leaves_nothing(server, isolated_cache):
 @pytest.mark.parametrize("name", [GOOD_NAME, "unhashed.pth"])
 def test_interrupted_download_leaves_nothing(server, isolated_cache, behaviour, name):
     with pytest.raises(WeightsUnavailableError) as info:
-        download_imagenet(url=server.serve(name, behaviour=behaviour), progress=False)
+        TINY.download(url=server.serve(name, behaviour=behaviour), progress=False)
     assert "interrupted" in str(info.value) and "FASTALEX_WEIGHTS_URL" in str(info.value)
     assert _files(isolated_cache) == []
 
@@ -200,23 +209,23 @@ def test_leftover_download_is_reused_only_if_it_checks_out(server, isolated_cach
     url = server.serve(GOOD_NAME)
     isolated_cache.mkdir()
     (isolated_cache / GOOD_NAME).write_bytes(b"tampered")  # wrong hash: downloaded again
-    download_imagenet(url=url, progress=False)
+    TINY.download(url=url, progress=False)
     assert len(server.requests) == 1
     (isolated_cache / GOOD_NAME.replace(".pth", ".npz")).unlink()
     (isolated_cache / GOOD_NAME).write_bytes(PAYLOAD)  # a verified leftover (conversion failed)
-    download_imagenet(url=url, progress=False)
+    TINY.download(url=url, progress=False)
     assert len(server.requests) == 1
 
 
 def test_truncated_without_content_length_is_caught_by_the_hash(server, isolated_cache):
     with pytest.raises(WeightsUnavailableError, match="SHA-256"):
-        download_imagenet(url=server.serve(GOOD_NAME, behaviour="no-length"), progress=False)
+        TINY.download(url=server.serve(GOOD_NAME, behaviour="no-length"), progress=False)
     assert _files(isolated_cache) == []
 
 
 def test_http_error(server, isolated_cache):
     with pytest.raises(WeightsUnavailableError, match="HTTP 404"):
-        download_imagenet(url=server.url("missing-0123abcd.pth"), progress=False)
+        TINY.download(url=server.url("missing-0123abcd.pth"), progress=False)
     assert _files(isolated_cache) == []
 
 
@@ -229,7 +238,7 @@ def _closed_port():
 def test_offline_error_says_what_to_do(isolated_cache):
     url = f"http://127.0.0.1:{_closed_port()}/{GOOD_NAME}"
     with pytest.raises(WeightsUnavailableError) as info:
-        download_imagenet(url=url, progress=False)
+        TINY.download(url=url, progress=False)
     msg = str(info.value)
     assert url in msg and "offline" in msg
     assert "weights='path/to/alexnet-owt-7be5be79.pth'" in msg and "--weights FILE" in msg

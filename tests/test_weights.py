@@ -144,7 +144,7 @@ def test_alexnet_end_to_end_from_a_file(tmp_path, fmt, full_source):
 
 def test_alexnet_with_wrong_variant_weights_names_the_problem(tmp_path, full_source):
     path = save_weights(full_source, tmp_path / "tv.npz")
-    with pytest.raises(ValueError, match="shape mismatches"):
+    with pytest.raises(ValueError, match="fits the 'torchvision' AlexNet .1000 classes., not the 'original'"):
         alexnet("original", weights=path)
 
 

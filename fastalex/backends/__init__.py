@@ -2,7 +2,9 @@
 
 Every backend is a module exposing the same functions with the same signatures:
 
-``conv2d(x, weight, bias, stride, padding, dilation, groups, relu)``
+``conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None)``
+``prepare_conv2d(weight, bias, stride, dilation, groups)`` (optional: weights transformed once,
+passed back to ``conv2d`` as ``plan``)
 ``max_pool2d(x, kernel, stride, padding, ceil_mode)``
 ``avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad)``
 ``adaptive_avg_pool2d(x, output_size)``

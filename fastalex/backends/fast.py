@@ -45,6 +45,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from ..shapes import conv_output_size, pool_output_size
+from . import _winograd
 
 NAME = "numba"
 
@@ -162,7 +163,32 @@ def _scatter_bias_relu(tmp, y, n0, nb, bias, relu):
 _GEMM_COLUMNS = 2048  # columns of one chunk's product: wide enough for BLAS to run at full speed
 
 
-def conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
+#: Winograd runs when the plan has it and each group has at least this many input and output
+#: channels (after space-to-depth): below that its products are too thin to pay for its
+#: transforms. Tests set it to 1 to run every supported shape through Winograd.
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def prepare_conv2d(weight, bias, stride, dilation, groups):
+    """The Winograd transform of the weights (``_winograd.Plan``), or None where im2col is used."""
+    O, cin_g, kh, kw = weight.shape
+    if not _winograd.supports(weight.shape, stride, dilation):
+        return None
+    cs = cin_g * stride[0] * stride[1]
+    if min(cs, O // groups) < WINOGRAD_MIN_CHANNELS:
+        return None
+    return _winograd.prepare(weight, bias, stride, groups)
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
+    """Winograd when the weights were prepared for it (see :func:`prepare_conv2d` and
+    ``fastalex.functional.prepare_conv2d``), im2col + sgemm otherwise."""
+    if isinstance(plan, _winograd.Plan):
+        return _winograd.conv2d(_writable(x), plan, padding, relu, _launch)
+    return _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu)
+
+
+def _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu):
     N, C, H, W = x.shape
     O, cin_g, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation

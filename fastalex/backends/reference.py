@@ -34,8 +34,9 @@ def _pad(x, before, after, value=0.0):
     return np.pad(x, widths, mode="constant", constant_values=value)
 
 
-def conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
-    """Cross-correlation: ``y[n,o,i,j] = b[o] + sum_{c,u,v} w[o,c,u,v] * x[n, g*C/G + c, i*s + u*d - p, j*s + v*d - p]``."""
+def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
+    """Cross-correlation: ``y[n,o,i,j] = b[o] + sum_{c,u,v} w[o,c,u,v] * x[n, g*C/G + c, i*s + u*d - p, j*s + v*d - p]``.
+    (``plan`` is the fast backend's business: the reference has nothing to prepare.)"""
     out_ch, cin_g, kh, kw = weight.shape
     xp = _pad(x, padding, padding)
     win = _windows(xp, (kh, kw), stride, dilation)          # (N, C, Ho, Wo, kh, kw)

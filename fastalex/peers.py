@@ -1,7 +1,9 @@
 """The same fastalex model, with the same weights, in PyTorch and in ONNX Runtime.
 
 Both are built from the model's own layer list, so any spec (both AlexNet variants, or a new
-one) gets its peers for free. Neither library is a dependency: importers skip when missing.
+one) gets its peers for free. Neither library is a dependency of fastalex: the builders
+import them when called (``ImportError`` when missing); ``fastalex bench`` and the benchmark
+suite use them to compare on the same machine.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ def torch_model(model, threads: int):
             raise NotImplementedError(type(layer).__name__)
         if isinstance(layer, (L.Conv2D, L.Dense)):
             with torch.no_grad():
-                m.weight.copy_(torch.from_numpy(layer.weight))
+                m.weight.copy_(torch.from_numpy(np.array(layer.weight)))  # a writable copy
                 if layer.bias is not None:
-                    m.bias.copy_(torch.from_numpy(layer.bias))
+                    m.bias.copy_(torch.from_numpy(np.array(layer.bias)))
         modules.append(m)
     net = nn.Sequential(*modules).eval()
 

@@ -1,0 +1,301 @@
+"""Winograd convolution for the fast backend: fewer multiplies for small kernels.
+
+A Winograd (Toom-Cook) algorithm ``F(m, r)`` computes ``m`` outputs of an ``r``-tap
+correlation from ``alpha = m + r - 1`` inputs with ``alpha`` multiplies instead of ``m*r``
+(Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). Nested in two
+dimensions, an ``m x m`` output tile of an ``r x r`` convolution is::
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, alpha x alpha)
+
+for the ``alpha x alpha`` input patch ``d`` and kernel ``g``. Summed over input channels, the
+elementwise products become ``alpha**2`` independent matrix products, one per position
+``e = (a, b)`` of the transformed tile::
+
+    M[e] (tiles x out) = V[e] (tiles x in) @ U[e] (in x out)
+
+which OpenBLAS runs near its peak. For AlexNet's 3x3 layers ``F(4, 3)`` does 36 multiplies
+per 16 outputs where a direct method does 144 (4x fewer); its 5x5 layer uses ``F(2, 5)``
+(36 instead of 100). Both use the points ``0, +-1, +-2, inf``, whose error stays far inside
+the agreement tolerance (checked by the tests on every algorithm the backend picks).
+
+A strided convolution becomes a stride-1 one first (space-to-depth): with stride ``s``,
+input phase ``(u, v)`` of each ``s x s`` block is a channel of its own, and the kernel,
+zero-padded to a multiple of ``s``, becomes ``ceil(k/s) x ceil(k/s)`` over ``C*s*s``
+channels. AlexNet's first layer (11x11, stride 4, 3 channels) is then a 3x3 convolution
+over 48 channels, and ``F(4, 3)`` applies.
+
+Layout inside a call: the input is packed once into a zero-padded channels-last buffer
+``(N, Hp, Wp, C*s*s)``, so the transforms read and write whole channel vectors (they
+vectorize over channels; AlexNet's maps are too small, 13x13, to vectorize over pixels);
+the output transform adds the bias, applies the ReLU, and a last pass writes NCHW.
+
+The weights' transform ``U`` depends only on the weights: :func:`prepare` computes it once
+(in float64), and layers keep it (see ``Conv2D``), so a model pays for it when it loads.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+_PAR = dict(parallel=True, cache=True, error_model="numpy")
+_SER = dict(cache=True, nogil=True, error_model="numpy")
+
+#: output tile size ``m`` used for each (effective, stride-1) kernel size ``r``: always
+#: ``alpha = m + r - 1 = 6`` points (``0, +-1, +-2, inf``), so every case shares one input transform
+ALPHA = 6
+TILE = {r: ALPHA + 1 - r for r in (2, 3, 4, 5)}
+_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)  # and infinity
+
+
+def matrices(m: int, r: int):
+    """``(AT, G, BT)`` of ``F(m, r)`` in float64: ``AT`` (m, alpha), ``G`` (alpha, r), ``BT`` (alpha, alpha).
+
+    Built from the points ``0, 1, -1, 2, -2`` (as many as needed) and infinity, scaled as in
+    Lavin & Gray (``G`` carries the fractions, ``BT`` and ``AT`` are small integers).
+    ``AT`` and ``G`` follow from the points; ``BT`` is the solution of the identity
+    ``sum_j AT[i, j] G[j, k] BT[j, s] = [s == i + k]`` (exact here: a square, well-conditioned
+    system solved in float64 and rounded to the integers it is).
+    """
+    alpha = m + r - 1
+    pts = np.array(_POINTS[:alpha - 1])
+    AT = np.zeros((m, alpha))
+    G = np.zeros((alpha, r))
+    for j, p in enumerate(pts):
+        AT[:, j] = p ** np.arange(m)
+        f = np.prod([p - q for q in pts if q != p])
+        G[j] = p ** np.arange(r) / f
+    AT[m - 1, alpha - 1] = 1.0
+    G[alpha - 1, r - 1] = 1.0
+    # BT[j, s]: for every (i, k), sum_j AT[i,j] G[j,k] BT[j,s] = [s == i+k]
+    lhs = np.einsum("ij,jk->ikj", AT, G).reshape(m * r, alpha)
+    rhs = np.zeros((m * r, alpha))
+    for i in range(m):
+        for k in range(r):
+            rhs[i * r + k, i + k] = 1.0
+    BT = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    BT = np.round(BT, 6)
+    assert np.allclose(lhs @ BT, rhs), "Winograd matrices: inconsistent system"
+    return AT, G, BT
+
+
+class Plan(NamedTuple):
+    """A convolution prepared for Winograd: the transformed weights and the geometry."""
+
+    m: int            # output tile size
+    r: int            # effective kernel size (after space-to-depth)
+    s: int            # stride folded into channels (space-to-depth factor; 1 = none)
+    AT: np.ndarray    # (m, alpha) float32
+    BT: np.ndarray    # (alpha, alpha) float32
+    U: tuple          # per group: (alpha*alpha, C*s*s/groups, out/groups) float32
+    bias: np.ndarray  # (out,) float32, zeros when the layer has none
+    out_channels: int
+    kernel: tuple     # the original (kh, kw)
+
+
+def supports(weight_shape, stride, dilation) -> bool:
+    """Whether :func:`prepare` handles this convolution (square kernels and strides, no dilation,
+    an effective kernel of 2 to 5 taps)."""
+    O, cin_g, kh, kw = weight_shape
+    (sh, sw), (dh, dw) = stride, dilation
+    if kh != kw or sh != sw or dh != 1 or dw != 1:
+        return False
+    return -(-kh // sh) in TILE and (kh > 1 or sh > 1)
+
+
+def prepare(weight, bias, stride, groups) -> Plan:
+    """Transform the weights once: ``U[e, c, o] = sum_ij G[a, i] G[b, j] w'[o, c, i, j]`` per group,
+    where ``w'`` is the weight after space-to-depth (the weight itself for stride 1)."""
+    O, cin_g, k, _ = weight.shape
+    s = stride[0]
+    r = -(-k // s)
+    m = TILE[r]
+    AT, G, BT = matrices(m, r)
+    w = weight.astype(np.float64)
+    if s > 1:  # w'[o, (c, u, v), i, j] = w[o, c, i*s + u, j*s + v], zero past the kernel
+        wp = np.zeros((O, cin_g, r * s, r * s))
+        wp[:, :, :k, :k] = w
+        w = wp.reshape(O, cin_g, r, s, r, s).transpose(0, 1, 3, 5, 2, 4).reshape(O, cin_g * s * s, r, r)
+    og = O // groups
+    U = []
+    for g in range(groups):
+        wg = w[g * og:(g + 1) * og]
+        u = np.einsum("ai,bj,ocij->abco", G, G, wg, optimize=True)
+        U.append(np.ascontiguousarray(u.reshape(-1, wg.shape[1], og), dtype=np.float32))
+    b = np.zeros(O, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    return Plan(m, r, s, AT.astype(np.float32), BT.astype(np.float32), tuple(U), b, O, (k, k))
+
+
+# ----------------------------------------------------------------------------- kernels
+
+@njit(**_PAR)
+def _pack(x, xp, s, pt, pl):
+    """Zero-padded, space-to-depth, channels-last copy of ``x`` (N, C, H, W):
+    ``xp[n, i, j, (c*s + u)*s + v] = x[n, c, i*s + u - pt, j*s + v - pl]`` (0 outside ``x``).
+    One output row (of blocks) per task: for stride 1 each output pixel's channel vector is
+    written contiguously; with space-to-depth each input row is read contiguously."""
+    N, C, H, W = x.shape
+    Hp, Wp = xp.shape[1], xp.shape[2]
+    xf = x.reshape(-1)
+    HW = H * W
+    for t in prange(N * Hp):
+        n, i = t // Hp, t % Hp
+        dst = xp[n, i]
+        if s == 1:  # a transpose: gather each pixel's channels (one sample's planes are in cache)
+            for j in range(Wp):
+                d = dst[j]
+                h, w = i - pt, j - pl
+                if h < 0 or h >= H or w < 0 or w >= W:
+                    d[:] = 0.0
+                else:
+                    src = xf[n * C * HW + h * W + w:]
+                    for c in range(C):
+                        d[c] = src[c * HW]
+            continue
+        # space-to-depth: input row (c, h) gives channels (c*s + u)*s + v of every output pixel
+        for c in range(C):
+            for u in range(s):
+                h = i * s + u - pt
+                q0 = (c * s + u) * s
+                if h < 0 or h >= H:
+                    for j in range(Wp):
+                        for v in range(s):
+                            dst[j, q0 + v] = 0.0
+                    continue
+                src = x[n, c, h]
+                for j in range(Wp):
+                    for v in range(s):
+                        w = j * s + v - pl
+                        dst[j, q0 + v] = src[w] if 0 <= w < W else np.float32(0.0)
+
+
+@njit(**_SER)
+def _bt6(f, o, step, g, d, dstep, C):
+    """``g[d + k*dstep : +C] = (B^T [f[o + r*step : +C] for r in 0..5])[k]`` for k in 0..5: the input
+    transform of ``F(m, r)`` with alpha = 6 (points 0, +-1, +-2, inf) on channel vectors."""
+    x0, x1, x2 = f[o:o + C], f[o + step:o + step + C], f[o + 2 * step:o + 2 * step + C]
+    x3, x4, x5 = f[o + 3 * step:o + 3 * step + C], f[o + 4 * step:o + 4 * step + C], f[o + 5 * step:o + 5 * step + C]
+    g0, g1, g2 = g[d:d + C], g[d + dstep:d + dstep + C], g[d + 2 * dstep:d + 2 * dstep + C]
+    g3, g4, g5 = g[d + 3 * dstep:d + 3 * dstep + C], g[d + 4 * dstep:d + 4 * dstep + C], g[d + 5 * dstep:d + 5 * dstep + C]
+    four, five, two = np.float32(4.0), np.float32(5.0), np.float32(2.0)
+    for c in range(C):
+        a0, a1, a2, a3, a4, a5 = x0[c], x1[c], x2[c], x3[c], x4[c], x5[c]
+        g0[c] = four * a0 - five * a2 + a4
+        g1[c] = a3 + a4 - four * (a1 + a2)
+        g2[c] = a4 - a3 + four * (a1 - a2)
+        g3[c] = a4 - a2 + two * (a3 - a1)
+        g4[c] = a4 - a2 + two * (a1 - a3)
+        g5[c] = four * a1 - five * a3 + a5
+
+
+@njit(**_SER)
+def _at6(m, f, o, step, g, d, dstep, C):
+    """``g[d + i*dstep : +C] = (A^T [f[o + a*step : +C] for a in 0..5])[i]`` for i < m: the output
+    transform, ``A^T[i] = [i == 0, 1, (-1)^i, 2^i, (-2)^i, i == m-1]``."""
+    x0, x1, x2 = f[o:o + C], f[o + step:o + step + C], f[o + 2 * step:o + 2 * step + C]
+    x3, x4, x5 = f[o + 3 * step:o + 3 * step + C], f[o + 4 * step:o + 4 * step + C], f[o + 5 * step:o + 5 * step + C]
+    for i in range(m):
+        gi = g[d + i * dstep:d + i * dstep + C]
+        sign = np.float32(1.0 if i % 2 == 0 else -1.0)
+        two = np.float32(2.0 ** i)
+        first = np.float32(1.0 if i == 0 else 0.0)
+        last = np.float32(1.0 if i == m - 1 else 0.0)
+        for c in range(C):
+            gi[c] = first * x0[c] + (x1[c] + sign * x2[c]) + two * (x3[c] + sign * x4[c]) + last * x5[c]
+
+
+@njit(**_PAR)
+def _input_transform(xp, V, m, th, tw):
+    """``V[a*6 + b, t, :] = sum_{r,s} BT[a, r] BT[b, s] xp[n, ty*m + r, tx*m + s, :]`` for tile
+    ``t = (n*th + ty)*tw + tx``: rows first, then columns, all channels at once."""
+    T = V.shape[1]
+    Hp, Wp, C = xp.shape[1], xp.shape[2], xp.shape[3]
+    xf = xp.reshape(-1)
+    vf = V.reshape(-1)
+    for t in prange(T):
+        n = t // (th * tw)
+        ty = (t // tw) % th
+        tx = t % tw
+        tmp = np.empty(36 * C, np.float32)  # tmp[a, s, :] = sum_r BT[a, r] d[r, s, :]
+        for s_ in range(6):
+            _bt6(xf, ((n * Hp + ty * m) * Wp + tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
+        for a in range(6):
+            _bt6(tmp, a * 6 * C, C, vf, (a * 6 * T + t) * C, T * C, C)
+
+
+@njit(**_PAR)
+def _output_transform(M, yh, m, bias, relu, th, tw):
+    """``yh[n, ty*m + i, tx*m + j, :] = act(bias + sum_{a,b} AT[i, a] M[a*6 + b, t, :] AT[j, b])``
+    for every tile ``t``, cropped to the output ``yh`` (N, Ho, Wo, O)."""
+    T, O = M.shape[1], M.shape[2]
+    Ho, Wo = yh.shape[1], yh.shape[2]
+    mf = M.reshape(-1)
+    for t in prange(T):
+        n = t // (th * tw)
+        ty = (t // tw) % th
+        tx = t % tw
+        tmp = np.empty(6 * m * O, np.float32)  # tmp[b, i, :] = sum_a AT[i, a] M[a, b, :]
+        for b in range(6):
+            _at6(m, mf, (b * T + t) * O, 6 * T * O, tmp, b * m * O, O, O)
+        out = np.empty(m * O, np.float32)
+        for i in range(min(m, Ho - ty * m)):
+            _at6(m, tmp, i * O, m * O, out, 0, O, O)
+            for j in range(min(m, Wo - tx * m)):
+                src = out[j * O:(j + 1) * O]
+                dst = yh[n, ty * m + i, tx * m + j]
+                if relu:
+                    for o in range(O):
+                        v = src[o] + bias[o]
+                        dst[o] = np.float32(0.0) if v < 0.0 else v
+                else:
+                    for o in range(O):
+                        dst[o] = src[o] + bias[o]
+
+
+@njit(**_PAR)
+def _to_nchw(yh, y):
+    """``y[n, o, h, w] = yh[n, h, w, o]``, one output row at a time (reads contiguous, the
+    row's writes stay in L1)."""
+    N, O, H, W = y.shape
+    for t in prange(N * H):
+        n, h = t // H, t % H
+        src = yh[n, h]
+        for w in range(W):
+            for o in range(O):
+                y[n, o, h, w] = src[w, o]
+
+
+def conv2d(x, plan: Plan, padding, relu, launch):
+    """The convolution of ``x`` (N, C, H, W) by the prepared ``plan``; ``launch(kernel, *args)``
+    runs a parallel kernel (the backend's launch lock)."""
+    N, C, H, W = x.shape
+    k = plan.kernel[0]
+    s, m, r = plan.s, plan.m, plan.r
+    (ph, pw) = padding
+    ho = (H + 2 * ph - k) // s + 1
+    wo = (W + 2 * pw - k) // s + 1
+    th, tw = -(-ho // m), -(-wo // m)
+    Hp, Wp = th * m + r - 1, tw * m + r - 1        # in (space-to-depth) blocks
+    Cs = C * s * s
+    alpha = ALPHA
+    xp = np.empty((N, Hp, Wp, Cs), np.float32)
+    launch(_pack, x, xp, s, ph, pw)
+    T = N * th * tw
+    V = np.empty((alpha * alpha, T, Cs), np.float32)
+    launch(_input_transform, xp, V, m, th, tw)
+    O = plan.out_channels
+    groups = len(plan.U)
+    cg, og = Cs // groups, O // groups
+    M = np.empty((alpha * alpha, T, O), np.float32)
+    if groups == 1:
+        np.matmul(V, plan.U[0], out=M)
+    else:
+        for g, U in enumerate(plan.U):
+            np.matmul(V[:, :, g * cg:(g + 1) * cg], U, out=M[:, :, g * og:(g + 1) * og])
+    yh = np.empty((N, ho, wo, O), np.float32)
+    launch(_output_transform, M, yh, m, plan.bias, relu, th, tw)
+    y = np.empty((N, O, ho, wo), np.float32)
+    launch(_to_nchw, yh, y)
+    return y

@@ -1,0 +1,175 @@
+"""The fast backend's Winograd convolution (``backends/_winograd.py``) against the reference.
+
+Winograd runs for convolutions whose weights were prepared (``Conv2D`` layers do it; the
+functional API with ``plan=prepare_conv2d(...)``) when the kernel is square, the stride is
+folded into channels (space-to-depth) and the effective kernel has 2 to 5 taps. Here the
+channel threshold is lowered to 1 so that every such shape, not only AlexNet's wide layers,
+runs through it, over a grid of kernels, strides, paddings, groups and sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_agree
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastalex
+from fastalex import functional as F
+from fastalex import layers as L
+
+fast = pytest.importorskip("fastalex.backends.fast")
+from fastalex.backends import _winograd  # noqa: E402  (after the numba skip)
+
+
+@pytest.fixture
+def every_shape(monkeypatch):
+    monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", 1)
+
+
+def _array(seed, shape):
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def _planned(x, w, b, stride, padding, groups, relu):
+    plan = F.prepare_conv2d(w, b, stride, 1, groups, backend="numba")
+    assert isinstance(plan.data, _winograd.Plan), "expected the Winograd path"
+    act = "relu" if relu else None
+    y = F.conv2d(x, w, b, stride, padding, 1, groups, act, backend="numba", plan=plan)
+    ref = F.conv2d(x, w, b, stride, padding, 1, groups, act, backend="numpy")
+    return y, ref
+
+
+@pytest.mark.parametrize("m, r", sorted((m, r) for r, m in _winograd.TILE.items()))
+def test_matrices_compute_a_correlation(m, r):
+    """``A^T [(G g) * (B^T d)] = correlation(d, g)`` in 1-D, for every F(m, r) in use."""
+    AT, G, BT = _winograd.matrices(m, r)
+    assert AT.shape == (m, 6) and G.shape == (6, r) and BT.shape == (6, 6)
+    rng = np.random.default_rng(r)
+    for _ in range(5):
+        d, g = rng.standard_normal(m + r - 1), rng.standard_normal(r)
+        want = np.array([d[i:i + r] @ g for i in range(m)])
+        np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), want, rtol=1e-12, atol=1e-12)
+
+
+# (kernel, stride): effective kernels 2, 3, 4, 5 with and without space-to-depth
+KERNELS = [(2, 1), (3, 1), (4, 1), (5, 1), (3, 2), (4, 2), (7, 2), (9, 2), (6, 3), (11, 4), (8, 4), (13, 4)]
+
+
+@pytest.mark.parametrize("k, s", KERNELS)
+@pytest.mark.parametrize("padding, groups", [(0, 1), (1, 2), (2, 1), (3, 3)])
+def test_grid_agrees_with_the_reference(every_shape, k, s, padding, groups):
+    N, cin_g, cout_g = 2, 2, 3
+    H = max(k - 2 * padding, 1) + 9   # output sizes not multiples of the tile
+    W = max(k - 2 * padding, 1) + 4
+    x = _array(k * 10 + s, (N, cin_g * groups, H, W))
+    w = _array(k * 10 + s + 1, (cout_g * groups, cin_g, k, k))
+    b = _array(k, (cout_g * groups,))
+    y, ref = _planned(x, w, b, s, padding, groups, relu=bool(padding % 2))
+    assert_agree(y, ref, f"winograd k={k} s={s} p={padding} g={groups}")
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(k=st.integers(2, 13), s=st.integers(1, 4), ph=st.integers(0, 3), pw=st.integers(0, 3),
+       groups=st.sampled_from([1, 2, 4]), cin_g=st.integers(1, 5), cout_g=st.integers(1, 5),
+       N=st.sampled_from([1, 3]), extra_h=st.integers(0, 12), extra_w=st.integers(0, 12),
+       bias=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**31))
+def test_random_shapes_agree(every_shape, k, s, ph, pw, groups, cin_g, cout_g, N, extra_h, extra_w,
+                             bias, relu, seed):
+    if not _winograd.supports((1, 1, k, k), (s, s), (1, 1)):
+        return
+    H, W = max(k - 2 * ph, 1) + extra_h, max(k - 2 * pw, 1) + extra_w
+    x = _array(seed, (N, cin_g * groups, H, W))
+    w = _array(seed + 1, (cout_g * groups, cin_g, k, k))
+    b = _array(seed + 2, (cout_g * groups,)) if bias else None
+    y, ref = _planned(x, w, b, s, (ph, pw), groups, relu)
+    assert_agree(y, ref, f"winograd k={k} s={s} p={(ph, pw)} g={groups} N={N} {H}x{W}")
+
+
+ALEXNET = {  # input (C, H, W), weight, stride, padding, groups: both variants' layers
+    "orig conv1": ((3, 227, 227), (96, 3, 11, 11), 4, 0, 1),
+    "orig conv2": ((96, 27, 27), (256, 48, 5, 5), 1, 2, 2),
+    "orig conv3": ((256, 13, 13), (384, 256, 3, 3), 1, 1, 1),
+    "orig conv4": ((384, 13, 13), (384, 192, 3, 3), 1, 1, 2),
+    "orig conv5": ((384, 13, 13), (256, 192, 3, 3), 1, 1, 2),
+    "tv conv1": ((3, 224, 224), (64, 3, 11, 11), 4, 2, 1),
+    "tv conv2": ((64, 27, 27), (192, 64, 5, 5), 1, 2, 1),
+    "tv conv3": ((192, 13, 13), (384, 192, 3, 3), 1, 1, 1),
+    "tv conv4": ((384, 13, 13), (256, 384, 3, 3), 1, 1, 1),
+    "tv conv5": ((256, 13, 13), (256, 256, 3, 3), 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("name", ALEXNET)
+def test_alexnet_layers_run_winograd_and_agree(name):
+    """With the default threshold every AlexNet convolution is planned for Winograd."""
+    xs, ws, stride, padding, groups = ALEXNET[name]
+    fan_in = ws[1] * ws[2] * ws[3]
+    x = np.abs(_array(1, (2, *xs)))  # post-ReLU-like activations, as in the network
+    w = _array(2, ws) * np.float32(np.sqrt(2.0 / fan_in))
+    b = _array(3, ws[:1]) * np.float32(0.1)
+    y, ref = _planned(x, w, b, stride, padding, groups, relu=True)
+    assert_agree(y, ref, name)
+
+
+def test_thin_layers_keep_im2col():
+    w = _array(0, (4, 3, 3, 3))
+    assert F.prepare_conv2d(w, None, 1, backend="numba").data is None  # 3 -> 4 channels: too thin
+    assert F.prepare_conv2d(_array(0, (32, 32, 3, 3)), None, 1, 2, backend="numba").data is None  # dilation
+    assert F.prepare_conv2d(_array(0, (32, 32, 1, 1)), None, 1, backend="numba").data is None  # 1x1
+    assert F.prepare_conv2d(w, None, backend="numpy").data is None  # the reference prepares nothing
+
+
+def test_plan_must_match_the_call():
+    x, w, b = _array(0, (1, 32, 8, 8)), _array(1, (32, 32, 3, 3)), _array(2, (32,))
+    plan = F.prepare_conv2d(w, b, 1, backend="numba")
+    with pytest.raises(ValueError, match="prepared for other weights"):
+        F.conv2d(x, w.copy(), b, 1, 1, backend="numba", plan=plan)
+    with pytest.raises(ValueError, match="prepared for other weights"):
+        F.conv2d(x, w, None, 1, 1, backend="numba", plan=plan)
+    with pytest.raises(ValueError, match="prepared for other weights"):
+        F.conv2d(x, w, b, 2, 1, backend="numba", plan=plan)
+    with pytest.raises(ValueError, match="prepared for other weights"):
+        F.conv2d(x, w, b, 1, 1, backend="numpy", plan=plan)
+    with pytest.raises(TypeError, match="prepare_conv2d"):
+        F.conv2d(x, w, b, 1, 1, backend="numba", plan="winograd")
+
+
+def test_layer_plans_once_and_follows_new_weights():
+    conv = L.Conv2D(32, 32, 3, padding=1, rng=0)
+    conv.backend = "numba"
+    x = _array(5, (1, 32, 9, 9))
+    y1 = conv(x)
+    plan = conv.plan()
+    assert conv.plan() is plan and isinstance(plan.data, _winograd.Plan)
+    with pytest.raises(ValueError, match="read-only"):
+        conv.weight[0, 0, 0, 0] = 1.0  # a planned weight cannot change behind the plan's back
+    new = conv.weight * np.float32(2.0)
+    conv.weight = new
+    assert conv.plan() is not plan
+    assert_agree(conv(x), F.conv2d(x, new, conv.bias, 1, 1, backend="numpy"), "after new weights")
+    assert_agree(y1, F.conv2d(x, new / 2, conv.bias, 1, 1, backend="numpy"), "before")
+
+
+def test_layer_copies_the_callers_weights():
+    w = _array(0, (32, 32, 3, 3))
+    conv = L.Conv2D(32, 32, 3, weight=w)
+    conv.backend = "numba"
+    conv(_array(1, (1, 32, 5, 5)))
+    assert w.flags.writeable and conv.weight is not w
+    w[:] = 0.0  # the caller's array is theirs
+    assert np.abs(conv.weight).sum() > 0
+
+
+def test_models_agree_across_backends_with_winograd():
+    for variant in ("original", "torchvision"):
+        m = fastalex.alexnet(variant, seed=1)
+        x = np.abs(_array(7, (2, *m.input_shape)))
+        m.backend = "numba"
+        y = m(x)
+        assert any(isinstance(layer.plan().data, _winograd.Plan)
+                   for _, layer in m.named_layers() if isinstance(layer, L.Conv2D))
+        m.backend = "numpy"
+        assert_agree(y, m(x), variant)
