@@ -5,8 +5,8 @@
     from dask.distributed import Client
     client = Client("tcp://scheduler:8786")          # or fastalex.distributed.local_cluster(2)
     model = fastalex.alexnet("torchvision", weights="/shared/alexnet.npz")
-    for p in fastalex.classify.iter_classify(["s3://bucket/photos/"], model=model, client=client):
-        ...
+    results = fastalex.classify(["s3://bucket/photos/"], model=model, client=client)
+    # or, as batches finish: fastalex.classify.iter_classify / fastalex.embedding.iter_embed
 
 How it works:
 
@@ -84,7 +84,15 @@ def recipe_of(model) -> dict:
 
 
 def _key(recipe):
-    return (str(recipe.get("weights")), repr(recipe["spec"]), recipe.get("seed"), recipe.get("backend"))
+    """Weights (with the file's size and mtime, so a file replaced on a long-lived cluster is
+    read again), spec, seed and backend."""
+    weights = recipe.get("weights")
+    try:
+        st = os.stat(weights) if isinstance(weights, str) and "://" not in weights else None
+        stamp = (st.st_size, st.st_mtime_ns) if st else None
+    except OSError:
+        stamp = None
+    return (str(weights), stamp, repr(recipe["spec"]), recipe.get("seed"), recipe.get("backend"))
 
 
 _MODELS: dict = {}
@@ -218,6 +226,9 @@ def iter_distributed(client, items, model, task, batch_size, timings=None, windo
     require_dask()
     _check_items(items)
     recipe = recipe_of(model)
+    if recipe.get("backend") is None:  # compute as this process would, whatever the workers' default
+        from .backends import get_backend_name
+        recipe["backend"] = get_backend_name()
     if window is None:
         threads = sum(client.nthreads().values()) or 1
         window = max(4, 3 * threads)
