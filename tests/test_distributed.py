@@ -92,6 +92,31 @@ def test_weights_from_a_file_are_read_by_the_workers(photos, model, client, tmp_
         list(iter_embed(photos, model={**recipe, "weights": str(tmp_path / "gone.npz")}, client=client))
 
 
+def test_local_cluster_threads_and_numba_threads_match(client):
+    assert list(client.nthreads().values()) == [1, 1]
+    env = client.run(lambda: {k: os.environ.get(k) for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                             "MALLOC_TRIM_THRESHOLD_")})
+    assert all(e == {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": None}
+               for e in env.values()), env
+    assert all(client.run(lambda: __import__("signal").getsignal(__import__("signal").SIGINT)
+                          == __import__("signal").SIG_IGN).values())  # Ctrl-C is the client's
+
+
+def test_the_model_cache_reads_a_replaced_weights_file_again(tmp_path, model):
+    from fastalex import distributed as D
+    path = tmp_path / "w.npz"
+    fastalex.save_weights(model, path)
+    recipe = {"spec": model.spec, "weights": str(path), "seed": None, "backend": "numpy"}
+    first = D.load_model(recipe)
+    assert D.load_model(recipe) is first
+    other = build(model.spec, seed=9)
+    fastalex.save_weights(other, path)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on coarse clocks
+    second = D.load_model(recipe)
+    assert second is not first
+    np.testing.assert_array_equal(second.state_dict()["classifier.6.weight"], other.state_dict()["classifier.6.weight"])
+
+
 def test_recipes_and_inputs_the_workers_cannot_use(model, client):
     assert recipe_of(model)["spec"] is model.spec and recipe_of(model)["weights"] is None
     loaded = build(reduced_spec("torchvision"), seed=None)
