@@ -14,6 +14,7 @@ from .models import Model, Sequential, WeightsMismatchError, alexnet, build, det
 from .weights import IMAGENET1K_V1, WeightsFileError, WeightsUnavailableError, load_weights, save_weights
 from .images import ImageError, load_image, load_images
 from .labels import imagenet_labels
+from .onnx_import import OnnxError, load_onnx
 from .classify import classify  # the name is the function; import helpers with ``from fastalex.classify import ...``
 from .embedding import embed
 
@@ -22,4 +23,4 @@ __version__ = "0.1.0"
 __all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend",
            "get_backend_name", "load_weights", "save_weights", "WeightsFileError", "WeightsUnavailableError",
            "WeightsMismatchError", "detect_variant", "IMAGENET1K_V1", "load_image", "load_images", "ImageError",
-           "imagenet_labels", "classify", "embed", "__version__"]
+           "imagenet_labels", "classify", "embed", "load_onnx", "OnnxError", "__version__"]

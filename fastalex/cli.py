@@ -26,7 +26,9 @@ PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images (and only 
 CLASSIFY_EPILOG = """\
 weights: by default torchvision's ImageNet weights, downloaded once and cached
 (`fastalex weights download`); --weights FILE loads a .npz/.pth state dict (the variant and
-the number of classes are read from the file); --random-weights runs without weights.
+the number of classes are read from the file) or an .onnx model (its architecture too; say
+--preprocess caffe for Caffe-converted models such as the ONNX zoo's bvlcalexnet and
+caffenet); --random-weights runs without weights.
 offline: --weights FILE, or fill the cache with
 `fastalex weights download --url file:///path/to/alexnet-owt-7be5be79.pth`.
 
@@ -82,7 +84,7 @@ def _add_model_options(p):
                    help="model variant (default: torchvision, or whatever the --weights file holds)")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", metavar="FILE|URL|imagenet", default="imagenet",
-                   help="weights file (.npz/.pth), a URL of one, or 'imagenet' (default)")
+                   help="weights file (.npz/.pth), a URL of one, an .onnx model, or 'imagenet' (default)")
     w.add_argument("--random-weights", action="store_true",
                    help="seeded random weights (for testing: the labels are meaningless)")
     p.add_argument("--num-classes", type=_positive_int, metavar="N",
@@ -104,6 +106,18 @@ def _add_run_options(p):
     p.add_argument("--timings", action="store_true", help="print where the time went on stderr")
 
 
+def _presets():
+    from .images import PRESETS
+    return list(PRESETS)
+
+
+def _add_preprocess(p):
+    p.add_argument("--preprocess", choices=_presets(), default=None,
+                   help="image preprocessing: torchvision (RGB, [0,1], ImageNet mean/std) or caffe "
+                        "(BGR, 0-255, mean 104/117/123 subtracted); default: the model's own "
+                        "(torchvision for .onnx files)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="AlexNet inference on the CPU (NumPy reference and Numba fast path).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -120,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE",
                    help="write JSON lines to FILE (appended and fsynced a batch at a time) instead of stdout")
     _add_run_options(p)
+    _add_preprocess(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("embed", help="write feature vectors (fc7, ...) of images to a file",
@@ -135,12 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", action="store_true", help="unit-length (L2-normalized) vectors")
     _add_model_options(p)
     _add_run_options(p)
+    _add_preprocess(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("summary", help="print the model's layers, shapes, parameters and MACs",
                        description="Print a model summary.")
-    p.add_argument("--variant", choices=_variants(), default="torchvision", help="model variant (default torchvision)")
-    p.add_argument("--num-classes", type=_positive_int, default=1000, metavar="N", help="classes (default 1000)")
+    p.add_argument("--variant", choices=_variants(), default=None, help="model variant (default torchvision)")
+    p.add_argument("--num-classes", type=_positive_int, default=None, metavar="N", help="classes (default 1000)")
+    p.add_argument("--weights", metavar="FILE.onnx", default=None,
+                   help="summarize an .onnx model (its architecture) instead of a variant")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("weights", help="download the ImageNet weights or show where they are cached",
@@ -159,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time the whole model on random input",
                        description="Time a forward pass of the whole model (random weights and input): "
                                    "median and min of several runs after a warm-up.")
-    p.add_argument("--variant", choices=_variants(), default="torchvision", help="model variant (default torchvision)")
+    p.add_argument("--variant", choices=_variants(), default=None, help="model variant (default torchvision)")
+    p.add_argument("--weights", metavar="FILE.onnx", default=None,
+                   help="time an .onnx model instead of a variant, and ONNX Runtime on the same file "
+                        "if installed (--peers does not apply)")
     p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per batch (default 16)")
     p.add_argument("--backend", choices=_backends() + ["all"], default="all", help="backend(s) to time (default all)")
     p.add_argument("--repeat", type=_positive_int, default=5, metavar="N", help="timed runs (default 5)")
@@ -201,10 +222,48 @@ def _load_state(path):
         raise UsageError(f"{exc} (give a .npz/.pth file, 'imagenet', or use --random-weights)") from None
 
 
+def is_onnx(path) -> bool:
+    return isinstance(path, str) and path.lower().endswith(".onnx")
+
+
+def load_onnx_model(args):
+    """The model of an .onnx --weights file: it brings its architecture, so --variant is an error."""
+    if getattr(args, "variant", None):
+        raise UsageError(f"--variant {args.variant} cannot be combined with an .onnx model "
+                         f"({args.weights} brings its own architecture)")
+    if not os.path.exists(args.weights):
+        raise UsageError(f"model file {args.weights} does not exist")
+    from .onnx_import import OnnxError, load_onnx
+    try:
+        backend = getattr(args, "backend", None)
+        model = load_onnx(args.weights, backend=None if backend == "all" else backend,
+                          preprocess=getattr(args, "preprocess", None) or "torchvision")
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    except OnnxError as exc:
+        raise UsageError(f"cannot use ONNX model {exc}") from None
+    num_classes = getattr(args, "num_classes", None)
+    if num_classes is not None and num_classes != model.num_classes:
+        raise UsageError(f"--num-classes {num_classes} but the model {args.weights} has "
+                         f"{model.num_classes} classes")
+    return model
+
+
+def _apply_preprocess(model, args):
+    """``--preprocess PRESET`` replaces the model's own preprocessing (crop: the model's input size)."""
+    preset = getattr(args, "preprocess", None)
+    if preset:
+        from .images import preprocess_preset
+        model.preprocess = preprocess_preset(preset, crop=model.input_shape[1])
+    return model
+
+
 def load_model(args):
     """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend."""
     from .models import WeightsMismatchError, alexnet
     from .weights import WeightsUnavailableError
+    if not args.random_weights and is_onnx(args.weights):  # an .onnx file brings its architecture
+        return load_onnx_model(args)
     if args.random_weights:
         model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
                         backend=args.backend, seed=0)
@@ -257,9 +316,15 @@ def model_recipe(args):
     """What the workers of a distributed run build (see :func:`fastalex.distributed.recipe_of`):
     the spec, and the weights as a path or URL the workers read themselves. The backend is
     this process's (--backend, or $FASTALEX_BACKEND here), so the workers compute as it would."""
+    if not args.random_weights and is_onnx(args.weights):
+        raise UsageError("an .onnx model cannot run on --workers/--scheduler yet: convert it once "
+                         "(fastalex.save_weights(fastalex.load_onnx(FILE), 'model.npz')) and pass the .npz")
     recipe = _model_recipe(args)
     from .backends import get_backend_name
     recipe["backend"] = args.backend or get_backend_name()
+    if getattr(args, "preprocess", None):
+        from .images import preprocess_preset
+        recipe["preprocess"] = preprocess_preset(args.preprocess, crop=recipe["spec"]["input_shape"][1])
     return recipe
 
 
@@ -395,7 +460,7 @@ def _run_images(args, kind):
         raise UsageError("no images found in " + ", ".join(args.paths)
                          + " (searched recursively for image file extensions)")
     t0 = time.perf_counter()
-    model = model_recipe(args) if distributed else load_model(args)
+    model = model_recipe(args) if distributed else _apply_preprocess(load_model(args), args)
     t_model = time.perf_counter() - t0
     num_classes = model.num_classes if not distributed else _recipe_classes(model)
     labels = None
@@ -494,7 +559,12 @@ def _recipe_classes(recipe):
 
 def cmd_summary(args):
     from .models import alexnet
-    print(alexnet(args.variant, num_classes=args.num_classes).summary())
+    if args.weights is not None:
+        if not is_onnx(args.weights):
+            raise UsageError(f"summary --weights takes an .onnx model, got {args.weights}")
+        print(load_onnx_model(args).summary())
+        return 0
+    print(alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000).summary())
     return 0
 
 
@@ -567,16 +637,23 @@ def cmd_bench(args):
             _compile_note("numba")
         except ImportError:
             pass
-    model = alexnet(args.variant)
+    if args.weights is not None:
+        if not is_onnx(args.weights):
+            raise UsageError(f"bench --weights takes an .onnx model, got {args.weights}")
+        model, title = load_onnx_model(args), args.weights
+    else:
+        model, title = alexnet(args.variant or "torchvision"), f"AlexNet ({args.variant or 'torchvision'})"
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
-    print(f"AlexNet ({args.variant}), batch {args.batch_size} x {model.input_shape}, "
+    print(f"{title}, batch {args.batch_size} x {model.input_shape}, "
           f"median and min of {args.repeat} runs after {args.warmup} warm-up")
     header = (f"{'engine':<12} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
               f"  {'vs numba':>8}")
     print(header)
     print("-" * len(header))
     outputs, medians = {}, {}
-    for name, run, note in _bench_runners(model, names, args.peers):
+    runners = (_onnx_file_runners(model, names, args.weights) if args.weights is not None
+               else _bench_runners(model, names, args.peers))
+    for name, run, note in runners:
         if run is None:
             print(f"{name:<12} {note}", flush=True)
             continue
@@ -603,6 +680,44 @@ def cmd_bench(args):
             rel = float(np.abs(y - outputs[base]).max() / max(np.abs(outputs[base]).max(), 1e-30))
             print(f"agreement: max |{name} - {base}| / max |{base}| = {rel:.2e}")
     return 0
+
+
+def _onnx_file_runners(model, names, path):
+    """fastalex's backends on an .onnx model, then ONNX Runtime on that very file (same threads)."""
+    import numba
+    yield from _bench_runners(model, names, "none")
+    threads = numba.get_num_threads()
+    try:
+        yield "onnxruntime", _onnx_file_session(path, threads), f"{threads} threads"
+    except ImportError:
+        yield "onnxruntime", None, "not installed (pip install onnxruntime)"
+    except Exception as exc:  # ONNX Runtime's own errors: report, keep the fastalex rows
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        yield "onnxruntime", None, f"cannot run this file: {text}"
+
+
+def _onnx_file_session(path, threads):
+    """``run(x)`` with ONNX Runtime on the .onnx file ``path``; a graph with a fixed batch size
+    (the zoo's are 1) runs the batch in pieces of that size."""
+    import numpy as np
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]
+    output = session.get_outputs()[0].name
+
+    def run(x):
+        if not isinstance(fixed, int) or fixed in (0, x.shape[0]):
+            return session.run([output], {name: x})[0]
+        if x.shape[0] % fixed:
+            raise ValueError(f"the graph's batch size {fixed} does not divide --batch-size {x.shape[0]}")
+        return np.concatenate([session.run([output], {name: x[i:i + fixed]})[0]
+                               for i in range(0, x.shape[0], fixed)])
+
+    return run
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -60,7 +60,7 @@ def require_dask():
 # ----------------------------------------------------------------------------- recipes
 
 def recipe_of(model) -> dict:
-    """How a worker builds ``model``: ``{"spec", "seed", "weights", "backend"}``.
+    """How a worker builds ``model``: ``{"spec", "seed", "weights", "backend", "preprocess"}``.
 
     ``model`` may be a :class:`~fastalex.Model` made by :func:`~fastalex.alexnet` or
     :func:`~fastalex.build` (they remember their spec, seed and weights file), a recipe dict
@@ -80,7 +80,7 @@ def recipe_of(model) -> dict:
                              "load it themselves; save them (fastalex.save_weights) to a path or URL the "
                              "workers can read and pass alexnet(variant, weights=that_path)")
         raise TypeError(f"client=: model must be a fastalex Model or None, got {type(model).__name__}")
-    return {**recipe, "backend": model.backend}
+    return {**recipe, "backend": model.backend, "preprocess": dict(model.preprocess)}
 
 
 def _key(recipe):
@@ -92,7 +92,8 @@ def _key(recipe):
         stamp = (st.st_size, st.st_mtime_ns) if st else None
     except OSError:
         stamp = None
-    return (str(weights), stamp, repr(recipe["spec"]), recipe.get("seed"), recipe.get("backend"))
+    return (str(weights), stamp, repr(recipe["spec"]), recipe.get("seed"), recipe.get("backend"),
+            repr(recipe.get("preprocess")))
 
 
 _MODELS: dict = {}
@@ -129,11 +130,14 @@ def _build(recipe):
     weights = recipe.get("weights")
     try:
         if weights is None:
-            return Model(recipe["spec"], seed=recipe.get("seed", 0), backend=recipe.get("backend"))
-        from .weights import resolve_weights
-        state = resolve_weights(weights, variant=recipe["spec"].get("variant", "torchvision"))
-        model = Model(recipe["spec"], seed=None, backend=recipe.get("backend"))
-        model.load_state_dict(state)
+            model = Model(recipe["spec"], seed=recipe.get("seed", 0), backend=recipe.get("backend"))
+        else:
+            from .weights import resolve_weights
+            state = resolve_weights(weights, variant=recipe["spec"].get("variant", "torchvision"))
+            model = Model(recipe["spec"], seed=None, backend=recipe.get("backend"))
+            model.load_state_dict(state)
+        if recipe.get("preprocess"):  # e.g. --preprocess caffe
+            model.preprocess = dict(recipe["preprocess"])
         return model
     except Exception as exc:
         reason = str(exc) or type(exc).__name__

@@ -16,10 +16,11 @@ from typing import NamedTuple
 import numpy as np
 
 from .backends import get_backend, get_backend_name
-from .shapes import pool_output_size
+from .shapes import padding_sides, pool_output_size
 
 __all__ = [
-    "conv2d", "prepare_conv2d", "ConvPlan", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "local_response_norm",
+    "pad", "conv2d", "prepare_conv2d", "ConvPlan", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+    "local_response_norm",
     "linear", "relu", "softmax", "flatten", "dropout",
 ]
 
@@ -75,6 +76,31 @@ def _pair(value, op, name, minimum):
     return pair
 
 
+def _padding(value, op, name="padding"):
+    """An int, an ``(h, w)`` pair or a 4-tuple ``(left, right, top, bottom)`` (``pad``'s order),
+    non-negative, normalized to a pair or a 4-tuple of ints."""
+    if (isinstance(value, (tuple, list)) and len(value) == 4
+            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
+        sides = tuple(int(v) for v in value)
+        if min(sides) < 0:
+            raise ValueError(f"{op}: {name} must be non-negative, got {value!r}")
+        return sides
+    try:
+        return _pair(value, op, name, 0)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int, a pair of ints or a 4-tuple "
+                        f"(left, right, top, bottom), got {value!r}") from None
+
+
+def _split_padding(padding):
+    """``(symmetric pair, extra)``: the part of a padding a backend applies itself (the same on
+    both sides of an axis) and what :func:`pad` adds first, as ``(left, right, top, bottom)``."""
+    (top, bottom), (left, right) = padding_sides(padding)
+    sym = (min(top, bottom), min(left, right))
+    extra = (left - sym[1], right - sym[1], top - sym[0], bottom - sym[0])
+    return sym, extra
+
+
 def _activation(activation, op):
     if activation not in ACTIVATIONS:
         raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
@@ -89,6 +115,37 @@ def _bias(bias, out_features, op):
         raise ValueError(f"{op}: bias must have shape ({out_features},) to match the weight, "
                          f"got {_shape(bias)}")
     return bias
+
+
+# ----------------------------------------------------------------------------- padding
+
+def pad(x, pad, mode="constant", value=0.0):
+    """Constant padding of the last axes, as ``torch.nn.functional.pad``: ``pad`` is
+    ``(left, right)`` for the last axis, or ``(left, right, top, bottom)`` for the last two, and
+    so on; non-negative ints. Only ``mode="constant"``. The same copy on every backend.
+    """
+    op = "pad"
+    x = _as_float32(x, op)
+    if mode != "constant":
+        raise ValueError(f"{op}: only mode='constant' is supported, got {mode!r}")
+    if (not isinstance(pad, (tuple, list)) or len(pad) % 2 or not pad
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pad)):
+        raise TypeError(f"{op}: pad must be a tuple of an even number of ints "
+                        f"((left, right) or (left, right, top, bottom)), got {pad!r}")
+    if len(pad) // 2 > x.ndim:
+        raise ValueError(f"{op}: pad {tuple(pad)} pads {len(pad) // 2} axes but the input has shape {_shape(x)}")
+    if min(pad) < 0:
+        raise ValueError(f"{op}: pad must be non-negative, got {tuple(pad)}")
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: value must be a number, got {value!r}")
+    if not any(pad):
+        return x
+    before, after = [0] * x.ndim, [0] * x.ndim
+    for i in range(len(pad) // 2):  # pairs from the last axis backwards
+        before[x.ndim - 1 - i], after[x.ndim - 1 - i] = int(pad[2 * i]), int(pad[2 * i + 1])
+    out = np.full([n + b + a for n, b, a in zip(x.shape, before, after)], value, dtype=np.float32)
+    out[tuple(slice(b, b + n) for b, n in zip(before, x.shape))] = x
+    return out
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -139,8 +196,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
 
     ``x`` is ``(N, C, H, W)`` or ``(C, H, W)``; ``weight`` is ``(out, C/groups, kh, kw)``;
     ``bias`` is ``(out,)`` or None; ``stride``, ``padding`` and ``dilation`` are ints or
-    ``(h, w)`` pairs; ``activation`` is None or ``"relu"``. ``plan``: the result of
-    :func:`prepare_conv2d` for these very ``weight`` and ``bias`` arrays and arguments.
+    ``(h, w)`` pairs; ``padding`` may also be a 4-tuple ``(left, right, top, bottom)`` (as
+    :func:`pad`) for different padding on each side, e.g. ONNX's or TensorFlow's "same";
+    ``activation`` is None or ``"relu"``. ``plan``: the result of :func:`prepare_conv2d` for
+    these very ``weight`` and ``bias`` arrays and arguments.
     """
     op = "conv2d"
     x, squeezed = _image_batch(x, op)
@@ -149,7 +208,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
         raise ValueError(f"{op}: weight must be (out_channels, in_channels/groups, kh, kw), "
                          f"got shape {_shape(weight)}")
     stride = _pair(stride, op, "stride", 1)
-    padding = _pair(padding, op, "padding", 0)
+    padding = _padding(padding, op)
     dilation = _pair(dilation, op, "dilation", 1)
     if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
@@ -166,11 +225,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     if min(out_ch, kh, kw) < 1:
         raise ValueError(f"{op}: weight has an empty dimension: {_shape(weight)}")
     span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
-    padded = (H + 2 * padding[0], W + 2 * padding[1])
+    sides = padding_sides(padding)
+    padded = (H + sum(sides[0]), W + sum(sides[1]))
     if span[0] > padded[0] or span[1] > padded[1]:
         raise ValueError(f"{op}: kernel {kh}x{kw} (dilation {dilation}, spanning {span[0]}x{span[1]}) "
                          f"is larger than the padded input {padded[0]}x{padded[1]}; input {_shape(x)}")
     bias = _bias(bias, out_ch, op)
+    padding, extra = _split_padding(padding)
+    if any(extra):  # uneven padding: pad the difference first, the backend pads the rest
+        x = pad(x, extra)
     data = None
     if plan is not None:
         if not isinstance(plan, ConvPlan):
@@ -188,36 +251,83 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
 # ----------------------------------------------------------------------------- pooling
 
 def _pool_args(x, kernel_size, stride, padding, ceil_mode, op):
+    """``(kernel, stride, padding, (H', W'))``, checked. An int/pair padding follows torch (at
+    most half the kernel); a 4-tuple ``(left, right, top, bottom)`` follows ONNX (each side
+    smaller than the kernel)."""
     kernel = _pair(kernel_size, op, "kernel_size", 1)
     stride = kernel if stride is None else _pair(stride, op, "stride", 1)
-    padding = _pair(padding, op, "padding", 0)
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+    padding = _padding(padding, op)
+    sides = padding_sides(padding)
+    if len(padding) == 2 and (padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2):
         raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
+    if len(padding) == 4 and (max(sides[0]) >= kernel[0] or max(sides[1]) >= kernel[1]):
+        raise ValueError(f"{op}: padding {padding} (left, right, top, bottom) must be smaller than "
+                         f"the kernel size {kernel} on each side")
     H, W = x.shape[2:]
-    out = [pool_output_size(n, k, s, p, ceil_mode) for n, k, s, p in zip((H, W), kernel, stride, padding)]
+    out = tuple(pool_output_size(n, k, s, p[0], ceil_mode, padding_end=p[1])
+                for n, k, s, p in zip((H, W), kernel, stride, sides))
     if min(out) < 1:  # torch's rule: ceil_mode may keep one window that overhangs the input
         raise ValueError(f"{op}: kernel_size {kernel} is larger than the padded input "
-                         f"{H + 2 * padding[0]}x{W + 2 * padding[1]}; input {_shape(x)}")
-    return kernel, stride, padding
+                         f"{H + sum(sides[0])}x{W + sum(sides[1])}; input {_shape(x)}")
+    return kernel, stride, padding, out
+
+
+def _crop(y, out):
+    """``y`` cut to ``out = (H', W')`` (a window the uneven padding's composition adds at the end)."""
+    if y.shape[2:] == tuple(out):
+        return y
+    return np.ascontiguousarray(y[:, :, :out[0], :out[1]])
+
+
+def _window_counts(size, kernel, stride, before, after, out):
+    """Per output index along one axis: ``(cells inside the padded input, cells inside the input)``."""
+    start = np.arange(out) * stride - before
+    stop = start + kernel
+    padded = np.minimum(stop, size + after) - start
+    inside = np.minimum(stop, size) - np.maximum(start, 0)
+    return padded, inside
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, backend=None):
-    """Max pooling, as ``torch.nn.functional.max_pool2d`` (``stride=None`` means the kernel size)."""
+    """Max pooling, as ``torch.nn.functional.max_pool2d`` (``stride=None`` means the kernel size).
+
+    ``padding`` may also be a 4-tuple ``(left, right, top, bottom)`` (ONNX's uneven pads).
+    """
     op = "max_pool2d"
     x, squeezed = _image_batch(x, op)
-    kernel, stride, padding = _pool_args(x, kernel_size, stride, padding, ceil_mode, op)
+    kernel, stride, padding, out = _pool_args(x, kernel_size, stride, padding, ceil_mode, op)
+    padding, extra = _split_padding(padding)
+    if any(extra):  # padding never wins a max: pad the difference with -inf, the backend the rest
+        x = pad(x, extra, value=-np.inf)
     y = get_backend(backend).max_pool2d(x, kernel, stride, padding, bool(ceil_mode))
-    return _unbatch(y, squeezed)
+    return _unbatch(_crop(y, out), squeezed)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                backend=None):
-    """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
+    """Average pooling, as ``torch.nn.functional.avg_pool2d``.
+
+    ``padding`` may also be a 4-tuple ``(left, right, top, bottom)`` (ONNX's uneven pads); the
+    divisor then counts the window's cells inside the padded input (``count_include_pad``) or
+    inside the input, never those of the ``ceil_mode`` overhang, as ONNX Runtime does.
+    """
     op = "avg_pool2d"
     x, squeezed = _image_batch(x, op)
-    kernel, stride, padding = _pool_args(x, kernel_size, stride, padding, ceil_mode, op)
-    y = get_backend(backend).avg_pool2d(x, kernel, stride, padding, bool(ceil_mode),
-                                        bool(count_include_pad))
+    kernel, stride, padding, out = _pool_args(x, kernel_size, stride, padding, ceil_mode, op)
+    sides = padding_sides(padding)
+    H, W = x.shape[2:]
+    padding, extra = _split_padding(padding)
+    impl = get_backend(backend)
+    if not any(extra):
+        y = impl.avg_pool2d(x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
+        return _unbatch(y, squeezed)
+    # Zero-pad the difference; the backend's count_include_pad divisor is then the window's cells
+    # inside the whole padded input. Without count_include_pad, rescale to the cells inside the input.
+    y = _crop(impl.avg_pool2d(pad(x, extra), kernel, stride, padding, bool(ceil_mode), True), out)
+    if not count_include_pad:
+        (ph, ih), (pw, iw) = (_window_counts(n, k, s, b, a, o) for n, k, s, (b, a), o
+                              in zip((H, W), kernel, stride, sides, out))
+        y *= (np.outer(ph, pw) / np.outer(ih, iw)).astype(np.float32)
     return _unbatch(y, squeezed)
 
 
@@ -239,9 +349,9 @@ def pool_output_shape(input_hw, kernel_size, stride=None, padding=0, ceil_mode=F
     """``(H', W')`` of a max/avg pooling of an ``(H, W)`` map (no data needed)."""
     kernel = _pair(kernel_size, "pool", "kernel_size", 1)
     stride = kernel if stride is None else _pair(stride, "pool", "stride", 1)
-    padding = _pair(padding, "pool", "padding", 0)
-    return tuple(pool_output_size(s, k, st, p, ceil_mode)
-                 for s, k, st, p in zip(input_hw, kernel, stride, padding))
+    sides = padding_sides(_padding(padding, "pool"))
+    return tuple(pool_output_size(s, k, st, p[0], ceil_mode, padding_end=p[1])
+                 for s, k, st, p in zip(input_hw, kernel, stride, sides))
 
 
 # ----------------------------------------------------------------------------- normalization

@@ -10,6 +10,11 @@ with it see the same numbers here::
     Normalize(mean, std)    per channel, in float32
 
 The sizes, mean and std come from the model spec (``model.preprocess``), never from here.
+A preprocess dict may also say ``"channel_order": "BGR"`` (Caffe's order) and
+``"pixel_max": 255.0`` (pixels in [0, 255] instead of [0, 1]); :data:`PRESETS` names the two
+common ones for models that carry no preprocessing of their own (ONNX files):
+``torchvision`` (RGB, [0, 1], ImageNet mean/std) and ``caffe`` (BGR, [0, 255], the mean
+(104, 117, 123) subtracted, no scaling). :func:`preprocess_preset` makes one for an input size.
 
 Before that, every image becomes 8-bit RGB: the EXIF orientation is applied, an animated
 image gives its first frame, alpha (``LA``, ``RGBA``, ``P`` with transparency, ...) is
@@ -34,7 +39,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ._files import FileProblem, open_regular
 
 __all__ = ["ImageError", "load_image", "load_images", "open_image", "to_rgb", "preprocess_image",
-           "get_preprocess", "IMAGE_EXTENSIONS"]
+           "get_preprocess", "preprocess_preset", "PRESETS", "IMAGE_EXTENSIONS"]
 
 #: file extensions picked up when a directory is searched for images (compared lower-case)
 IMAGE_EXTENSIONS = frozenset({
@@ -65,17 +70,42 @@ class ImageError(ValueError):
 
 # ----------------------------------------------------------------------------- preprocessing spec
 
+#: preset name -> the preprocessing without its sizes (see :func:`preprocess_preset`)
+PRESETS = {
+    "torchvision": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+    "caffe": {"mean": (104.0, 117.0, 123.0), "std": (1.0, 1.0, 1.0), "channel_order": "BGR",
+              "pixel_max": 255.0},
+}
+
+
+def preprocess_preset(name, crop=224) -> dict:
+    """The preprocess dict of preset ``name`` (``"torchvision"`` or ``"caffe"``) for ``crop`` x
+    ``crop`` inputs: the shorter side resized to 256 (``crop * 256 / 224`` outside 224..256),
+    the centre cropped, then the preset's channel order, scale and normalization."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preprocess preset {name!r}; valid presets are "
+                         + ", ".join(repr(p) for p in PRESETS))
+    crop = int(crop)
+    resize = 256 if 224 <= crop <= 256 else int(round(crop * 256 / 224))
+    return {"resize": resize, "crop": crop, **PRESETS[name], "preset": name}
+
+
 def get_preprocess(variant="torchvision") -> dict:
-    """The preprocessing dict (``resize``, ``crop``, ``mean``, ``std``) of a variant name, a model
-    (anything with a ``preprocess`` attribute) or a dict given as is."""
+    """The preprocessing dict (``resize``, ``crop``, ``mean``, ``std``, optionally
+    ``channel_order`` and ``pixel_max``) of a variant name, a preset name (``"caffe"``, for
+    224x224), a model (anything with a ``preprocess`` attribute) or a dict given as is."""
     if isinstance(variant, dict):
         spec = variant
     elif isinstance(variant, str):
         from .models import VARIANTS
-        if variant not in VARIANTS:
+        if variant in VARIANTS:
+            spec = VARIANTS[variant]()["preprocess"]
+        elif variant in PRESETS:
+            spec = preprocess_preset(variant)
+        else:
             raise ValueError(f"load_image: unknown variant {variant!r}; valid variants are "
-                             + ", ".join(repr(v) for v in VARIANTS))
-        spec = VARIANTS[variant]()["preprocess"]
+                             + ", ".join(repr(v) for v in VARIANTS) + " (presets: "
+                             + ", ".join(repr(p) for p in PRESETS) + ")")
     elif hasattr(variant, "preprocess"):
         spec = variant.preprocess
     else:
@@ -84,13 +114,20 @@ def get_preprocess(variant="torchvision") -> dict:
     missing = {"mean", "std"} - set(spec)
     if missing:
         raise ValueError(f"load_image: the preprocess dict lacks {', '.join(sorted(missing))}")
+    if spec.get("channel_order", "RGB") not in ("RGB", "BGR"):
+        raise ValueError(f"load_image: channel_order must be 'RGB' or 'BGR', got {spec['channel_order']!r}")
     return spec
 
 
-def _lut(mean, std) -> np.ndarray:
+def _lut(mean, std, pixel_max=1.0) -> np.ndarray:
     """``(3, 256)`` float32 table: ``lut[c, v] == (float32(v) / 255 - mean[c]) / std[c]``
-    computed exactly as ToTensor + Normalize do in float32."""
-    v = np.arange(256, dtype=np.float32) / np.float32(255)
+    computed exactly as ToTensor + Normalize do in float32 (``pixel_max=1``), or with ``v``
+    itself (``pixel_max=255``, Caffe's range) or ``v / 255 * pixel_max``."""
+    v = np.arange(256, dtype=np.float32)
+    if pixel_max == 1.0:
+        v = v / np.float32(255)
+    elif pixel_max != 255.0:
+        v = v * np.float32(pixel_max / 255.0)
     mean = np.asarray(mean, dtype=np.float32).reshape(3, 1)
     std = np.asarray(std, dtype=np.float32).reshape(3, 1)
     return np.ascontiguousarray((v[None, :] - mean) / std, dtype=np.float32)
@@ -99,8 +136,8 @@ def _lut(mean, std) -> np.ndarray:
 _LUTS: dict = {}
 
 
-def _cached_lut(mean, std):
-    key = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+def _cached_lut(mean, std, pixel_max=1.0):
+    key = (tuple(float(m) for m in mean), tuple(float(s) for s in std), float(pixel_max))
     lut = _LUTS.get(key)
     if lut is None:
         lut = _LUTS[key] = _lut(*key)
@@ -273,11 +310,12 @@ def preprocess_image(img: Image.Image, preprocess: dict, out: np.ndarray | None 
         if box != (0, 0, img.width, img.height):
             img = img.crop(box)
     pixels = np.asarray(img)  # (H, W, 3) uint8
-    lut = _cached_lut(preprocess["mean"], preprocess["std"])
+    lut = _cached_lut(preprocess["mean"], preprocess["std"], preprocess.get("pixel_max", 1.0))
+    bgr = preprocess.get("channel_order", "RGB") == "BGR"
     if out is None:
         out = np.empty((3,) + pixels.shape[:2], dtype=np.float32)
-    for c in range(3):
-        np.take(lut[c], pixels[:, :, c], out=out[c])
+    for c in range(3):  # output channel c; mean[c] and std[c] are in the output's order
+        np.take(lut[c], pixels[:, :, 2 - c if bgr else c], out=out[c])
     return out
 
 

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from . import functional as F
-from .shapes import conv_output_size
+from .shapes import conv_output_size, padding_sides
 
 __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "AdaptiveAvgPool2D", "LocalResponseNorm",
@@ -29,6 +29,15 @@ __all__ = [
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _padding(v):
+    """An int, an ``(h, w)`` pair or a 4-tuple ``(left, right, top, bottom)`` (uneven padding)."""
+    return F._padding(v, "padding") if isinstance(v, (tuple, list)) and len(v) == 4 else _pair(v)
+
+
+def _padding_repr(padding):
+    return f", padding={padding}" if any(padding) else ""
 
 
 def _rng(rng_or_seed):
@@ -136,7 +145,7 @@ class Conv2D(_Parametric):
                              f"and out_channels={out_channels}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.padding, self.dilation = _padding(padding), _pair(dilation)
         self.activation = activation
         self.weight_shape = (out_channels, in_channels // groups) + self.kernel_size
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
@@ -168,8 +177,8 @@ class Conv2D(_Parametric):
         c, h, w = _expect_image(self, input_shape)
         if c != self.in_channels:
             raise ValueError(f"{self}: expects {self.in_channels} input channels, got shape {tuple(input_shape)}")
-        hw = [conv_output_size(n, k, s, p, d) for n, k, s, p, d in
-              zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation)]
+        hw = [conv_output_size(n, k, s, p[0], d, padding_end=p[1]) for n, k, s, p, d in
+              zip((h, w), self.kernel_size, self.stride, padding_sides(self.padding), self.dilation)]
         if min(hw) < 1:
             raise ValueError(f"{self}: input {tuple(input_shape)} is smaller than the kernel")
         return (self.out_channels, *hw)
@@ -180,8 +189,7 @@ class Conv2D(_Parametric):
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
+        s += _padding_repr(self.padding)
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
@@ -226,7 +234,7 @@ class _Pool(Layer):
         super().__init__()
         self.kernel_size = _pair(kernel_size)
         self.stride = self.kernel_size if stride is None else _pair(stride)
-        self.padding, self.ceil_mode = _pair(padding), bool(ceil_mode)
+        self.padding, self.ceil_mode = _padding(padding), bool(ceil_mode)
 
     def output_shape(self, input_shape):
         c, h, w = _expect_image(self, input_shape)
@@ -236,9 +244,7 @@ class _Pool(Layer):
         return (c, *hw)
 
     def extra_repr(self):
-        s = f"kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}" + _padding_repr(self.padding)
         return s + (", ceil_mode=True" if self.ceil_mode else "")
 
 
@@ -260,6 +266,9 @@ class AvgPool2D(_Pool):
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad, backend=self.backend)
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
 
 
 class AdaptiveAvgPool2D(Layer):

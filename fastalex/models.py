@@ -386,7 +386,9 @@ class Model(Sequential):
     def predict(self, x, top=5):
         """``(probabilities, indices)``, each ``(N, top)`` (or ``(top,)`` for one image), best first."""
         logits = self(x)
-        probs = F.softmax(logits, axis=-1)
+        last = list(self.named_layers())[-1][1]
+        ends_in_softmax = isinstance(last, L.Softmax)  # e.g. an ONNX zoo graph: already probabilities
+        probs = logits if ends_in_softmax else F.softmax(logits, axis=-1)
         top = max(1, min(int(top), self.num_classes))
         idx = np.argsort(-probs, axis=-1, kind="stable")[..., :top]
         return np.take_along_axis(probs, idx, axis=-1), idx
@@ -415,13 +417,31 @@ class Model(Sequential):
         rule = "-" * len(fmt.format(*header))
         total_params = sum(r["params"] for r in rows)
         total_macs = sum(r["macs"] for r in rows)
-        lines = [f'AlexNet ("{self.variant}"), input {shape}', rule, fmt.format(*header), rule]
+        title = self.spec.get("title") or f'AlexNet ("{self.variant}")'
+        lines = [f"{title}, input {shape}", rule, fmt.format(*header), rule]
         lines += [fmt.format(*b) for b in body]
         lines += [rule,
                   f"Total params: {total_params:,} ({total_params * 4 / 2**20:.1f} MiB as float32)",
                   f"Total MACs:   {total_macs:,} ({total_macs / 1e9:.2f} G per image)",
                   rule]
+        lines += self._plan_lines()
         return "\n".join(lines)
+
+    def _plan_lines(self):
+        """How the backend runs each convolution (its plan, made once), when it says."""
+        from .backends import get_backend, get_backend_name
+        name = self.backend or get_backend_name()
+        try:
+            describe = getattr(get_backend(name), "describe_plan", None)
+        except ImportError:
+            return []
+        if describe is None:
+            return []
+        lines = [f"Convolutions on the {name} backend (weights prepared once, when first used):"]
+        for layer_name, layer in self.named_layers():
+            if isinstance(layer, L.Conv2D):
+                lines.append(f"  {layer_name:<12} {describe(layer.plan().data)}")
+        return lines
 
     def extra_repr(self):
         return self.variant

@@ -117,6 +117,18 @@ def test_the_model_cache_reads_a_replaced_weights_file_again(tmp_path, model):
     np.testing.assert_array_equal(second.state_dict()["classifier.6.weight"], other.state_dict()["classifier.6.weight"])
 
 
+def test_preprocessing_travels_with_the_recipe(photos, model, client):
+    from fastalex.images import preprocess_preset
+    caffe = build(model.spec, seed=5, backend="numpy")
+    caffe.preprocess = preprocess_preset("caffe", crop=224)
+    files = sorted(str(p) for p in photos.glob("p*.jpg"))[:4]
+    local = np.stack([e.vector for e in fastalex.embed(files, model=caffe, layer="fc6")])
+    remote = np.stack([e.vector for e in fastalex.embed(files, model=caffe, layer="fc6", client=client)])
+    assert_agree(remote, local, "caffe preprocessing on workers")
+    default = np.stack([e.vector for e in fastalex.embed(files, model=model, layer="fc6")])
+    assert not np.allclose(default, local)  # the preset made a difference
+
+
 def test_recipes_and_inputs_the_workers_cannot_use(model, client):
     assert recipe_of(model)["spec"] is model.spec and recipe_of(model)["weights"] is None
     loaded = build(reduced_spec("torchvision"), seed=None)

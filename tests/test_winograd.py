@@ -173,3 +173,22 @@ def test_models_agree_across_backends_with_winograd():
                    for _, layer in m.named_layers() if isinstance(layer, L.Conv2D))
         m.backend = "numpy"
         assert_agree(y, m(x), variant)
+
+
+@pytest.mark.parametrize("k, s, groups", [(3, 1, 1), (5, 1, 2), (11, 4, 1)])
+def test_tiles_in_chunks_agree(every_shape, monkeypatch, k, s, groups):
+    """Tiles go through the transforms and products in cache-sized chunks (the last one partial)."""
+    monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)  # the smallest chunk: 64 tiles
+    x = _array(k, (3, 4 * groups, 41 * s, 37 * s))
+    w, b = _array(k + 1, (6 * groups, 4, k, k)), _array(k + 2, (6 * groups,))
+    y, ref = _planned(x, w, b, s, 1, groups, relu=True)
+    assert_agree(y, ref, f"chunks k={k} s={s} g={groups}")
+
+
+def test_summary_shows_the_plan():
+    m = fastalex.alexnet("original", seed=0, backend="numba")
+    text = m.summary()
+    assert "features.0   Winograd F(4x4, 3x3) after space-to-depth 4x4 (11x11 stride 4 -> 3x3 over 48 channels)" in text
+    assert "features.4   Winograd F(2x2, 5x5)" in text
+    m.backend = "numpy"
+    assert "Winograd" not in m.summary()

@@ -48,6 +48,8 @@ _SER = dict(cache=True, nogil=True, error_model="numpy")
 ALPHA = 6
 TILE = {r: ALPHA + 1 - r for r in (2, 3, 4, 5)}
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)  # and infinity
+#: bytes of transformed input and products per chunk of tiles (kept in the last-level cache)
+CHUNK_BYTES = 8 << 20
 
 
 def matrices(m: int, r: int):
@@ -95,6 +97,16 @@ class Plan(NamedTuple):
     kernel: tuple     # the original (kh, kw)
 
 
+def describe(plan: Plan) -> str:
+    """One line for a model's plan: ``Winograd F(4x4, 3x3)``, with the space-to-depth if any."""
+    k = plan.kernel[0]
+    text = f"Winograd F({plan.m}x{plan.m}, {plan.r}x{plan.r})"
+    if plan.s > 1:
+        cs = plan.U[0].shape[1] * len(plan.U)
+        text += f" after space-to-depth {plan.s}x{plan.s} ({k}x{k} stride {plan.s} -> {plan.r}x{plan.r} over {cs} channels)"
+    return text
+
+
 def supports(weight_shape, stride, dilation) -> bool:
     """Whether :func:`prepare` handles this convolution (square kernels and strides, no dilation,
     an effective kernel of 2 to 5 taps)."""
@@ -106,7 +118,7 @@ def supports(weight_shape, stride, dilation) -> bool:
 
 
 def prepare(weight, bias, stride, groups) -> Plan:
-    """Transform the weights once: ``U[e, c, o] = sum_ij G[a, i] G[b, j] w'[o, c, i, j]`` per group,
+    """Transform the weights once: ``U[e, c, o] = sum_ij G[a, i] w'[o, c, i, j] G[b, j]`` per group,
     where ``w'`` is the weight after space-to-depth (the weight itself for stride 1)."""
     O, cin_g, k, _ = weight.shape
     s = stride[0]
@@ -119,11 +131,12 @@ def prepare(weight, bias, stride, groups) -> Plan:
         wp[:, :, :k, :k] = w
         w = wp.reshape(O, cin_g, r, s, r, s).transpose(0, 1, 3, 5, 2, 4).reshape(O, cin_g * s * s, r, r)
     og = O // groups
+    # G g G^T for every (o, c) at once, as two batched products: (O, C, 6, 6)
+    u = np.matmul(np.matmul(G, w), G.T)
     U = []
-    for g in range(groups):
-        wg = w[g * og:(g + 1) * og]
-        u = np.einsum("ai,bj,ocij->abco", G, G, wg, optimize=True)
-        U.append(np.ascontiguousarray(u.reshape(-1, wg.shape[1], og), dtype=np.float32))
+    for g in range(groups):  # (6*6, C, O/groups) per group: U[e] is one product's right side
+        ug = u[g * og:(g + 1) * og].reshape(og, -1, 36).transpose(2, 1, 0)
+        U.append(np.ascontiguousarray(ug, dtype=np.float32))
     b = np.zeros(O, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     return Plan(m, r, s, AT.astype(np.float32), BT.astype(np.float32), tuple(U), b, O, (k, k))
 
@@ -207,14 +220,16 @@ def _at6(m, f, o, step, g, d, dstep, C):
 
 
 @njit(**_PAR)
-def _input_transform(xp, V, m, th, tw):
-    """``V[a*6 + b, t, :] = sum_{r,s} BT[a, r] BT[b, s] xp[n, ty*m + r, tx*m + s, :]`` for tile
-    ``t = (n*th + ty)*tw + tx``: rows first, then columns, all channels at once."""
+def _input_transform(xp, V, m, th, tw, t0, count):
+    """``V[a*6 + b, t - t0, :] = sum_{r,s} BT[a, r] BT[b, s] xp[n, ty*m + r, tx*m + s, :]`` for the
+    ``count`` tiles ``t = (n*th + ty)*tw + tx`` from ``t0`` on (``V`` holds a chunk of tiles):
+    rows first, then columns, all channels at once."""
     T = V.shape[1]
     Hp, Wp, C = xp.shape[1], xp.shape[2], xp.shape[3]
     xf = xp.reshape(-1)
     vf = V.reshape(-1)
-    for t in prange(T):
+    for k in prange(count):
+        t = t0 + k
         n = t // (th * tw)
         ty = (t // tw) % th
         tx = t % tw
@@ -222,23 +237,24 @@ def _input_transform(xp, V, m, th, tw):
         for s_ in range(6):
             _bt6(xf, ((n * Hp + ty * m) * Wp + tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
         for a in range(6):
-            _bt6(tmp, a * 6 * C, C, vf, (a * 6 * T + t) * C, T * C, C)
+            _bt6(tmp, a * 6 * C, C, vf, (a * 6 * T + k) * C, T * C, C)
 
 
 @njit(**_PAR)
-def _output_transform(M, yh, m, bias, relu, th, tw):
-    """``yh[n, ty*m + i, tx*m + j, :] = act(bias + sum_{a,b} AT[i, a] M[a*6 + b, t, :] AT[j, b])``
-    for every tile ``t``, cropped to the output ``yh`` (N, Ho, Wo, O)."""
+def _output_transform(M, yh, m, bias, relu, th, tw, t0, count):
+    """``yh[n, ty*m + i, tx*m + j, :] = act(bias + sum_{a,b} AT[i, a] M[a*6 + b, t - t0, :] AT[j, b])``
+    for the ``count`` tiles ``t`` from ``t0`` on, cropped to the output ``yh`` (N, Ho, Wo, O)."""
     T, O = M.shape[1], M.shape[2]
     Ho, Wo = yh.shape[1], yh.shape[2]
     mf = M.reshape(-1)
-    for t in prange(T):
+    for k in prange(count):
+        t = t0 + k
         n = t // (th * tw)
         ty = (t // tw) % th
         tx = t % tw
         tmp = np.empty(6 * m * O, np.float32)  # tmp[b, i, :] = sum_a AT[i, a] M[a, b, :]
         for b in range(6):
-            _at6(m, mf, (b * T + t) * O, 6 * T * O, tmp, b * m * O, O, O)
+            _at6(m, mf, (b * T + k) * O, 6 * T * O, tmp, b * m * O, O, O)
         out = np.empty(m * O, np.float32)
         for i in range(min(m, Ho - ty * m)):
             _at6(m, tmp, i * O, m * O, out, 0, O, O)
@@ -283,19 +299,24 @@ def conv2d(x, plan: Plan, padding, relu, launch):
     xp = np.empty((N, Hp, Wp, Cs), np.float32)
     launch(_pack, x, xp, s, ph, pw)
     T = N * th * tw
-    V = np.empty((alpha * alpha, T, Cs), np.float32)
-    launch(_input_transform, xp, V, m, th, tw)
     O = plan.out_channels
     groups = len(plan.U)
     cg, og = Cs // groups, O // groups
-    M = np.empty((alpha * alpha, T, O), np.float32)
-    if groups == 1:
-        np.matmul(V, plan.U[0], out=M)
-    else:
-        for g, U in enumerate(plan.U):
-            np.matmul(V[:, :, g * cg:(g + 1) * cg], U, out=M[:, :, g * og:(g + 1) * og])
+    # tiles in chunks whose transformed input and products (V, M) stay in the last-level cache
+    chunk = max(64, min(T, CHUNK_BYTES // (alpha * alpha * 4 * (Cs + O))))
+    V = np.empty((alpha * alpha, chunk, Cs), np.float32)
+    M = np.empty((alpha * alpha, chunk, O), np.float32)
     yh = np.empty((N, ho, wo, O), np.float32)
-    launch(_output_transform, M, yh, m, plan.bias, relu, th, tw)
+    for t0 in range(0, T, chunk):
+        k = min(chunk, T - t0)
+        v, mm = V[:, :k], M[:, :k]
+        launch(_input_transform, xp, V, m, th, tw, t0, k)
+        if groups == 1:
+            np.matmul(v, plan.U[0], out=mm)
+        else:
+            for g, U in enumerate(plan.U):
+                np.matmul(v[:, :, g * cg:(g + 1) * cg], U, out=mm[:, :, g * og:(g + 1) * og])
+        launch(_output_transform, M, yh, m, plan.bias, relu, th, tw, t0, k)
     y = np.empty((N, O, ho, wo), np.float32)
     launch(_to_nchw, yh, y)
     return y

@@ -1,0 +1,130 @@
+"""ONNX graphs built by hand with ``onnx.helper`` (needs onnx only; no torch, no ONNX Runtime).
+
+* :func:`caffe_alexnet`: the 2012 network as the ONNX model zoo's ``bvlcalexnet``/``caffenet``
+  files have it (converted from Caffe): LRN before pooling (CaffeNet's order is pool then LRN,
+  ``lrn_first=False``), ``group=2``, pooling with pads ``[0, 0, 1, 1]`` (Caffe's rounding up,
+  spelled as explicit pads), ``Reshape`` with a shape initializer, ``Gemm`` with ``transB=1``,
+  ``Dropout`` and ``Softmax`` at the end, a fixed batch of 1 and a 224x224 input. ``div``
+  narrows every layer (the committed fixture is tiny; the benchmark uses ``div=1``). Below
+  opset 7 it is written as the zoo's oldest files are: IR version 3 with the initializers
+  also listed as graph inputs, ``Reshape``'s shape as an attribute (opset < 5), ``Dropout``
+  with ``is_test`` and ``Gemm`` with ``broadcast``.
+* :func:`single_op`: a one-node graph, for error tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _he(rng, shape):
+    fan_in = int(np.prod(shape[1:]))
+    return (rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))).astype(np.float32)
+
+
+def caffe_alexnet(div=1, num_classes=1000, input_size=224, batch=1, seed=0, opset=12, lrn_first=True,
+                  hidden=None):
+    """A Caffe-converted AlexNet as a ``ModelProto`` (input ``data_0``, output ``prob_1``);
+    ``hidden`` (default ``4096 // div``) is the width of fc6 and fc7."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    c1, c2, c3, hidden = 96 // div, 256 // div, 384 // div, hidden or 4096 // div
+    prev = "data_0"
+
+    def init(name, arr):
+        inits.append(numpy_helper.from_array(np.array(arr, order="C"), name))
+        return name
+
+    def conv(name, cin, cout, k, stride=1, pad=0, group=1):
+        nonlocal prev
+        w = init(f"{name}_w_0", _he(rng, (cout, cin // group, k, k)))
+        b = init(f"{name}_b_0", rng.uniform(-0.1, 0.1, cout).astype(np.float32))
+        nodes.append(helper.make_node("Conv", [prev, w, b], [f"{name}_1"], kernel_shape=[k, k],
+                                      strides=[stride, stride], pads=[pad] * 4, group=group))
+        nodes.append(helper.make_node("Relu", [f"{name}_1"], [f"{name}_2"]))
+        prev = f"{name}_2"
+
+    def lrn(name):
+        nonlocal prev
+        nodes.append(helper.make_node("LRN", [prev], [f"{name}_1"], size=5, alpha=1e-4, beta=0.75, bias=1.0))
+        prev = f"{name}_1"
+
+    def pool(name, pads):
+        nonlocal prev
+        nodes.append(helper.make_node("MaxPool", [prev], [f"{name}_1"], kernel_shape=[3, 3], strides=[2, 2],
+                                      pads=pads))
+        prev = f"{name}_1"
+
+    def fc(name, fin, fout, relu=True, dropout=True):
+        nonlocal prev
+        w = init(f"{name}_w_0", _he(rng, (fout, fin)))
+        b = init(f"{name}_b_0", rng.uniform(-0.1, 0.1, fout).astype(np.float32))
+        old = {"broadcast": 1} if opset < 7 else {}
+        nodes.append(helper.make_node("Gemm", [prev, w, b], [f"{name}_1"], transB=1, **old))
+        prev = f"{name}_1"
+        if relu:
+            nodes.append(helper.make_node("Relu", [prev], [f"{name}_2"]))
+            prev = f"{name}_2"
+        if dropout:
+            if opset >= 12:
+                ratio = init(f"{name}_ratio", np.array(0.5, np.float32))
+                nodes.append(helper.make_node("Dropout", [prev, ratio], [f"{name}_3"]))
+            elif opset < 7:
+                nodes.append(helper.make_node("Dropout", [prev], [f"{name}_3"], ratio=0.5, is_test=1))
+            else:
+                nodes.append(helper.make_node("Dropout", [prev], [f"{name}_3"], ratio=0.5))
+            prev = f"{name}_3"
+
+    def stage(name, pool_pads):
+        if lrn_first:
+            lrn(f"norm{name}")
+            pool(f"pool{name}", pool_pads)
+        else:
+            pool(f"pool{name}", pool_pads)
+            lrn(f"norm{name}")
+
+    conv("conv1", 3, c1, 11, stride=4)
+    stage("1", [0, 0, 1, 1])
+    conv("conv2", c1, c2, 5, pad=2, group=2)
+    stage("2", [0, 0, 1, 1])
+    conv("conv3", c2, c3, 3, pad=1)
+    conv("conv4", c3, c3, 3, pad=1, group=2)
+    conv("conv5", c3, c2, 3, pad=1, group=2)
+    pool("pool5", [0, 0, 1, 1])
+    target = [batch if isinstance(batch, int) else 0, -1]
+    if opset < 5:
+        nodes.append(helper.make_node("Reshape", [prev], ["OC2_DUMMY_0"], shape=target))
+    else:
+        shape = init("OC2_DUMMY_1", np.array(target, np.int64))
+        nodes.append(helper.make_node("Reshape", [prev, shape], ["OC2_DUMMY_0"]))
+    prev = "OC2_DUMMY_0"
+    features = c2 * 6 * 6
+    fc("fc6", features, hidden)
+    fc("fc7", hidden, hidden)
+    fc("fc8", hidden, num_classes, relu=False, dropout=False)
+    nodes.append(helper.make_node("Softmax", [prev], ["prob_1"]))
+    inputs = [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [batch, 3, input_size, input_size])]
+    if opset < 7:  # IR version 3: every initializer is a graph input too
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    graph = helper.make_graph(
+        nodes, "caffe_alexnet", inputs,
+        [helper.make_tensor_value_info("prob_1", TensorProto.FLOAT, [batch, num_classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="fastalex-tests")
+    model.ir_version = 3 if opset < 7 else 7
+    return model
+
+
+def single_op(op_type, input_shape=(1, 3, 8, 8), output_shape=("N", "C", "H", "W"), inits=(), extra_inputs=(), opset=13,
+              **attrs):
+    """A graph ``x -> op_type -> y`` with optional initializers ``[(name, array), ...]`` as the
+    node's further inputs."""
+    tensors = [numpy_helper.from_array(np.array(a, order="C"), n) for n, a in inits]
+    node = helper.make_node(op_type, ["x", *[n for n, _ in inits], *extra_inputs], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node], "single", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    return model

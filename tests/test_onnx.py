@@ -1,0 +1,349 @@
+"""``fastalex.load_onnx``: committed ONNX files (made by ``make_onnx_fixtures.py``) against ONNX
+Runtime's outputs stored next to them, on both backends; the model's spec, state dict and
+extraction; and the errors (unsupported op, wrong input rank, unsafe external data, truncated
+files). Needs the onnx package. The full-size cases (about 25 s each) need ONNX Runtime (and
+torch for the export) and run only with ``FASTALEX_FULL_SIZE=1``."""
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+import fastalex  # noqa: E402
+from fastalex import layers as L  # noqa: E402
+from fastalex.onnx_import import SUPPORTED_OPS, OnnxError, read_onnx  # noqa: E402
+from conftest import assert_agree  # noqa: E402
+from fixture_specs import FIXTURES, fixture_input  # noqa: E402
+from onnx_graphs import caffe_alexnet, single_op  # noqa: E402
+
+ONNX_DIR = FIXTURES / "onnx"
+STEMS = ["original_reduced_op9", "original_reduced_op17", "torchvision_reduced_op9",
+         "torchvision_reduced_op17", "vgg_bn_op9", "vgg_bn_op17", "caffe_alexnet", "caffenet"]
+
+
+@functools.lru_cache(maxsize=None)
+def expected():
+    return dict(np.load(ONNX_DIR / "expected.npz"))
+
+
+@functools.lru_cache(maxsize=None)
+def model(stem):
+    return fastalex.load_onnx(ONNX_DIR / f"{stem}.onnx")
+
+
+def inputs(m, n):
+    h, w = m.input_shape[1:]
+    return fixture_input(expected()[f"q_{h}x{w}"][:n])
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_outputs_match_onnxruntime(stem, backend):
+    m = model(stem)
+    ref = expected()[stem]
+    m.backend = backend
+    try:
+        assert_agree(m(inputs(m, len(ref))), ref, f"{stem} on {backend}")
+        if f"{stem}.fc8_1" in expected():  # the Caffe graphs end in Softmax: check the logits too
+            logits = expected()[f"{stem}.fc8_1"]
+            assert_agree(m.extract(inputs(m, 1), "fc8_1")["fc8_1"], logits, f"{stem} logits on {backend}")
+    finally:
+        m.backend = None
+
+
+def test_caffe_graph_structure_and_predict():
+    m = model("caffe_alexnet")
+    kinds = [(name, type(layer).__name__) for name, layer in m.named_layers()]
+    assert kinds[:4] == [("conv1_1", "Conv2D"), ("conv1_2", "ReLU"), ("norm1_1", "LocalResponseNorm"),
+                         ("pool1_1", "MaxPool2D")]
+    assert m["conv2_1"].groups == 2 and m["conv4_1"].groups == 2
+    assert m["pool5_1"].padding == (0, 1, 0, 1)  # ONNX pads [0, 0, 1, 1] as (left, right, top, bottom)
+    assert type(m["OC2_DUMMY_0"]) is L.Flatten  # the Reshape to (1, -1)
+    assert type(m["prob_1"]) is L.Softmax
+    assert m.input_shape == (3, 224, 224) and m.num_classes == 10
+    x = inputs(m, 1)
+    probs, idx = m.predict(x, top=10)  # the graph's Softmax is not applied twice
+    np.testing.assert_allclose(probs[0], m(x)[0][idx[0]], rtol=1e-6)
+    assert "Softmax" in m.summary() and "ONNX model caffe_alexnet.onnx (opset 12)" in m.summary()
+    names = [name for name, _ in model("caffenet").named_layers()]
+    assert names[:4] == ["conv1_1", "conv1_2", "pool1_1", "norm1_1"]  # CaffeNet pools before LRN
+
+
+def test_batchnorm_is_folded_and_weights_round_trip(tmp_path):
+    m = model("vgg_bn_op17")
+    types = [type(layer).__name__ for _, layer in m.named_layers()]
+    assert types.count("Conv2D") == 4 and "BatchNorm" not in " ".join(types)
+    assert all(layer.bias is not None for _, layer in m.named_layers() if isinstance(layer, L.Conv2D))
+    state = m.state_dict()
+    assert len(state) == 12  # 4 convs and 2 dense layers, weight and bias each
+    fastalex.save_weights(m, tmp_path / "vgg.npz")
+    again = fastalex.build(m.spec, seed=None)
+    again.load_state_dict(fastalex.load_weights(tmp_path / "vgg.npz"))
+    x = inputs(m, 2)
+    np.testing.assert_array_equal(again(x), m(x))
+    out = m.extract(x, ["14_GlobalAveragePool", "logits"])
+    assert out["14_GlobalAveragePool"].shape == (2, 16, 1, 1) and out["logits"].shape == (2, 10)
+
+
+def test_preprocess_presets_take_the_graph_input_size():
+    path = ONNX_DIR / "vgg_bn_op9.onnx"
+    caffe = fastalex.load_onnx(path, preprocess="caffe").preprocess
+    assert caffe["channel_order"] == "BGR" and caffe["pixel_max"] == 255.0 and caffe["crop"] == 30
+    assert tuple(caffe["mean"]) == (104.0, 117.0, 123.0)
+    torchvision = fastalex.load_onnx(path).preprocess
+    assert torchvision.get("channel_order", "RGB") == "RGB" and torchvision["crop"] == 30
+    spec, state = read_onnx(ONNX_DIR / "caffe_alexnet.onnx", preprocess="caffe")
+    assert spec["preprocess"]["crop"] == 224 and spec["preprocess"]["resize"] == 256
+    with pytest.raises(ValueError, match="caffe"):
+        fastalex.load_onnx(path, preprocess="opencv")
+
+
+# ----------------------------------------------------------------------------- graphs built here
+
+def _save(proto, path):
+    onnx.save(proto, str(path))
+    return path
+
+
+def _then_flatten(proto):
+    """``proto`` (one image output ``y``) with a Flatten to ``z`` after it: a classifier's shape."""
+    proto.graph.node.append(onnx.helper.make_node("Flatten", ["y"], ["z"]))
+    del proto.graph.output[:]
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", "K"]))
+    return proto
+
+
+def test_uneven_conv_pads_and_auto_pad(tmp_path, backend):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    F = fastalex.functional
+    cases = [
+        (dict(pads=[0, 1, 2, 0]), F.pad(x, (1, 0, 0, 2))),                   # [top, left, bottom, right]
+        (dict(auto_pad="SAME_UPPER", strides=[2, 2]), F.pad(x, (0, 0, 1, 1))),  # 9 -> 5 rows, 8 -> 4 columns
+        (dict(auto_pad="SAME_LOWER"), F.pad(x, (1, 0, 1, 1))),
+        (dict(auto_pad="VALID"), x),
+    ]
+    for attrs, padded in cases:
+        path = _save(single_op("Conv", (2, 3, 9, 8), inits=[("w", w)], kernel_shape=[3, 2], **attrs),
+                     tmp_path / "conv.onnx")
+        with pytest.raises(OnnxError, match="end in class scores"):
+            fastalex.load_onnx(path)  # an image out is not a classifier...
+        proto = _then_flatten(onnx.load(str(path)))
+        m = fastalex.load_onnx(_save(proto, tmp_path / "conv_flat.onnx"), backend=backend)  # ...this is
+        stride = attrs.get("strides", [1, 1])
+        ref = F.conv2d(padded, w, stride=tuple(stride), backend="numpy").reshape(2, -1)
+        assert_agree(m(x), ref, f"Conv {attrs}")
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            continue
+        assert_agree(m(x), _ort_run(tmp_path / "conv_flat.onnx", x), f"Conv {attrs} vs ONNX Runtime")
+
+
+def test_pools_with_onnx_pads_match_onnxruntime(tmp_path, backend):
+    """MaxPool/AveragePool with uneven pads, ceil_mode and count_include_pad, imported and run,
+    against ONNX Runtime on the same graph."""
+    pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(8).standard_normal((2, 3, 7, 8)).astype(np.float32)
+    for op, kernel, strides, pads, ceil_mode, cip in [
+            ("MaxPool", [3, 3], [2, 2], [0, 0, 1, 1], 0, 0), ("MaxPool", [2, 3], [2, 1], [1, 0, 0, 2], 1, 0),
+            ("AveragePool", [3, 3], [2, 2], [1, 1, 2, 2], 0, 0), ("AveragePool", [3, 2], [2, 2], [2, 0, 0, 1], 1, 1),
+            ("AveragePool", [3, 3], [2, 2], [0, 1, 2, 0], 1, 0), ("AveragePool", [2, 2], [2, 2], [1, 1, 1, 1], 1, 1)]:
+        attrs = dict(kernel_shape=kernel, strides=strides, pads=pads, ceil_mode=ceil_mode)
+        if op == "AveragePool":
+            attrs["count_include_pad"] = cip
+        path = _save(_then_flatten(single_op(op, (2, 3, 7, 8), **attrs)), tmp_path / "pool.onnx")
+        m = fastalex.load_onnx(path, backend=backend)
+        assert_agree(m(x), _ort_run(path, x), f"{op} {attrs}")
+
+
+def test_gemm_alpha_beta_matmul_add(tmp_path):
+    rng = np.random.default_rng(4)
+    b = rng.standard_normal((5, 7)).astype(np.float32)
+    c = rng.standard_normal((1, 7)).astype(np.float32)
+    x = rng.standard_normal((3, 2, 1, 5)).astype(np.float32)
+    flat = x.reshape(3, -1)
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Gemm", ["f", "B", "C"], ["g"], alpha=0.5, beta=2.0),
+             helper.make_node("MatMul", ["g", "M"], ["h"]),
+             helper.make_node("Add", ["bias", "h"], ["y"])]
+    m_w = rng.standard_normal((7, 4)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for n, a in (("B", np.concatenate([b, b])), ("C", c),
+                                                          ("M", m_w), ("bias", bias))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m = fastalex.load_onnx(_save(proto, tmp_path / "dense.onnx"))
+    ref = (0.5 * flat @ np.concatenate([b, b]) + 2.0 * c) @ m_w + bias
+    np.testing.assert_allclose(m(x), ref, rtol=1e-5, atol=1e-5)
+    assert [type(layer).__name__ for _, layer in m.named_layers()] == ["Flatten", "Dense", "Dense"]
+
+
+@pytest.mark.parametrize("opset", [3, 6, 9])
+def test_old_opsets_give_the_same_model(tmp_path, opset):
+    """Opset-3/6 spellings (IR 3 with initializers as inputs, Reshape's shape attribute, Dropout's
+    is_test, Gemm's broadcast; Softmax's axis=1 default) load as the opset-12 graph does."""
+    new = fastalex.load_onnx(_save(caffe_alexnet(div=16, hidden=32, num_classes=5, seed=9), tmp_path / "new.onnx"))
+    old = fastalex.load_onnx(_save(caffe_alexnet(div=16, hidden=32, num_classes=5, seed=9, opset=opset),
+                                   tmp_path / f"op{opset}.onnx"))
+    assert [type(layer) for _, layer in old.named_layers()] == [type(layer) for _, layer in new.named_layers()]
+    x = np.random.default_rng(9).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_array_equal(old(x), new(x))
+    assert old.spec["opset"] == opset
+
+
+def test_unsupported_op_names_the_node_and_the_supported_list(tmp_path):
+    path = _save(single_op("Sigmoid", name="act1"), tmp_path / "sigmoid.onnx")
+    with pytest.raises(OnnxError) as info:
+        fastalex.load_onnx(path)
+    message = str(info.value)
+    assert str(path) in message and "'act1' (Sigmoid)" in message
+    assert ", ".join(SUPPORTED_OPS) in message
+
+
+def test_wrong_input_rank(tmp_path):
+    path = _save(single_op("Relu", input_shape=(1, 10), output_shape=(1, 10)), tmp_path / "rank2.onnx")
+    with pytest.raises(OnnxError, match=r"rank 4, got rank 2"):
+        fastalex.load_onnx(path)
+
+
+def test_not_a_chain(tmp_path):
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["x"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "dag.onnx")
+    with pytest.raises(OnnxError, match="not a chain"):
+        fastalex.load_onnx(path)
+
+
+def test_truncated_and_garbage_files(tmp_path):
+    data = (ONNX_DIR / "caffe_alexnet.onnx").read_bytes()
+    for size in (len(data) // 2, len(data) - 3, 40, 0):
+        path = tmp_path / f"cut{size}.onnx"
+        path.write_bytes(data[:size])
+        with pytest.raises(OnnxError, match=str(path)):
+            fastalex.load_onnx(path)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\xff" * 100)
+    with pytest.raises(ValueError, match="garbage.onnx"):
+        fastalex.load_onnx(garbage)
+    with pytest.raises(OnnxError, match="no such file"):
+        fastalex.load_onnx(tmp_path / "missing.onnx")
+
+
+def _external(path, location, offset=0, length=None, data=None):
+    """A Conv+Flatten graph whose weight lives in external data at ``location``."""
+    w = np.arange(2 * 3 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 3) / 50
+    proto = _then_flatten(single_op("Conv", (1, 3, 5, 5), inits=[("w", w)], kernel_shape=[3, 3]))
+    tensor = proto.graph.initializer[0]
+    raw = tensor.raw_data
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(len(raw) if length is None else length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    _save(proto, path)
+    return raw if data is None else data, w
+
+
+def test_external_data_inside_the_folder_is_read(tmp_path):
+    raw, w = _external(tmp_path / "m.onnx", "weights/w.bin", offset=8)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "w.bin").write_bytes(b"\0" * 8 + raw)
+    m = fastalex.load_onnx(tmp_path / "m.onnx")
+    np.testing.assert_array_equal(m.state_dict()["y.weight"], w)
+
+
+@pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink", "short", "length", "missing"])
+def test_external_data_outside_the_folder_or_wrong_size_is_refused(tmp_path, case):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    outside = tmp_path / "secret.bin"
+    raw, _ = _external(folder / "m.onnx", "w.bin")
+    outside.write_bytes(raw)
+    location, length, message = "w.bin", None, None
+    if case == "dotdot":
+        location, message = "../secret.bin", "relative path inside"
+    elif case == "absolute":
+        location, message = str(outside), "relative path inside"
+    elif case == "symlink":
+        os.symlink(outside, folder / "link.bin")
+        location, message = "link.bin", "outside the model's folder"
+    elif case == "short":
+        (folder / "w.bin").write_bytes(raw[:-4])
+        message = "too short"
+    elif case == "length":
+        (folder / "w.bin").write_bytes(raw)
+        length, message = len(raw) - 4, "does not match"
+    else:
+        message = "not a file"
+    _external(folder / "m.onnx", location, length=length)
+    with pytest.raises(OnnxError, match=message) as info:
+        fastalex.load_onnx(folder / "m.onnx")
+    assert str(folder / "m.onnx") in str(info.value)
+
+
+def test_missing_onnx_package_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"pip install 'fastalex\[onnx\]'"):
+        fastalex.load_onnx(ONNX_DIR / "caffe_alexnet.onnx")
+
+
+# ----------------------------------------------------------------------------- full size (optional)
+
+full_size = pytest.mark.skipif(os.environ.get("FASTALEX_FULL_SIZE") != "1",
+                               reason="full-size ONNX models: set FASTALEX_FULL_SIZE=1")
+
+
+def _ort_run(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@full_size
+def test_full_size_caffe_alexnet_matches_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    path = _save(caffe_alexnet(seed=5), tmp_path / "bvlcalexnet_like.onnx")
+    x = np.random.default_rng(5).uniform(-30, 30, (1, 3, 224, 224)).astype(np.float32)
+    proto = onnx.load(str(path))
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("fc8_1", onnx.TensorProto.FLOAT, None))
+    logits_path = _save(proto, tmp_path / "with_logits.onnx")
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(logits_path), providers=["CPUExecutionProvider"])
+    probs, logits = session.run(None, {"data_0": x})
+    m = fastalex.load_onnx(path, preprocess="caffe")
+    assert m.num_params == 60_965_224
+    for backend in ("numpy", "numba"):
+        m.backend = backend
+        assert_agree(m.extract(x, "fc8_1")["fc8_1"], logits, f"full-size logits on {backend}")
+        assert_agree(m(x), probs, f"full-size probabilities on {backend}")
+
+
+@full_size
+def test_full_size_torchvision_export_matches_onnxruntime(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_fixtures import torch_model
+    from fastalex.models import torchvision_spec
+    torch.manual_seed(0)
+    net = torch_model(torchvision_spec())
+    path = tmp_path / "alexnet.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 224, 224),), str(path), opset_version=17, dynamo=False)
+    x = np.random.default_rng(6).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    ref = _ort_run(path, x)
+    m = fastalex.load_onnx(path)
+    for backend in ("numpy", "numba"):
+        m.backend = backend
+        assert_agree(m(x), ref, f"torchvision AlexNet via ONNX on {backend}")
