@@ -93,6 +93,7 @@ def _add_model_options(p):
                    help="images per forward pass, and per task on a cluster (default 16)")
     p.add_argument("--backend", choices=_backends(), default=None,
                    help="compute backend (default: numba, or $FASTALEX_BACKEND)")
+    _add_weight_dtype(p)
 
 
 def _add_run_options(p):
@@ -104,6 +105,14 @@ def _add_run_options(p):
     d.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on the Dask cluster of this scheduler, e.g. tcp://host:8786 (needs fastalex[dask])")
     p.add_argument("--timings", action="store_true", help="print where the time went on stderr")
+
+
+def _add_weight_dtype(p):
+    from .lowp import WEIGHT_DTYPES
+    p.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="float32",
+                   help="storage of the dense layers' weights: float32 (default), bfloat16 (half the "
+                        "bytes, faster at small batches) or int8 (per-channel scales); convolutions "
+                        "stay float32")
 
 
 def _presets():
@@ -185,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=_backends() + ["all"], default="all", help="backend(s) to time (default all)")
     p.add_argument("--repeat", type=_positive_int, default=5, metavar="N", help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
+    _add_weight_dtype(p)
     p.add_argument("--peers", choices=["auto", "none"], default="auto",
                    help="auto (default): also time PyTorch and ONNX Runtime on the same model, weights, "
                         "input and number of threads, when they are installed; none: only fastalex")
@@ -262,11 +272,12 @@ def load_model(args):
     """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend."""
     from .models import WeightsMismatchError, alexnet
     from .weights import WeightsUnavailableError
+    weight_dtype = getattr(args, "weight_dtype", "float32")  # commands without --weight-dtype
     if not args.random_weights and is_onnx(args.weights):  # an .onnx file brings its architecture
-        return load_onnx_model(args)
+        return load_onnx_model(args).set_weight_dtype(weight_dtype)
     if args.random_weights:
         model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
-                        backend=args.backend, seed=0)
+                        backend=args.backend, seed=0, weight_dtype=weight_dtype)
         _err("WARNING: --random-weights: the model has random weights; its predictions and labels "
              "are MEANINGLESS (use this only to test the pipeline)")
         return model
@@ -277,7 +288,7 @@ def load_model(args):
         if args.num_classes not in (None, 1000):
             raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
         try:
-            return alexnet("torchvision", weights="imagenet", backend=args.backend)
+            return alexnet("torchvision", weights="imagenet", backend=args.backend, weight_dtype=weight_dtype)
         except WeightsUnavailableError as exc:
             raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: "
                              f"{_cli_message(exc)} {_HOW_TO_CLI}") from None
@@ -286,8 +297,10 @@ def load_model(args):
 
 def _model_from_state(args, state):
     from .models import WeightsMismatchError, alexnet
+    weight_dtype = getattr(args, "weight_dtype", "float32")
     try:
-        return alexnet(args.variant, num_classes=args.num_classes, weights=state, backend=args.backend)
+        return alexnet(args.variant, num_classes=args.num_classes, weights=state, backend=args.backend,
+                       weight_dtype=weight_dtype)
     except WeightsMismatchError as exc:
         if exc.fits is None:
             raise UsageError(f"weights file {args.weights} does not fit any AlexNet variant ({exc.detail})") from None
@@ -322,6 +335,7 @@ def model_recipe(args):
     recipe = _model_recipe(args)
     from .backends import get_backend_name
     recipe["backend"] = args.backend or get_backend_name()
+    recipe["weight_dtype"] = getattr(args, "weight_dtype", "float32")
     if getattr(args, "preprocess", None):
         from .images import preprocess_preset
         recipe["preprocess"] = preprocess_preset(args.preprocess, crop=recipe["spec"]["input_shape"][1])
@@ -640,11 +654,12 @@ def cmd_bench(args):
     if args.weights is not None:
         if not is_onnx(args.weights):
             raise UsageError(f"bench --weights takes an .onnx model, got {args.weights}")
-        model, title = load_onnx_model(args), args.weights
+        model, title = load_onnx_model(args).set_weight_dtype(args.weight_dtype), args.weights
     else:
-        model, title = alexnet(args.variant or "torchvision"), f"AlexNet ({args.variant or 'torchvision'})"
+        variant = args.variant or "torchvision"
+        model, title = alexnet(variant, weight_dtype=args.weight_dtype), f"AlexNet ({variant})"
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
-    print(f"{title}, batch {args.batch_size} x {model.input_shape}, "
+    print(f"{title}, batch {args.batch_size} x {model.input_shape}, {args.weight_dtype} dense weights, "
           f"median and min of {args.repeat} runs after {args.warmup} warm-up")
     header = (f"{'engine':<12} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
               f"  {'vs numba':>8}")

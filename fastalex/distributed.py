@@ -60,7 +60,8 @@ def require_dask():
 # ----------------------------------------------------------------------------- recipes
 
 def recipe_of(model) -> dict:
-    """How a worker builds ``model``: ``{"spec", "seed", "weights", "backend", "preprocess"}``.
+    """How a worker builds ``model``: ``{"spec", "seed", "weights", "backend", "preprocess",
+    "weight_dtype"}``.
 
     ``model`` may be a :class:`~fastalex.Model` made by :func:`~fastalex.alexnet` or
     :func:`~fastalex.build` (they remember their spec, seed and weights file), a recipe dict
@@ -80,7 +81,9 @@ def recipe_of(model) -> dict:
                              "load it themselves; save them (fastalex.save_weights) to a path or URL the "
                              "workers can read and pass alexnet(variant, weights=that_path)")
         raise TypeError(f"client=: model must be a fastalex Model or None, got {type(model).__name__}")
-    return {**recipe, "backend": model.backend, "preprocess": dict(model.preprocess)}
+    dense = [layer for _, layer in model.named_layers() if hasattr(layer, "weight_dtype")]
+    return {**recipe, "backend": model.backend, "preprocess": dict(model.preprocess),
+            "weight_dtype": dense[0].weight_dtype if dense else "float32"}
 
 
 def _key(recipe):
@@ -93,7 +96,7 @@ def _key(recipe):
     except OSError:
         stamp = None
     return (str(weights), stamp, repr(recipe["spec"]), recipe.get("seed"), recipe.get("backend"),
-            repr(recipe.get("preprocess")))
+            repr(recipe.get("preprocess")), recipe.get("weight_dtype"))
 
 
 _MODELS: dict = {}
@@ -138,6 +141,8 @@ def _build(recipe):
             model.load_state_dict(state)
         if recipe.get("preprocess"):  # e.g. --preprocess caffe
             model.preprocess = dict(recipe["preprocess"])
+        if recipe.get("weight_dtype", "float32") != "float32":  # e.g. --weight-dtype bfloat16
+            model.set_weight_dtype(recipe["weight_dtype"])
         return model
     except Exception as exc:
         reason = str(exc) or type(exc).__name__

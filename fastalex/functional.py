@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .backends import get_backend, get_backend_name
+from .lowp import LowpWeight
 from .shapes import padding_sides, pool_output_size
 
 __all__ = [
@@ -375,7 +376,12 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, backend=None):
 # ----------------------------------------------------------------------------- dense and friends
 
 def linear(x, weight, bias=None, activation=None, backend=None):
-    """``x @ weight.T + bias`` with ``weight`` of shape ``(out, in)``; ``x`` is ``(N, in)`` or ``(in,)``."""
+    """``x @ weight.T + bias`` with ``weight`` of shape ``(out, in)``; ``x`` is ``(N, in)`` or ``(in,)``.
+
+    ``weight`` is a float32 array, or a :class:`fastalex.lowp.LowpWeight` (bfloat16 or int8
+    storage, see :func:`fastalex.lowp.pack`): it is then widened inside the product, which
+    accumulates in float32.
+    """
     op = "linear"
     x = _as_float32(x, op)
     squeezed = x.ndim == 1
@@ -384,14 +390,17 @@ def linear(x, weight, bias=None, activation=None, backend=None):
     if x.ndim != 2:
         raise ValueError(f"{op}: input must be (N, in_features) or (in_features,), got shape "
                          f"{_shape(x)} (flatten it first)")
-    weight = _as_float32(weight, op, "weight")
+    lowp = isinstance(weight, LowpWeight)
+    if not lowp:
+        weight = _as_float32(weight, op, "weight")
     if weight.ndim != 2:
         raise ValueError(f"{op}: weight must be (out_features, in_features), got {_shape(weight)}")
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: input has {x.shape[1]} features but weight {_shape(weight)} "
                          f"expects {weight.shape[1]}; input {_shape(x)}")
     bias = _bias(bias, weight.shape[0], op)
-    y = get_backend(backend).linear(x, weight, bias, _activation(activation, op))
+    impl = get_backend(backend)
+    y = (impl.linear_lowp if lowp else impl.linear)(x, weight, bias, _activation(activation, op))
     return y[0] if squeezed else y
 
 

@@ -10,6 +10,8 @@ Shapes given to ``output_shape`` / ``macs`` are per-sample, without the batch ax
 
 Parameters are float32 numpy arrays in torch's layouts; setting one checks its shape and
 rejects NaN/inf once, at assignment, instead of on every call.
+``Dense`` may store its weight in bfloat16 or int8 (``weight_dtype``, see
+:mod:`fastalex.lowp`); its ``weight`` attribute still reads and writes float32.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import numpy as np
 
 from . import functional as F
+from .lowp import check_weight_dtype, pack
 from .shapes import conv_output_size, padding_sides
 
 __all__ = [
@@ -200,18 +203,56 @@ class Conv2D(_Parametric):
 
 
 class Dense(_Parametric):
-    """Fully connected layer, ``y = x @ W.T + b``, weight ``(out, in)``."""
+    """Fully connected layer, ``y = x @ W.T + b``, weight ``(out, in)``.
+
+    ``weight_dtype`` is how the weight is stored: ``"float32"`` (default), ``"bfloat16"`` or
+    ``"int8"`` (per-output-channel scales), see :mod:`fastalex.lowp`. The weight is converted
+    once, whenever it is assigned (rounded to nearest even for bfloat16); the product widens it
+    and accumulates in float32. ``layer.weight`` is always a float32 ``(out, in)`` array (for
+    low-precision storage a widened copy: what the layer computes with), so ``state_dict()``
+    and saved weights stay float32; ``layer.stored_weight`` is what is kept and used.
+    """
 
     def __init__(self, in_features, out_features, bias=True, activation=None, weight=None,
-                 bias_value=None, rng=0):
+                 bias_value=None, rng=0, weight_dtype="float32"):
         super().__init__()
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         self.weight_shape = (out_features, in_features)
+        self._weight_dtype = "float32"
         self._init_params(weight, bias_value, bias, in_features, rng)
+        self.set_weight_dtype(weight_dtype)
+
+    @property
+    def weight(self):
+        stored = self.stored_weight
+        return stored if isinstance(stored, np.ndarray) else stored.to_float32()
+
+    @weight.setter
+    def weight(self, value):  # reached through _set_param / load_state_dict: value is checked float32
+        object.__setattr__(self, "stored_weight", pack(value, self._weight_dtype))
+
+    @property
+    def weight_dtype(self) -> str:
+        return self._weight_dtype
+
+    def set_weight_dtype(self, dtype):
+        """Store the weight as ``dtype`` from now on (converting the current one). Converting
+        a bfloat16/int8 weight starts from its widened values: precision lost stays lost."""
+        dtype = check_weight_dtype(dtype, "Dense")
+        if dtype != self._weight_dtype:
+            weight = self.weight
+            self._weight_dtype = dtype
+            self.weight = weight
+        return self
+
+    @property
+    def num_params(self) -> int:
+        return self.in_features * self.out_features + (0 if self.bias is None else self.bias.size)
 
     def forward(self, x, activation=None):
         """``activation`` (None or ``"relu"``) is applied on top of the layer's own, fused."""
-        return F.linear(x, self.weight, self.bias, activation or self.activation, backend=self.backend)
+        return F.linear(x, self.stored_weight, self.bias, activation or self.activation,
+                        backend=self.backend)
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):
@@ -224,7 +265,9 @@ class Dense(_Parametric):
 
     def extra_repr(self):
         s = f"{self.in_features}, {self.out_features}"
-        return s + (f", activation={self.activation!r}" if self.activation else "")
+        if self.activation:
+            s += f", activation={self.activation!r}"
+        return s + (f", weight_dtype={self._weight_dtype!r}" if self._weight_dtype != "float32" else "")
 
 
 class _Pool(Layer):

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import functional as F
 from . import layers as L
+from .lowp import check_weight_dtype
 
 __all__ = ["Sequential", "Model", "build", "alexnet", "detect_variant", "param_shapes",
            "WeightsMismatchError", "VARIANTS", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -199,7 +200,8 @@ class Sequential(L.Layer):
 
     # -- weights
     def state_dict(self) -> dict[str, np.ndarray]:
-        """``{"features.0.weight": array, ...}`` in torch's key names and layouts (no copies)."""
+        """``{"features.0.weight": array, ...}`` in torch's key names and layouts, float32 (no
+        copies, except widened ones of bfloat16/int8 dense weights)."""
         return {f"{name}.{p}": arr for name, layer in self.named_layers()
                 for p, arr in layer.parameters().items()}
 
@@ -233,6 +235,22 @@ class Sequential(L.Layer):
         for layer, p, arr in staged:  # shapes and values are checked above: assign directly
             object.__setattr__(layer, p, arr)
         return result
+
+    # -- storage of the dense weights
+    @property
+    def weight_dtype(self) -> str:
+        """How the dense layers store their weights (``"mixed"`` if they differ)."""
+        kinds = {layer.weight_dtype for _, layer in self.named_layers() if isinstance(layer, L.Dense)}
+        return kinds.pop() if len(kinds) == 1 else ("float32" if not kinds else "mixed")
+
+    def set_weight_dtype(self, dtype):
+        """Store every dense layer's weight as ``dtype`` (``"float32"``, ``"bfloat16"``,
+        ``"int8"``, see :mod:`fastalex.lowp`); convolutions stay float32. Returns ``self``."""
+        check_weight_dtype(dtype, "set_weight_dtype")
+        for _, layer in self.named_layers():
+            if isinstance(layer, L.Dense):
+                layer.set_weight_dtype(dtype)
+        return self
 
     def extra_repr(self):
         return ", ".join(name for name, _ in self.children)
@@ -294,7 +312,7 @@ def _build_children(entries, rng):
 class Model(Sequential):
     """A :class:`Sequential` built from a spec, with prediction, a summary and preprocessing info."""
 
-    def __init__(self, spec, seed=0, backend=None):
+    def __init__(self, spec, seed=0, backend=None, weight_dtype="float32"):
         # seed=None: zero placeholders for weights that are about to be loaded (no 1 s of RNG)
         rng = None if seed is None else np.random.default_rng(seed)
         super().__init__(_build_children(spec["layers"], rng))
@@ -304,6 +322,7 @@ class Model(Sequential):
         self.preprocess = dict(spec.get("preprocess", {}))
         self.backend = backend
         self.num_classes = self.output_shape(self.input_shape)[0]
+        self.set_weight_dtype(weight_dtype)
         #: how to build this model again elsewhere (a Dask worker): spec, seed and weights
         #: source; None once its weights came from arrays (see fastalex.distributed.recipe_of)
         self.recipe = None if seed is None else {"spec": spec, "seed": seed, "weights": None}
@@ -422,8 +441,12 @@ class Model(Sequential):
         lines += [fmt.format(*b) for b in body]
         lines += [rule,
                   f"Total params: {total_params:,} ({total_params * 4 / 2**20:.1f} MiB as float32)",
-                  f"Total MACs:   {total_macs:,} ({total_macs / 1e9:.2f} G per image)",
-                  rule]
+                  f"Total MACs:   {total_macs:,} ({total_macs / 1e9:.2f} G per image)"]
+        dense = [r["layer"] for r in rows if isinstance(r["layer"], L.Dense)]
+        if any(d.weight_dtype != "float32" for d in dense):
+            stored = sum(d.stored_weight.nbytes for d in dense)
+            lines.append(f"Dense weights: {self.weight_dtype} ({stored / 2**20:.1f} MiB stored)")
+        lines.append(rule)
         lines += self._plan_lines()
         return "\n".join(lines)
 
@@ -447,9 +470,9 @@ class Model(Sequential):
         return self.variant
 
 
-def build(spec, seed=0, backend=None) -> Model:
+def build(spec, seed=0, backend=None, weight_dtype="float32") -> Model:
     """A :class:`Model` from a spec dict (see :func:`original_spec` for the format)."""
-    return Model(spec, seed=seed, backend=backend)
+    return Model(spec, seed=seed, backend=backend, weight_dtype=weight_dtype)
 
 
 class WeightsMismatchError(ValueError):
@@ -505,14 +528,18 @@ def _describe_weights(weights) -> str:
     return "the state dict"
 
 
-def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0) -> Model:
+def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
+            weight_dtype="float32") -> Model:
     """An AlexNet.
 
     ``variant``: ``"original"`` (the 2012 paper: LRN, groups, 227x227) or ``"torchvision"``
     (224x224, the published ImageNet weights). ``weights``: None (He-normal init from ``seed``),
     ``"imagenet"`` (torchvision's published weights, :data:`fastalex.weights.IMAGENET1K_V1`,
     downloaded once and cached), a path to a ``.npz``/``.pth`` file, or a state dict.
-    ``backend``: ``"numba"``, ``"numpy"`` or None (the process default).
+    ``backend``: ``"numba"``, ``"numpy"`` or None (the process default). ``weight_dtype``: how
+    the dense layers store their weights, ``"float32"`` (default), ``"bfloat16"`` or ``"int8"``
+    (per-output-channel scales); they are converted once, after loading, and the convolutions
+    stay float32 (see :mod:`fastalex.lowp`).
 
     ``variant`` and ``num_classes`` default to what the weights fit (read from their keys and
     shapes: :func:`detect_variant`); without weights, to ``"original"`` and 1000. Naming a
@@ -525,8 +552,10 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0) 
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
         raise ValueError(f"alexnet: num_classes must be a positive int, got {num_classes!r}")
+    check_weight_dtype(weight_dtype, "alexnet")
     if weights is None:
-        return Model(VARIANTS[variant or "original"](num_classes or 1000), seed=seed, backend=backend)
+        return Model(VARIANTS[variant or "original"](num_classes or 1000), seed=seed, backend=backend,
+                     weight_dtype=weight_dtype)
     from .weights import published_weights, resolve_weights
     meta = published_weights(weights)
     if meta is not None:
@@ -544,7 +573,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0) 
             raise WeightsMismatchError(
                 f"alexnet: {source} does not fit any AlexNet variant ({', '.join(map(repr, VARIANTS))}); "
                 f"against the {target!r} one: {exc}", source, detail=f"against the {target} AlexNet: {exc}") from None
-        return model
+        return model.set_weight_dtype(weight_dtype)
     fit_variant, fit_classes = fits
     if variant is not None and variant != fit_variant:
         raise WeightsMismatchError(
@@ -561,4 +590,4 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0) 
         where = os.fspath(weights)
         model.recipe = {"spec": model.spec, "seed": None,
                         "weights": where if "://" in where else os.path.abspath(where)}
-    return model
+    return model.set_weight_dtype(weight_dtype)

@@ -305,3 +305,46 @@ def test_variant_is_inferred_from_the_weights():
         state = {k: np.zeros(shape, np.float32) for k, shape in param_shapes(variant, 10).items()}
         assert detect_variant(state) == (variant, 10)
     assert detect_variant({"fc.weight": np.zeros((2, 2))}) is None
+
+
+def test_weight_dtype_on_classify_and_bench(env, photos, weights7):
+    w = weights7 / "seven.npz"
+    probs = {}
+    for dtype in ("float32", "bfloat16", "int8"):
+        proc = run(env, "classify", photos / "exif.jpg", photos / "gray.png", "--weights", w, "--json",
+                   "--top", "7", "--weight-dtype", dtype)
+        assert proc.returncode == 0, proc.stderr
+        objs = [json.loads(line) for line in proc.stdout.splitlines()]
+        probs[dtype] = np.array([[t["probability"] for t in sorted(o["top"], key=lambda t: t["index"])]
+                                 for o in objs])
+    for dtype in ("bfloat16", "int8"):  # same model, lighter dense weights: nearly the same answer
+        assert np.abs(probs[dtype] - probs["float32"]).max() < 0.02, (dtype, probs)
+
+    proc = run(env, "classify", photos / "gray.png", "--random-weights", "--weight-dtype", "fp16")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "invalid choice: 'fp16'" in proc.stderr and "'float32', 'bfloat16', 'int8'" in proc.stderr
+
+    proc = run(env, "bench", "--backend", "numpy", "--repeat", "1", "--warmup", "0", "--batch-size", "1",
+               "--peers", "none", "--weight-dtype", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    assert "bfloat16 dense weights" in proc.stdout
+    assert re.search(r"^numpy +\d+\.\d+ s", proc.stdout, re.M), proc.stdout
+    proc = run(env, "bench", "--weight-dtype", "int4")
+    assert proc.returncode == 2 and "invalid choice: 'int4'" in proc.stderr
+
+
+def test_weight_dtype_with_an_onnx_model(env, photos):
+    pytest.importorskip("onnx")
+    from fixture_specs import FIXTURES
+    caffe = FIXTURES / "onnx" / "caffe_alexnet.onnx"
+    probs = {}
+    for dtype in ("float32", "int8"):
+        proc = run(env, "classify", photos / "exif.jpg", "--weights", caffe, "--json", "--top", "3",
+                   "--weight-dtype", dtype)
+        assert proc.returncode == 0, proc.stderr
+        probs[dtype] = {t["index"]: t["probability"] for t in json.loads(proc.stdout)["top"]}
+    assert probs["int8"].keys() == probs["float32"].keys()
+    proc = run(env, "bench", "--weights", caffe, "--backend", "numpy", "--repeat", "1", "--warmup", "0",
+               "--batch-size", "1", "--weight-dtype", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    assert "caffe_alexnet.onnx, batch 1 x (3, 224, 224), bfloat16 dense weights" in proc.stdout

@@ -10,6 +10,7 @@ passed back to ``conv2d`` as ``plan``)
 ``adaptive_avg_pool2d(x, output_size)``
 ``local_response_norm(x, size, alpha, beta, k)``
 ``linear(x, weight, bias, relu)``
+``linear_lowp(x, weight, bias, relu)`` (``weight`` a :class:`fastalex.lowp.LowpWeight`)
 ``relu(x)``
 
 They receive validated input only: C-contiguous float32 arrays (NCHW for images, ``(N, F)``

@@ -24,7 +24,9 @@ valid input and only do arithmetic, float32 throughout (LRN's running sum is flo
   add and one subtract per channel instead of ``size`` adds) and uses ``1/sqrt(d*sqrt(d))``
   for ``d**0.75``.
 * **Dense** layers are one sgemm/sgemv on ``weight.T`` (a view: the 230 MB of AlexNet's
-  dense weights are never copied).
+  dense weights are never copied). With a bfloat16 or int8 weight
+  (:class:`fastalex.lowp.LowpWeight`) a fused kernel widens it in registers inside the
+  product (:mod:`fastalex.backends._dense_lowp`).
 
 Threads
 -------
@@ -51,6 +53,7 @@ from numba import njit, prange, uint64
 
 from ..shapes import conv_output_size, pool_output_size
 from . import _winograd
+from ._dense_lowp import linear_lowp_kernel
 
 NAME = "numba"
 
@@ -439,6 +442,14 @@ def linear(x, weight, bias, relu):
         y += bias
     if relu:
         np.maximum(y, np.float32(0.0), out=y)
+    return y
+
+
+def linear_lowp(x, weight, bias, relu):
+    y = np.empty((x.shape[0], weight.shape[0]), np.float32)
+    scale = weight.scale if weight.scale is not None else np.ones(weight.shape[0], np.float32)
+    _launch(linear_lowp_kernel, _writable(x), _writable(weight.data), scale,
+            _NO_BIAS if bias is None else _writable(bias), bool(relu), y)
     return y
 
 

@@ -136,6 +136,12 @@ def linear(x, weight, bias, relu):
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
+def linear_lowp(x, weight, bias, relu):
+    """:func:`linear` with a bfloat16/int8 weight (:class:`fastalex.lowp.LowpWeight`): widen it
+    to float32 (exactly: ``bits << 16``, or ``scale[:, None] * q``), then the float32 product."""
+    return linear(x, weight.to_float32(), bias, relu)
+
+
 def relu(x):
     """``max(x, 0)``."""
     return np.maximum(x, np.float32(0.0))
