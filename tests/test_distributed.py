@@ -129,6 +129,15 @@ def test_preprocessing_travels_with_the_recipe(photos, model, client):
     assert not np.allclose(default, local)  # the preset made a difference
 
 
+def test_dense_weight_dtype_travels_with_the_recipe(photos, model, client):
+    low = build(model.spec, seed=5, backend="numpy").set_weight_dtype("bfloat16")
+    assert recipe_of(low)["weight_dtype"] == "bfloat16"
+    files = sorted(str(p) for p in photos.glob("p*.jpg"))[:4]
+    local = [e.vector for e in fastalex.embed(files, model=low, layer="fc7")]
+    remote = [e.vector for e in fastalex.embed(files, model=low, layer="fc7", client=client)]
+    assert_agree(np.stack(remote), np.stack(local), "bfloat16 dense weights on workers")
+
+
 def test_recipes_and_inputs_the_workers_cannot_use(model, client):
     assert recipe_of(model)["spec"] is model.spec and recipe_of(model)["weights"] is None
     loaded = build(reduced_spec("torchvision"), seed=None)
