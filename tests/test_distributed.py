@@ -219,7 +219,7 @@ def test_cli_workers_and_resume_after_interruptions(tmp_path, env):
     interrupted again with SIGINT (Ctrl-C: exit 130), then resumed to the end: the result
     equals a one-process run. ``classify --workers 2`` prints what one process prints.
     (The full-size AlexNet with random weights: a few small images only.)"""
-    n = 16
+    n = 32  # enough that the run is still going when the signal arrives, even on an idle machine
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(3)
