@@ -53,6 +53,9 @@ def layer_table(benchmarks) -> str:
     return "\n".join(out)
 
 
+ORDER = ["numba", "numba-bfloat16", "numba-int8", "numpy", "torch", "onnxruntime"]
+
+
 def model_table(benchmarks) -> str:
     rows = defaultdict(dict)
     for b in benchmarks:
@@ -60,8 +63,8 @@ def model_table(benchmarks) -> str:
         if "variant" in info and "impl" in info and b.get("group", "").startswith("model"):
             rows[(info["variant"], info["batch"])][info["impl"]] = b
     impls = sorted({i for r in rows.values() for i in r},
-                   key=lambda i: ["numba", "numba-bfloat16", "numba-int8", "numpy", "torch", "onnxruntime"].index(i)
-                   if i in ("numba", "numba-bfloat16", "numba-int8", "numpy", "torch", "onnxruntime") else 99)
+                   key=lambda i: ORDER.index(i)
+                   if i in ORDER else 99)
     ratios = [i for i in impls if i.startswith("numba")]
     head = "| model | batch | " + " | ".join(impls) + " | " + " | ".join(f"{i}/ORT" for i in ratios) + " |"
     out = [head, "|" + "---|" * (2 + len(impls) + len(ratios))]

@@ -19,7 +19,11 @@ from fastalex.peers import onnx_session, torch_model
 
 VARIANTS = ("original", "torchvision")
 BATCHES = (1, 16)
-IMPLS = ("numba", "numpy", "torch", "onnxruntime")
+# numba-<dtype>: the fast path with its dense layers' weights stored in that dtype (widened /
+# dequantized inside the product); its logits must stay within 1e-2 (bfloat16) or 5e-2 (int8)
+# of max|logit| of the float32 reference, instead of the float32 agreement tolerance.
+IMPLS = ("numba", "numba-bfloat16", "numba-int8", "numpy", "torch", "onnxruntime")
+LOWP_CLOSENESS = {"bfloat16": 1e-2, "int8": 5e-2}
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,7 +54,16 @@ def _threads():
 
 
 @functools.lru_cache(maxsize=None)
+def lowp_model(variant, dtype):
+    m = fastalex.alexnet(variant, seed=0, weight_dtype=dtype)
+    m.backend = "numba"
+    return m
+
+
+@functools.lru_cache(maxsize=None)
 def implementation(variant, impl):
+    if impl.startswith("numba-"):
+        return lowp_model(variant, impl.split("-", 1)[1])
     m = model(variant)
     if impl in ("numba", "numpy"):
         def run(x):
@@ -75,7 +88,12 @@ def test_forward(benchmark, assert_agree, variant, n, impl):
             pytest.importorskip("onnx")
     run = implementation(variant, impl)
     x = batch(variant, n)
-    assert_agree(run(x), reference(variant, n), f"{variant} batch={n} {impl} vs numpy")
+    if impl.startswith("numba-"):
+        ref = reference(variant, n)
+        err = float(np.abs(run(x) - ref).max() / np.abs(ref).max())
+        assert err <= LOWP_CLOSENESS[impl.split("-", 1)[1]], f"{variant} batch={n} {impl}: {err:.2e} of max|logit|"
+    else:
+        assert_agree(run(x), reference(variant, n), f"{variant} batch={n} {impl} vs numpy")
     benchmark.group = f"model {variant} batch={n}"
     benchmark.extra_info.update(variant=variant, batch=n, impl=impl)
     if impl == "numpy" and n > 1:

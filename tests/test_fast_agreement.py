@@ -231,3 +231,13 @@ def test_one_compiled_version_per_kernel():
     counts = {k.__name__: len(k.signatures) for k in kernels}
     assert all(n <= 1 for n in counts.values()), counts  # _bias_relu (batch-1 path) may be unused here
     assert counts["_im2col"] == counts["_scatter_bias_relu"] == counts["_lrn"] == counts["_max_pool"] == 1
+
+
+@pytest.mark.parametrize("N", [2, 5, 16])
+def test_batched_linear_uses_the_tiled_kernel_and_agrees(N):
+    """Batches of 2+ run the register-tiled dense kernel (read-only weights stay with BLAS)."""
+    x, w, b = _array(30, (N, 300)), _array(31, (37, 300)), _array(32, (37,))
+    assert_agree(*both("linear", x, w, b, "relu"), f"linear batch {N}")
+    ro = w.copy()
+    ro.flags.writeable = False
+    assert_agree(*both("linear", x, ro, None), f"linear batch {N}, read-only weight")
