@@ -25,7 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+import fastalex
 import fastalex.functional as F
+
+# Numba's workqueue layer, as the fastalex command runs (the library leaves the choice to Numba).
+fastalex.configure_threads()
 
 BACKENDS = ("numba", "numpy")
 PEERS = ("torch",)

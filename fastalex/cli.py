@@ -755,6 +755,8 @@ def main(argv=None) -> int:
                 get_backend_name()
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
+        from .backends import configure_threads
+        configure_threads()  # Numba's fork-safe workqueue layer, unless NUMBA_THREADING_LAYER says otherwise
         status = args.func(args)
         sys.stdout.flush()
         return status

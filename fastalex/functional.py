@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends import get_backend, get_backend_name
 from .lowp import LowpWeight
-from .shapes import padding_sides, pool_output_size
+from .shapes import INT64_MAX, check_allocatable, conv_output_size, padding_sides, pool_output_size
 
 __all__ = [
     "pad", "conv2d", "prepare_conv2d", "ConvPlan", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
@@ -63,7 +63,7 @@ def _unbatch(y, squeezed):
 
 
 def _pair(value, op, name, minimum):
-    """Normalize an int or a pair of ints to a pair, checking ``>= minimum``."""
+    """Normalize an int or a pair of ints to a pair, checking ``minimum <= v <= 2**63 - 1``."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         pair = (int(value), int(value))
     elif (isinstance(value, (tuple, list)) and len(value) == 2
@@ -74,23 +74,42 @@ def _pair(value, op, name, minimum):
     if min(pair) < minimum:
         rule = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{op}: {name} must be {rule}, got {value!r}")
+    if max(pair) > INT64_MAX:
+        raise ValueError(f"{op}: {name} must be at most 2**63 - 1, got {value!r}")
     return pair
 
 
-def _padding(value, op, name="padding"):
-    """An int, an ``(h, w)`` pair or a 4-tuple ``(left, right, top, bottom)`` (``pad``'s order),
-    non-negative, normalized to a pair or a 4-tuple of ints."""
+def check_int(value, op, name, minimum=1):
+    """A Python int checked ``minimum <= value <= 2**63 - 1`` (``minimum=None``: no lower bound)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        rule = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{op}: {name} must be {rule}, got {value!r}")
+    if value > INT64_MAX:
+        raise ValueError(f"{op}: {name} must be at most 2**63 - 1, got {value!r}")
+    return int(value)
+
+
+def check_padding(value, op, name="padding"):
+    """An int, an ``(h, w)`` pair or a 4-tuple ``(left, right, top, bottom)`` (:func:`pad`'s
+    order), each ``0 <= v <= 2**63 - 1``, normalized to a pair or a 4-tuple of ints."""
     if (isinstance(value, (tuple, list)) and len(value) == 4
             and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
         sides = tuple(int(v) for v in value)
         if min(sides) < 0:
             raise ValueError(f"{op}: {name} must be non-negative, got {value!r}")
+        if max(sides) > INT64_MAX:
+            raise ValueError(f"{op}: {name} must be at most 2**63 - 1, got {value!r}")
         return sides
     try:
         return _pair(value, op, name, 0)
     except TypeError:
         raise TypeError(f"{op}: {name} must be an int, a pair of ints or a 4-tuple "
                         f"(left, right, top, bottom), got {value!r}") from None
+
+
+_padding = check_padding
 
 
 def _split_padding(padding):
@@ -108,6 +127,10 @@ def _activation(activation, op):
     return activation == "relu"
 
 
+# the layers' constructors use these too (see "hyper-parameters" below)
+check_pair, check_activation = _pair, _activation
+
+
 def _bias(bias, out_features, op):
     if bias is None:
         return None
@@ -116,6 +139,73 @@ def _bias(bias, out_features, op):
         raise ValueError(f"{op}: bias must have shape ({out_features},) to match the weight, "
                          f"got {_shape(bias)}")
     return bias
+
+
+# ----------------------------------------------------------------------------- hyper-parameters
+# The checks of the ops' hyper-parameters, in one place: the ops below and the layers'
+# constructors (fastalex.layers) call these, so a bad layer fails when it is built, with the
+# message the functional call would give.
+
+def check_conv_args(stride=1, padding=0, dilation=1, groups=1, activation=None, op="conv2d"):
+    """``(stride, padding, dilation, groups, relu)`` checked and normalized: pairs of ints
+    (stride and dilation positive), ``padding`` a non-negative pair or 4-tuple
+    ``(left, right, top, bottom)`` (see :func:`check_padding`), ``groups`` a positive int,
+    ``activation`` None or ``"relu"`` (``relu`` is a bool)."""
+    return (_pair(stride, op, "stride", 1), check_padding(padding, op),
+            _pair(dilation, op, "dilation", 1), check_int(groups, op, "groups", 1),
+            _activation(activation, op))
+
+
+def check_groups(groups, in_channels, out_channels, op="conv2d", shapes=""):
+    """``groups`` must divide both channel counts (``shapes``: context for the message)."""
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"{op}: groups={groups} must divide both the input channels ({in_channels}) "
+                         f"and the output channels ({out_channels}){shapes}")
+
+
+def check_pool_args(kernel_size, stride=None, padding=0, op="max_pool2d"):
+    """``(kernel, stride, padding)`` of a max/avg pooling (``stride=None``: the kernel): kernel
+    and stride as pairs, padding as a pair or a 4-tuple ``(left, right, top, bottom)`` (see
+    :func:`check_padding`). An int/pair padding follows torch (at most half the kernel); a
+    4-tuple follows ONNX (each side smaller than the kernel)."""
+    kernel = _pair(kernel_size, op, "kernel_size", 1)
+    stride = kernel if stride is None else _pair(stride, op, "stride", 1)
+    padding = check_padding(padding, op)
+    if len(padding) == 2 and (padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2):
+        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
+    sides = padding_sides(padding)
+    if len(padding) == 4 and (max(sides[0]) >= kernel[0] or max(sides[1]) >= kernel[1]):
+        raise ValueError(f"{op}: padding {padding} (left, right, top, bottom) must be smaller than "
+                         f"the kernel size {kernel} on each side")
+    return kernel, stride, padding
+
+
+def check_output_size(output_size, op="adaptive_avg_pool2d"):
+    """An adaptive pooling's ``output_size`` as a pair of positive ints or None (None keeps
+    that side of the input)."""
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2 and None in output_size:
+        return tuple(None if s is None else _pair(s, op, "output_size", 1)[0] for s in output_size)
+    return _pair(output_size, op, "output_size", 1)
+
+
+def check_lrn_args(size, alpha=1e-4, beta=0.75, k=1.0, op="local_response_norm"):
+    """``(size, alpha, beta, k)``: a positive int and three finite floats."""
+    size = check_int(size, op, "size", 1)
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"{op}: {name} must be a number, got {value!r}")
+        if not np.isfinite(value):
+            raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
+    return size, float(alpha), float(beta), float(k)
+
+
+def check_dropout_p(p, op="dropout"):
+    """Dropout's ``p``: a number in ``[0, 1]``."""
+    if not isinstance(p, numbers.Real) or isinstance(p, bool):
+        raise TypeError(f"{op}: p must be a number between 0 and 1, got {p!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: p must be between 0 and 1, got {p!r}")
+    return float(p)
 
 
 # ----------------------------------------------------------------------------- padding
@@ -144,7 +234,9 @@ def pad(x, pad, mode="constant", value=0.0):
     before, after = [0] * x.ndim, [0] * x.ndim
     for i in range(len(pad) // 2):  # pairs from the last axis backwards
         before[x.ndim - 1 - i], after[x.ndim - 1 - i] = int(pad[2 * i]), int(pad[2 * i + 1])
-    out = np.full([n + b + a for n, b, a in zip(x.shape, before, after)], value, dtype=np.float32)
+    shape = [n + b + a for n, b, a in zip(x.shape, before, after)]
+    check_allocatable(op, shape)
+    out = np.full(shape, value, dtype=np.float32)
     out[tuple(slice(b, b + n) for b, n in zip(before, x.shape))] = x
     return out
 
@@ -177,10 +269,7 @@ def prepare_conv2d(weight, bias=None, stride=1, dilation=1, groups=1, backend=No
     if weight.ndim != 4 or min(weight.shape) < 1:
         raise ValueError(f"{op}: weight must be (out_channels, in_channels/groups, kh, kw), "
                          f"got shape {_shape(weight)}")
-    stride = _pair(stride, op, "stride", 1)
-    dilation = _pair(dilation, op, "dilation", 1)
-    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    stride, _, dilation, groups, _ = check_conv_args(stride, 0, dilation, groups, op=op)
     if weight.shape[0] % int(groups):
         raise ValueError(f"{op}: groups={groups} must divide the output channels of weight {_shape(weight)}")
     bias = _bias(bias, weight.shape[0], op)
@@ -208,18 +297,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     if weight.ndim != 4:
         raise ValueError(f"{op}: weight must be (out_channels, in_channels/groups, kh, kw), "
                          f"got shape {_shape(weight)}")
-    stride = _pair(stride, op, "stride", 1)
-    padding = _padding(padding, op)
-    dilation = _pair(dilation, op, "dilation", 1)
-    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    groups = int(groups)
-    relu_ = _activation(activation, op)
+    stride, padding, dilation, groups, relu_ = check_conv_args(stride, padding, dilation, groups, activation)
     N, C, H, W = x.shape
     out_ch, cin_g, kh, kw = weight.shape
-    if C % groups or out_ch % groups:
-        raise ValueError(f"{op}: groups={groups} must divide both the input channels ({C}) and "
-                         f"the output channels ({out_ch}); input {_shape(x)}, weight {_shape(weight)}")
+    check_groups(groups, C, out_ch, op, f"; input {_shape(x)}, weight {_shape(weight)}")
     if cin_g * groups != C:
         raise ValueError(f"{op}: input has {C} channels but weight {_shape(weight)} with "
                          f"groups={groups} expects {cin_g * groups}")
@@ -231,6 +312,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     if span[0] > padded[0] or span[1] > padded[1]:
         raise ValueError(f"{op}: kernel {kh}x{kw} (dilation {dilation}, spanning {span[0]}x{span[1]}) "
                          f"is larger than the padded input {padded[0]}x{padded[1]}; input {_shape(x)}")
+    check_allocatable(op, (N, out_ch) + tuple(conv_output_size(n, k, s, p[0], d, padding_end=p[1])
+                                              for n, k, s, p, d in zip((H, W), (kh, kw), stride, sides, dilation)))
+    check_allocatable(op, (N, C) + padded, "zero-padded input")  # the reference backend makes it
     bias = _bias(bias, out_ch, op)
     padding, extra = _split_padding(padding)
     if any(extra):  # uneven padding: pad the difference first, the backend pads the rest
@@ -252,24 +336,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
 # ----------------------------------------------------------------------------- pooling
 
 def _pool_args(x, kernel_size, stride, padding, ceil_mode, op):
-    """``(kernel, stride, padding, (H', W'))``, checked. An int/pair padding follows torch (at
-    most half the kernel); a 4-tuple ``(left, right, top, bottom)`` follows ONNX (each side
-    smaller than the kernel)."""
-    kernel = _pair(kernel_size, op, "kernel_size", 1)
-    stride = kernel if stride is None else _pair(stride, op, "stride", 1)
-    padding = _padding(padding, op)
+    """``(kernel, stride, padding, (H', W'))``, checked (see :func:`check_pool_args`)."""
+    kernel, stride, padding = check_pool_args(kernel_size, stride, padding, op)
     sides = padding_sides(padding)
-    if len(padding) == 2 and (padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2):
-        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
-    if len(padding) == 4 and (max(sides[0]) >= kernel[0] or max(sides[1]) >= kernel[1]):
-        raise ValueError(f"{op}: padding {padding} (left, right, top, bottom) must be smaller than "
-                         f"the kernel size {kernel} on each side")
     H, W = x.shape[2:]
     out = tuple(pool_output_size(n, k, s, p[0], ceil_mode, padding_end=p[1])
                 for n, k, s, p in zip((H, W), kernel, stride, sides))
     if min(out) < 1:  # torch's rule: ceil_mode may keep one window that overhangs the input
         raise ValueError(f"{op}: kernel_size {kernel} is larger than the padded input "
                          f"{H + sum(sides[0])}x{W + sum(sides[1])}; input {_shape(x)}")
+    check_allocatable(op, x.shape[:2] + out)
+    if len(padding) == 4:  # the uneven part is padded first (see max_pool2d, avg_pool2d)
+        check_allocatable(op, x.shape[:2] + (H + sum(sides[0]), W + sum(sides[1])), "padded input")
     return kernel, stride, padding, out
 
 
@@ -337,22 +415,19 @@ def adaptive_avg_pool2d(x, output_size, backend=None):
     op = "adaptive_avg_pool2d"
     x, squeezed = _image_batch(x, op)
     H, W = x.shape[2:]
-    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
-        output_size = tuple(H if s is None else s for s, H in zip(output_size, (H, W)))
-    size = _pair(output_size, op, "output_size", 1)
+    size = tuple(n if s is None else s for s, n in zip(check_output_size(output_size, op), (H, W)))
     if H < 1 or W < 1:
         raise ValueError(f"{op}: input must have a non-empty spatial size, got {_shape(x)}")
+    check_allocatable(op, x.shape[:2] + size)
     y = get_backend(backend).adaptive_avg_pool2d(x, size)
     return _unbatch(y, squeezed)
 
 
 def pool_output_shape(input_hw, kernel_size, stride=None, padding=0, ceil_mode=False):
     """``(H', W')`` of a max/avg pooling of an ``(H, W)`` map (no data needed)."""
-    kernel = _pair(kernel_size, "pool", "kernel_size", 1)
-    stride = kernel if stride is None else _pair(stride, "pool", "stride", 1)
-    sides = padding_sides(_padding(padding, "pool"))
+    kernel, stride, padding = check_pool_args(kernel_size, stride, padding, "pool")
     return tuple(pool_output_size(s, k, st, p[0], ceil_mode, padding_end=p[1])
-                 for s, k, st, p in zip(input_hw, kernel, stride, sides))
+                 for s, k, st, p in zip(input_hw, kernel, stride, padding_sides(padding)))
 
 
 # ----------------------------------------------------------------------------- normalization
@@ -364,12 +439,8 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, backend=None):
     """
     op = "local_response_norm"
     x, squeezed = _image_batch(x, op)
-    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"{op}: size must be a positive int, got {size!r}")
-    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if not isinstance(value, numbers.Real) or not np.isfinite(value):
-            raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
-    y = get_backend(backend).local_response_norm(x, int(size), float(alpha), float(beta), float(k))
+    size, alpha, beta, k = check_lrn_args(size, alpha, beta, k, op)
+    y = get_backend(backend).local_response_norm(x, size, alpha, beta, k)
     return _unbatch(y, squeezed)
 
 
@@ -399,6 +470,7 @@ def linear(x, weight, bias=None, activation=None, backend=None):
         raise ValueError(f"{op}: input has {x.shape[1]} features but weight {_shape(weight)} "
                          f"expects {weight.shape[1]}; input {_shape(x)}")
     bias = _bias(bias, weight.shape[0], op)
+    check_allocatable(op, (x.shape[0], weight.shape[0]))
     impl = get_backend(backend)
     y = (impl.linear_lowp if lowp else impl.linear)(x, weight, bias, _activation(activation, op))
     return y[0] if squeezed else y
@@ -414,8 +486,11 @@ def softmax(x, axis=-1):
     x = _as_float32(x, "softmax")
     if x.ndim == 0:
         raise ValueError("softmax: input must have at least one axis, got a scalar")
+    check_int(axis, "softmax", "axis", minimum=None)
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"softmax: axis {axis} is out of range for input of shape {_shape(x)}")
+    if x.size == 0:  # nothing to normalize (torch returns the empty tensor)
+        return x.copy()
     shifted = x - x.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32, copy=False)
@@ -424,6 +499,7 @@ def softmax(x, axis=-1):
 def flatten(x, start_dim=1):
     """Flatten all axes from ``start_dim`` on (``(N, C, H, W) -> (N, C*H*W)`` by default)."""
     x = _as_float32(x, "flatten")
+    check_int(start_dim, "flatten", "start_dim", minimum=None)
     if not 0 <= start_dim < max(x.ndim, 1):
         raise ValueError(f"flatten: start_dim {start_dim} is out of range for input of shape {_shape(x)}")
     return x.reshape(x.shape[:start_dim] + (-1,))
@@ -431,8 +507,7 @@ def flatten(x, start_dim=1):
 
 def dropout(x, p=0.5, training=False):
     """Dropout; fastalex is an inference engine, so only ``training=False`` (identity) is supported."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout: p must be between 0 and 1, got {p!r}")
+    check_dropout_p(p)
     if training:
         raise NotImplementedError("dropout: fastalex runs inference only; training=True is not supported")
     return _as_float32(x, "dropout")

@@ -9,7 +9,9 @@ Shapes given to ``output_shape`` / ``macs`` are per-sample, without the batch ax
 ``(C, H, W)`` for images, ``(F,)`` after flattening.
 
 Parameters are float32 numpy arrays in torch's layouts; setting one checks its shape and
-rejects NaN/inf once, at assignment, instead of on every call.
+rejects NaN/inf once, at assignment, instead of on every call. Hyper-parameters (strides,
+groups, sizes, ...) are checked when a layer is built, by the functions the functional API
+checks them with (``functional.check_*``): same rules, same messages.
 ``Dense`` may store its weight in bfloat16 or int8 (``weight_dtype``, see
 :mod:`fastalex.lowp`); its ``weight`` attribute still reads and writes float32.
 """
@@ -28,15 +30,6 @@ __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "AdaptiveAvgPool2D", "LocalResponseNorm",
     "Dense", "ReLU", "Softmax", "Flatten", "Dropout",
 ]
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _padding(v):
-    """An int, an ``(h, w)`` pair or a 4-tuple ``(left, right, top, bottom)`` (uneven padding)."""
-    return F._padding(v, "padding") if isinstance(v, (tuple, list)) and len(v) == 4 else _pair(v)
 
 
 def _padding_repr(padding):
@@ -143,12 +136,15 @@ class Conv2D(_Parametric):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, activation=None, weight=None, bias_value=None, rng=0):
         super().__init__()
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2D: groups={groups} must divide in_channels={in_channels} "
-                             f"and out_channels={out_channels}")
+        op = "conv2d"
+        stride, padding, dilation, groups, _ = F.check_conv_args(stride, padding, dilation, groups,
+                                                                activation, op)
+        in_channels = F.check_int(in_channels, op, "in_channels", 1)
+        out_channels = F.check_int(out_channels, op, "out_channels", 1)
+        F.check_groups(groups, in_channels, out_channels, op)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _padding(padding), _pair(dilation)
+        self.kernel_size = F.check_pair(kernel_size, op, "kernel_size", 1)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
         self.activation = activation
         self.weight_shape = (out_channels, in_channels // groups) + self.kernel_size
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
@@ -216,6 +212,10 @@ class Dense(_Parametric):
     def __init__(self, in_features, out_features, bias=True, activation=None, weight=None,
                  bias_value=None, rng=0, weight_dtype="float32"):
         super().__init__()
+        op = "linear"
+        F.check_activation(activation, op)
+        in_features = F.check_int(in_features, op, "in_features", 1)
+        out_features = F.check_int(out_features, op, "out_features", 1)
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         self.weight_shape = (out_features, in_features)
         self._weight_dtype = "float32"
@@ -271,13 +271,12 @@ class Dense(_Parametric):
 
 
 class _Pool(Layer):
-    op = None  # set by subclasses
+    op = None  # the functional op's name, set by subclasses
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
-        self.kernel_size = _pair(kernel_size)
-        self.stride = self.kernel_size if stride is None else _pair(stride)
-        self.padding, self.ceil_mode = _padding(padding), bool(ceil_mode)
+        self.kernel_size, self.stride, self.padding = F.check_pool_args(kernel_size, stride, padding, self.op)
+        self.ceil_mode = bool(ceil_mode)
 
     def output_shape(self, input_shape):
         c, h, w = _expect_image(self, input_shape)
@@ -294,6 +293,8 @@ class _Pool(Layer):
 class MaxPool2D(_Pool):
     """Max pooling; ``stride=None`` means the kernel size."""
 
+    op = "max_pool2d"
+
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             backend=self.backend)
@@ -301,6 +302,8 @@ class MaxPool2D(_Pool):
 
 class AvgPool2D(_Pool):
     """Average pooling; ``count_include_pad`` as in torch."""
+
+    op = "avg_pool2d"
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
         super().__init__(kernel_size, stride, padding, ceil_mode)
@@ -315,18 +318,19 @@ class AvgPool2D(_Pool):
 
 
 class AdaptiveAvgPool2D(Layer):
-    """Average pooling to a fixed ``output_size`` whatever the input size (torchvision's AlexNet)."""
+    """Average pooling to a fixed ``output_size`` whatever the input size (torchvision's AlexNet);
+    a side given as None keeps the input's size."""
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = _pair(output_size)
+        self.output_size = F.check_output_size(output_size)
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
 
     def output_shape(self, input_shape):
-        c, _, _ = _expect_image(self, input_shape)
-        return (c, *self.output_size)
+        c, h, w = _expect_image(self, input_shape)
+        return (c, *(n if s is None else s for s, n in zip(self.output_size, (h, w))))
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
@@ -337,7 +341,7 @@ class LocalResponseNorm(Layer):
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self.size, self.alpha, self.beta, self.k = F.check_lrn_args(size, alpha, beta, k)
 
     def forward(self, x):
         return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k, backend=self.backend)
@@ -357,7 +361,7 @@ class ReLU(Layer):
 class Softmax(Layer):
     def __init__(self, axis=-1):
         super().__init__()
-        self.axis = axis
+        self.axis = F.check_int(axis, "softmax", "axis", minimum=None)
 
     def forward(self, x):
         return F.softmax(x, self.axis)
@@ -378,9 +382,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must be between 0 and 1, got {p!r}")
-        self.p = p
+        self.p = F.check_dropout_p(p)
 
     def forward(self, x):
         return F.dropout(x, self.p, training=False)

@@ -103,6 +103,12 @@ VARIANTS = {"original": original_spec, "torchvision": torchvision_spec}
 
 # ----------------------------------------------------------------------------- containers
 
+def _is_named(entry):
+    """A ``(name, layer)`` pair (the name a str or an int; two layers are not a pair)."""
+    return (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], (str, int))
+            and not isinstance(entry[0], bool) and isinstance(entry[1], L.Layer))
+
+
 class Sequential(L.Layer):
     """Named layers run in order. Children are layers or nested ``Sequential``s.
 
@@ -111,11 +117,29 @@ class Sequential(L.Layer):
     the same as running them one by one.
     """
 
-    def __init__(self, children):
+    def __init__(self, *layers):
+        """``Sequential(conv, relu, ...)``, ``Sequential([conv, relu, ...])`` (named "0", "1",
+        ... by position, as in torch), ``Sequential([("conv", conv), ...])`` or
+        ``Sequential({"conv": conv, ...})``; plain layers and pairs may be mixed."""
         super().__init__()
-        if isinstance(children, dict):
-            children = list(children.items())
-        self.children = [(str(name), layer) for name, layer in children]
+        if len(layers) == 1 and not isinstance(layers[0], L.Layer) and not _is_named(layers[0]):
+            layers = layers[0]  # one list, tuple, dict or other iterable of children
+        entries = list(layers.items()) if isinstance(layers, dict) else list(layers)
+        children, names = [], set()
+        for i, entry in enumerate(entries):
+            if isinstance(entry, L.Layer):
+                name, layer = str(i), entry
+            elif _is_named(entry):
+                name, layer = str(entry[0]), entry[1]
+            else:
+                raise TypeError(f"Sequential: child {i} must be a layer or a (name, layer) pair, "
+                                f"got {entry!r}")
+            if not name or "." in name or name in names:
+                raise ValueError(f"Sequential: child {i} has name {name!r}; names must be unique, "
+                                 f"non-empty and without '.'")
+            names.add(name)
+            children.append((name, layer))
+        self.children = children
 
     # -- running
     def _plan(self, keep=()):

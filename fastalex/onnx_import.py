@@ -208,7 +208,8 @@ def _f32(value):
 
 
 def _sanitize(text):
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("_.")
+    """A node's name as a layer name: no '.' (it separates layer and parameter in state dicts)."""
+    return re.sub(r"[^A-Za-z0-9_\-]+", "_", text).strip("_")
 
 
 class _Converter:

@@ -1,9 +1,13 @@
-"""Output-size rules shared by every backend, the layers and the summary.
+"""Output-size rules shared by every backend, the layers and the summary, and the check that
+an output can be allocated at all.
 
 These follow PyTorch exactly, so a model described here has the shapes torch gives it.
 """
 
 from __future__ import annotations
+
+import math
+import os
 
 
 def padding_sides(padding) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -42,9 +46,52 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int = 0, ceil
     return out
 
 
-def adaptive_bounds(in_size: int, out_size: int, index: int) -> tuple[int, int]:
-    """Start (inclusive) and end (exclusive) of the window of adaptive pooling output ``index``."""
+def adaptive_bounds(in_size: int, out_size: int, index):
+    """Start (inclusive) and end (exclusive) of the window of adaptive pooling output ``index``
+    (an int, or an integer array of indices for arrays of bounds)."""
     start = (index * in_size) // out_size
     end = -(-((index + 1) * in_size) // out_size)
     return start, end
 
+
+
+# ----------------------------------------------------------------------------- allocation
+
+INT64_MAX = 2**63 - 1  # the kernels index with int64: sizes, strides and paddings stay below
+
+
+def memory_limit() -> int:
+    """The most bytes one array may take in this process: the machine's physical memory, or
+    the address-space limit (``RLIMIT_AS``) when it is lower; ``INT64_MAX`` if neither is known."""
+    limit = INT64_MAX
+    try:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        pass
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            limit = min(limit, soft)
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass
+    return limit
+
+
+def _bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1024
+
+
+def check_allocatable(op: str, shape, what: str = "output", itemsize: int = 4) -> None:
+    """Refuse, before anything is allocated, a float32 array of ``shape`` larger than
+    :func:`memory_limit`: a ``ValueError`` naming ``op``, ``what``, the shape and both sizes
+    (the same on every backend, instead of a ``MemoryError`` or an exhausted machine)."""
+    nbytes = math.prod(int(d) for d in shape) * itemsize
+    limit = memory_limit()
+    if nbytes > limit:
+        dims = "(" + ", ".join(str(int(d)) for d in shape) + ")"
+        raise ValueError(f"{op}: the {what} would have shape {dims} ({_bytes(nbytes)}), more than "
+                         f"this process can allocate ({_bytes(limit)})")

@@ -5,7 +5,12 @@ import importlib.util
 import numpy as np
 import pytest
 
+import fastalex
 from fastalex.backends import BACKENDS
+
+# This process forks (multiprocessing pools, the fork tests): Numba's fork-safe layer, chosen
+# explicitly as the command line does (the library itself leaves the choice to Numba).
+fastalex.configure_threads()
 
 
 def _available_backends():

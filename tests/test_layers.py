@@ -86,10 +86,87 @@ def test_output_shape_rejects_inputs_that_do_not_fit():
         L.MaxPool2D(3).output_shape((3, 2, 2))
     with pytest.raises(ValueError, match=r"expects \(10,\) features"):
         L.Dense(10, 2).output_shape((11,))
-    with pytest.raises(ValueError, match="groups=2 must divide in_channels=3"):
+    with pytest.raises(ValueError, match=r"conv2d: groups=2 must divide both the input channels \(3\)"):
         L.Conv2D(3, 8, 3, groups=2)
     with pytest.raises(ValueError, match="p must be between 0 and 1"):
         L.Dropout(1.5)
+
+
+# Hyper-parameters are checked when a layer is built, by the functional API's own checks:
+# (layer constructor, the functional call with the same bad argument).
+_X = np.zeros((1, 4, 8, 8), np.float32)
+_W = np.zeros((8, 4, 3, 3), np.float32)
+BAD_HYPERPARAMETERS = {
+    "conv stride 0": (lambda: L.Conv2D(4, 8, 3, stride=0), lambda: F.conv2d(_X, _W, stride=0)),
+    "conv stride (1, 0)": (lambda: L.Conv2D(4, 8, 3, stride=(1, 0)), lambda: F.conv2d(_X, _W, stride=(1, 0))),
+    "conv stride 1.5": (lambda: L.Conv2D(4, 8, 3, stride=1.5), lambda: F.conv2d(_X, _W, stride=1.5)),
+    "conv stride 2**64": (lambda: L.Conv2D(4, 8, 3, stride=2**64), lambda: F.conv2d(_X, _W, stride=2**64)),
+    "conv groups 0": (lambda: L.Conv2D(4, 8, 3, groups=0), lambda: F.conv2d(_X, _W, groups=0)),
+    "conv groups 2.0": (lambda: L.Conv2D(4, 8, 3, groups=2.0), lambda: F.conv2d(_X, _W, groups=2.0)),
+    "conv padding -1": (lambda: L.Conv2D(4, 8, 3, padding=-1), lambda: F.conv2d(_X, _W, padding=-1)),
+    "conv padding (1, 1, 1, -1)": (lambda: L.Conv2D(4, 8, 3, padding=(1, 1, 1, -1)),
+                                   lambda: F.conv2d(_X, _W, padding=(1, 1, 1, -1))),
+    "conv padding (1, 1, 1)": (lambda: L.Conv2D(4, 8, 3, padding=(1, 1, 1)),
+                               lambda: F.conv2d(_X, _W, padding=(1, 1, 1))),
+    "conv padding 4-tuple 2**63": (lambda: L.Conv2D(4, 8, 3, padding=(0, 0, 0, 2**63)),
+                                   lambda: F.conv2d(_X, _W, padding=(0, 0, 0, 2**63))),
+    "max padding (0, 3, 0, 0)": (lambda: L.MaxPool2D(3, padding=(0, 3, 0, 0)),
+                                 lambda: F.max_pool2d(_X, 3, padding=(0, 3, 0, 0))),
+    "avg padding (0, 0, 1.5, 0)": (lambda: L.AvgPool2D(2, padding=(0, 0, 1.5, 0)),
+                                   lambda: F.avg_pool2d(_X, 2, padding=(0, 0, 1.5, 0))),
+    "conv dilation 0": (lambda: L.Conv2D(4, 8, 3, dilation=0), lambda: F.conv2d(_X, _W, dilation=0)),
+    "conv activation": (lambda: L.Conv2D(4, 8, 3, activation="tanh"),
+                        lambda: F.conv2d(_X, _W, activation="tanh")),
+    "max kernel 0": (lambda: L.MaxPool2D(0), lambda: F.max_pool2d(_X, 0)),
+    "max stride 0": (lambda: L.MaxPool2D(3, stride=0), lambda: F.max_pool2d(_X, 3, stride=0)),
+    "max padding 2": (lambda: L.MaxPool2D(3, padding=2), lambda: F.max_pool2d(_X, 3, padding=2)),
+    "avg padding (0, 2)": (lambda: L.AvgPool2D(2, padding=(0, 2)), lambda: F.avg_pool2d(_X, 2, padding=(0, 2))),
+    "avg kernel (2, 2, 2)": (lambda: L.AvgPool2D((2, 2, 2)), lambda: F.avg_pool2d(_X, (2, 2, 2))),
+    "adaptive 0": (lambda: L.AdaptiveAvgPool2D(0), lambda: F.adaptive_avg_pool2d(_X, 0)),
+    "adaptive (6, -1)": (lambda: L.AdaptiveAvgPool2D((6, -1)), lambda: F.adaptive_avg_pool2d(_X, (6, -1))),
+    "lrn size 0": (lambda: L.LocalResponseNorm(0), lambda: F.local_response_norm(_X, 0)),
+    "lrn size 2.5": (lambda: L.LocalResponseNorm(2.5), lambda: F.local_response_norm(_X, 2.5)),
+    "lrn beta nan": (lambda: L.LocalResponseNorm(5, beta=float("nan")),
+                     lambda: F.local_response_norm(_X, 5, beta=float("nan"))),
+    "lrn k 'a'": (lambda: L.LocalResponseNorm(5, k="a"), lambda: F.local_response_norm(_X, 5, k="a")),
+    "dropout 1.5": (lambda: L.Dropout(1.5), lambda: F.dropout(_X, 1.5)),
+    "dropout 'a'": (lambda: L.Dropout("a"), lambda: F.dropout(_X, "a")),
+    "dense activation": (lambda: L.Dense(4, 2, activation="tanh"),
+                         lambda: F.linear(_X[0, 0], np.zeros((2, 8), np.float32), activation="tanh")),
+    "softmax axis 'a'": (lambda: L.Softmax("a"), lambda: F.softmax(_X, "a")),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HYPERPARAMETERS))
+def test_bad_hyperparameters_fail_when_the_layer_is_built(case):
+    build, call = BAD_HYPERPARAMETERS[case]
+    with pytest.raises((ValueError, TypeError)) as functional:
+        call()
+    with pytest.raises(type(functional.value)) as built:
+        build()
+    assert str(built.value) == str(functional.value)
+
+
+@pytest.mark.parametrize("build, pattern", [
+    (lambda: L.Conv2D(4, 8, 0), r"conv2d: kernel_size must be positive, got 0"),
+    (lambda: L.Conv2D(4, 8, (3, -1)), r"conv2d: kernel_size must be positive, got \(3, -1\)"),
+    (lambda: L.Conv2D(0, 8, 3), r"conv2d: in_channels must be a positive int, got 0"),
+    (lambda: L.Conv2D(4, 6, 3, groups=4), r"conv2d: groups=4 must divide both the input channels \(4\) "
+                                          r"and the output channels \(6\)"),
+    (lambda: L.Dense(0, 3), r"linear: in_features must be a positive int, got 0"),
+    (lambda: L.Dense(3, 2.5), r"linear: out_features must be an int, got 2.5"),
+])
+def test_layer_only_hyperparameters_are_checked_when_built(build, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        build()
+
+
+def test_adaptive_pool_layer_keeps_a_side_given_as_none(backend):
+    layer = L.AdaptiveAvgPool2D((None, 3))
+    layer.backend = backend
+    x = np.random.default_rng(0).standard_normal((2, 4, 7, 9)).astype(np.float32)
+    assert layer.output_shape((4, 7, 9)) == (4, 7, 3)
+    assert layer(x).shape == (2, 4, 7, 3)
 
 
 def test_repr_names_the_configuration():

@@ -114,6 +114,44 @@ def test_fused_conv_relu_equals_running_them_apart():
     assert conv.activation is None  # the layer itself is unchanged
 
 
+def _three_layers():
+    return L.Conv2D(3, 4, 3, rng=1), L.ReLU(), L.MaxPool2D(2)
+
+
+@pytest.mark.parametrize("form", ["list", "varargs", "pairs", "dict", "mixed"])
+def test_sequential_accepts_plain_layers_pairs_and_dicts(form, backend):
+    conv, relu, pool = _three_layers()
+    seq = {"list": lambda: Sequential([conv, relu, pool]),
+           "varargs": lambda: Sequential(conv, relu, pool),
+           "pairs": lambda: Sequential([("0", conv), ("1", relu), ("2", pool)]),
+           "dict": lambda: Sequential({"0": conv, "1": relu, "2": pool}),
+           "mixed": lambda: Sequential([conv, ("1", relu), pool])}[form]()
+    seq.backend = backend
+    assert [name for name, _ in seq.named_layers()] == ["0", "1", "2"]  # torch's names
+    assert list(seq.state_dict()) == ["0.weight", "0.bias"]
+    assert seq[0] is conv and seq["2"] is pool and len(seq) == 3
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert_agree(seq(x), pool(relu(conv(x))), form)
+    assert seq.output_shape((3, 8, 8)) == (4, 3, 3)
+
+
+def test_sequential_nested_plain_layers():
+    inner = Sequential(L.Conv2D(3, 4, 3, rng=1), L.ReLU())
+    outer = Sequential([inner, L.Flatten()])
+    assert [name for name, _ in outer.named_layers()] == ["0.0", "0.1", "1"]
+
+
+@pytest.mark.parametrize("children, error, pattern", [
+    ([L.ReLU(), "relu"], TypeError, r"Sequential: child 1 must be a layer or a \(name, layer\) pair, got 'relu'"),
+    ([("a", L.ReLU()), ("a", L.ReLU())], ValueError, r"Sequential: child 1 has name 'a'; names must be unique"),
+    ([("a.b", L.ReLU())], ValueError, r"child 0 has name 'a.b'"),
+    ([("x", "relu")], TypeError, r"child 0 must be a layer"),
+])
+def test_sequential_rejects_what_is_not_a_layer(children, error, pattern):
+    with pytest.raises(error, match=pattern):
+        Sequential(children)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("variant", ["original", "torchvision"])
 def test_extract_returns_named_outputs_and_matches_the_forward(variant, backend):

@@ -4,6 +4,12 @@
 * The same in a subprocess forced onto Numba's ``workqueue`` threading layer, which aborts
   the whole process on concurrent parallel launches (the backend's launches take turns).
 * ``NUMBA_NUM_THREADS=1`` in the environment is what the kernels see.
+* ``fork()`` while another thread runs a kernel: the child runs kernels, it does not deadlock.
+* The threading layer: the library changes no process-wide setting (Numba's own choice), the
+  ``fastalex`` command and :func:`fastalex.configure_threads` pick ``workqueue``.
+
+This process runs on the ``workqueue`` layer (``conftest.py`` calls ``configure_threads()``,
+as the command does), so the fork tests here can fork.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fastalex
 from fastalex import functional as F
 
 pytest.importorskip("numba")
@@ -80,8 +87,8 @@ def test_four_threads_match_serial():
             np.testing.assert_array_equal(y, serial[name], err_msg=name)
 
 
-def _python(code, env_extra):
-    env = dict(os.environ, **env_extra)
+def _python(code, env_extra, base_env=None):
+    env = dict(os.environ if base_env is None else base_env, **env_extra)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
@@ -105,12 +112,13 @@ def test_four_threads_on_workqueue_layer():
 
 
 def test_numba_num_threads_is_respected():
-    """With ``NUMBA_NUM_THREADS=1`` the kernels run on one thread (and fastalex picked the
-    fork-safe ``workqueue`` layer, as nothing else was asked for)."""
+    """With ``NUMBA_NUM_THREADS=1`` the kernels run on one thread (on the fork-safe
+    ``workqueue`` layer that ``configure_threads()`` picks when nothing else was asked for)."""
     code = """
         import numba, numpy as np
         from numba import njit, prange
         import fastalex
+        fastalex.configure_threads()
         from fastalex import functional as F
         x = np.ones((1, 4, 9, 9), np.float32)
         F.max_pool2d(x, 3, 2, backend="numba")
@@ -170,3 +178,166 @@ def test_usable_in_a_forked_child():
 
 def _conv1_in_child():
     return _jobs()["conv1"]()
+
+
+# ----------------------------------------------------------------------------- fork
+
+FORK_WHILE_BUSY = """
+    import os, signal, threading, time
+    import numpy as np
+    import fastalex
+    fastalex.configure_threads()
+    from fastalex import functional as F
+    from fastalex.backends import fast
+
+    x = np.abs(np.random.default_rng(0).standard_normal((4, 64, 48, 48), dtype=np.float32))
+    # Kernels loaded and Numba's threads started first: a fork while another thread loads a
+    # kernel (under Numba's own compiler lock) is Numba's business, not this test's.
+    F.local_response_norm(x, 5, backend="numba")
+    F.max_pool2d(x, 3, 2, backend="numba")
+    F.relu(x, backend="numba")
+
+    def fork_and_wait():
+        pid = os.fork()
+        if pid == 0:  # the child: one kernel, then out; a deadlocked child is killed by the alarm
+            signal.alarm(10)
+            y = F.relu(np.full((2, 3, 4, 4), -1.0, np.float32), backend="numba")
+            os._exit(0 if (y == 0).all() else 3)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    # Another thread holds the launch lock at the fork (it is in the middle of a launch).
+    held, release = threading.Event(), threading.Event()
+    def hold():
+        with fast._LAUNCH:
+            held.set()
+            release.wait()
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait()
+    codes = [fork_and_wait()]
+    release.set()
+    t.join()
+
+    # Another thread busy running kernels while this one forks.
+    stop = threading.Event()
+    def busy():
+        while not stop.is_set():
+            F.local_response_norm(x, 5, backend="numba")
+            F.max_pool2d(x, 3, 2, backend="numba")
+    t = threading.Thread(target=busy)
+    t.start()
+    for _ in range(10):
+        time.sleep(0.005)
+        codes.append(fork_and_wait())
+        if codes[-1]:
+            break
+    stop.set()
+    t.join()
+    print("exit codes", codes)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_while_another_thread_runs_a_kernel():
+    """The child inherits the launch lock as it was: held, by a thread that does not exist in
+    the child. It must get a free one (every child exits 0; a deadlocked one dies by SIGALRM)."""
+    proc = _python(FORK_WHILE_BUSY, {})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "exit codes [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]" in proc.stdout  # -14: SIGALRM, proc.stdout + proc.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- threading layer
+
+def test_library_changes_no_process_wide_setting():
+    """Importing fastalex and running every kind of kernel leaves Numba's threading layer to
+    Numba (the one a plain Numba program gets) and the environment as it was."""
+    plain = """
+        import numpy as np, numba
+        from numba import njit, prange
+        @njit(parallel=True)
+        def f(a):
+            for i in prange(a.size):
+                a[i] += 1
+        f(np.zeros(100))
+        print("layer", numba.threading_layer())
+    """
+    with_fastalex = """
+        import os, numba, numpy as np
+        env = dict(os.environ)
+        import fastalex
+        from test_threads import _jobs
+        for job in _jobs().values():
+            job()
+        print("config", numba.config.THREADING_LAYER)
+        print("env unchanged", dict(os.environ) == env)
+        print("layer", numba.threading_layer())
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
+    expected = _python(plain, {}, env)
+    proc = _python(with_fastalex, {}, env)
+    assert proc.returncode == 0 and expected.returncode == 0, proc.stderr[-3000:] + expected.stderr[-3000:]
+    assert "config default" in proc.stdout
+    assert "env unchanged True" in proc.stdout
+    layer = expected.stdout.split("layer ")[1].strip()
+    assert f"layer {layer}" in proc.stdout
+
+
+def test_command_line_picks_the_workqueue_layer():
+    code = """
+        import contextlib, io, numba
+        from fastalex.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            status = main(["bench", "--backend", "numba", "--peers", "none", "--batch-size", "1",
+                           "--repeat", "1", "--warmup", "0"])
+        print("status", status, "layer", numba.threading_layer())
+    """
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    proc = _python(code, {}, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "status 0 layer workqueue" in proc.stdout
+
+
+def test_command_line_leaves_an_explicit_numba_threading_layer_alone():
+    code = """
+        import numba
+        from fastalex.backends import configure_threads
+        print("chosen", configure_threads())
+        import numpy as np
+        from fastalex import functional as F
+        F.relu(np.ones(10, np.float32), backend="numba")
+        print("layer", numba.threading_layer())
+    """
+    proc = _python(code, {"NUMBA_THREADING_LAYER": "workqueue"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "chosen workqueue" in proc.stdout and "layer workqueue" in proc.stdout
+
+
+def test_configure_threads_too_late_raises():
+    """Once Numba's threads run, another layer cannot be chosen: an error, not a silent no-op."""
+    code = """
+        import numpy as np, numba
+        from numba import njit, prange
+        import fastalex
+        @njit(parallel=True)
+        def f(a):
+            for i in prange(a.size):
+                a[i] += 1
+        f(np.zeros(100))
+        active = numba.threading_layer()
+        other = "omp" if active == "workqueue" else "workqueue"
+        print("same", fastalex.configure_threads(active))
+        try:
+            fastalex.configure_threads(other)
+        except RuntimeError as exc:
+            print("error", exc)
+    """
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    proc = _python(code, {}, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "same " in proc.stdout
+    assert "error configure_threads: Numba's threads already run on the" in proc.stdout
+
+
+def test_configure_threads_rejects_unknown_layers():
+    with pytest.raises(ValueError, match=r"configure_threads: unknown threading layer 'gpu'; valid layers are 'workqueue'"):
+        fastalex.configure_threads("gpu")

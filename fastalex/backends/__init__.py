@@ -19,13 +19,16 @@ arguments as ``(h, w)`` tuples of ints and ``relu`` a bool. ``fastalex.functiona
 the checking; backends only compute.
 
 The default backend is ``numba``; the environment variable ``FASTALEX_BACKEND`` or
-:func:`set_backend` changes it.
+:func:`set_backend` changes it. :func:`configure_threads` is the one function that changes a
+process-wide Numba setting, and only when called.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
+import warnings
 from types import ModuleType
 
 #: name -> module implementing it (imported on first use: Numba is slow to import).
@@ -68,3 +71,64 @@ def get_backend(name: str | None = None) -> ModuleType:
     if module is None:
         module = _loaded[name] = importlib.import_module(BACKENDS[name])
     return module
+
+
+# ----------------------------------------------------------------------------- threads
+
+#: Numba's threading layers (``NUMBA_THREADING_LAYER``'s values naming one layer).
+THREADING_LAYERS = ("workqueue", "omp", "tbb")
+_threading_layer: str | None = None  # chosen by configure_threads(), None: Numba's own choice
+
+
+def configure_threads(layer: str | None = None) -> str:
+    """Choose the threading layer Numba starts its worker threads with, for the whole process.
+
+    fastalex changes no process-wide setting by itself: without this call Numba picks its layer
+    as it always does (``NUMBA_THREADING_LAYER``, else TBB, OpenMP or workqueue, whichever is
+    installed first). The ``fastalex`` command calls ``configure_threads()`` when it starts.
+
+    ``layer=None`` leaves an explicit ``NUMBA_THREADING_LAYER`` to Numba, and otherwise means
+    ``"workqueue"``: its idle threads sleep instead of spinning against OpenBLAS's, and a forked
+    child (``multiprocessing``'s default start method on Linux) can run kernels; under GNU
+    OpenMP, Numba aborts such a child.
+
+    The layer applies to every Numba library in the process, and only before Numba starts its
+    threads (the first parallel kernel anyone runs): at once if Numba is imported, else when
+    fastalex's numba backend is. Raises ``RuntimeError`` if Numba's threads already run on
+    another layer. Returns the layer.
+    """
+    if layer is None and os.environ.get("NUMBA_THREADING_LAYER"):
+        return os.environ["NUMBA_THREADING_LAYER"]
+    if layer is None:
+        layer = "workqueue"
+    if layer not in THREADING_LAYERS:
+        valid = ", ".join(repr(n) for n in THREADING_LAYERS)
+        raise ValueError(f"configure_threads: unknown threading layer {layer!r}; valid layers are {valid}")
+    global _threading_layer
+    _threading_layer = layer
+    if "numba" in sys.modules:
+        _apply_threading_layer(strict=True)
+    return layer
+
+
+def _apply_threading_layer(strict=False):
+    """Hand the layer :func:`configure_threads` chose (if any) to Numba, before its threads start.
+
+    Too late (Numba's threads run another layer): ``RuntimeError`` if ``strict``, else a warning
+    (the fast backend's import, after something else started Numba's threads).
+    """
+    if _threading_layer is None:
+        return
+    import numba
+    try:
+        active = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: the layer can still be chosen
+        numba.config.THREADING_LAYER = _threading_layer
+        return
+    if active != _threading_layer:
+        message = (f"configure_threads: Numba's threads already run on the {active!r} layer, "
+                   f"{_threading_layer!r} cannot be chosen any more; call configure_threads() "
+                   f"before any parallel Numba code runs, or set NUMBA_THREADING_LAYER")
+        if strict:
+            raise RuntimeError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

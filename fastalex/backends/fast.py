@@ -3,7 +3,7 @@
 Contract (shared with every backend, see ``fastalex.backends``): inputs are validated,
 C-contiguous float32 NCHW arrays; pair arguments are ``(h, w)`` tuples of ints. The Python
 wrappers below allocate outputs (sizes from :mod:`fastalex.shapes`); the kernels assume
-valid input and only do arithmetic, float32 throughout (LRN's running sum is float64).
+valid input and only do arithmetic, float32 throughout (adaptive pooling sums in float64).
 
 * **Convolution** with prepared weights (``Conv2D`` layers, or ``functional.conv2d(plan=...)``)
   runs the Winograd algorithm of :mod:`._winograd` where it applies (square kernels, any
@@ -20,9 +20,10 @@ valid input and only do arithmetic, float32 throughout (LRN's running sum is flo
   wide enough for BLAS to run at full speed.
 * **Pooling** is separable: a window's input rows are reduced into a row buffer (contiguous,
   vectorizable), then each output cell reduces its columns; one image plane per task.
-* **LRN** keeps a running sum of squares over the channel window for a block of pixels (one
-  add and one subtract per channel instead of ``size`` adds) and uses ``1/sqrt(d*sqrt(d))``
-  for ``d**0.75``.
+* **LRN** sums the squares over each channel window for a block of pixels in O(1) per channel
+  whatever the window size, without subtracting (a running sum that subtracts lets one NaN,
+  inf or huge value spoil every later channel), and uses ``sqrt(d) * sqrt(sqrt(d))`` for
+  ``d**0.75``.
 * **Dense** layers are one sgemm/sgemv on ``weight.T`` (a view: the 230 MB of AlexNet's
   dense weights are never copied). With a bfloat16 or int8 weight
   (:class:`fastalex.lowp.LowpWeight`) a fused kernel widens it in registers inside the
@@ -32,11 +33,17 @@ Threads
 -------
 The kernels run on ``numba.get_num_threads()`` threads (``NUMBA_NUM_THREADS``,
 ``numba.set_num_threads``). Numba kernels and BLAS products alternate, never nest, so the two
-thread pools do not fight over the cores. Unless ``NUMBA_THREADING_LAYER`` says otherwise,
-fastalex selects Numba's ``workqueue`` layer: its threads sleep when idle (they do not spin
-against OpenBLAS's) and it survives ``fork()`` (GNU OpenMP aborts a forked child). It does not
-allow two parallel launches at once, so launches from several Python threads take turns on
-one lock, which also keeps two launches from oversubscribing the cores.
+thread pools do not fight over the cores. Importing or using this module changes no
+process-wide setting: Numba's threading layer is Numba's choice unless
+:func:`fastalex.configure_threads` picked one (the ``fastalex`` command picks ``workqueue``:
+idle threads sleep instead of spinning against OpenBLAS's, and it survives ``fork()``).
+
+The launch lock, ``_LAUNCH``: every parallel launch of this module holds it, so launches from
+several Python threads of one process take turns. The ``workqueue`` layer aborts the process
+on two parallel launches at once, and with any layer two launches would oversubscribe the
+cores. Its scope is this module's launches in this process (other Numba code does not take
+it); BLAS products run outside it. A forked child gets a fresh, free lock
+(``os.register_at_fork``): the thread that held the parent's does not exist in the child.
 
 The compiled kernels are cached on disk (``cache=True``): next to this file in
 ``__pycache__``, or where ``NUMBA_CACHE_DIR`` points.
@@ -47,22 +54,30 @@ from __future__ import annotations
 import os
 import threading
 
-import numba
 import numpy as np
 from numba import njit, prange, uint64
 
 from ..shapes import conv_output_size, pool_output_size
-from . import _winograd
+from . import _apply_threading_layer, _winograd
 from ._dense_lowp import linear_lowp_kernel
 
 NAME = "numba"
 
-if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # if OpenMP is chosen: do not spin against BLAS
+_apply_threading_layer()  # the layer fastalex.configure_threads() chose, if it was called
 
-# Every parallel launch holds this lock (see "Threads" above).
+# Every parallel launch of this module holds this lock (see "Threads" above).
 _LAUNCH = threading.Lock()
+
+
+def _new_launch_lock():
+    """After ``fork()``, in the child: a free lock (the parent's may be held by a thread that
+    was running a kernel and does not exist in the child, which would wait forever)."""
+    global _LAUNCH
+    _LAUNCH = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_launch_lock)
 
 # Options of the kernels: cached on disk, no Python-style ZeroDivisionError checks.
 _PAR = dict(parallel=True, cache=True, error_model="numpy")
@@ -368,53 +383,90 @@ def adaptive_avg_pool2d(x, output_size):
     return y
 
 
-_LRN_BLOCK = 512
+_LRN_BLOCK = 512  # pixels per task
 
 
-@njit(fastmath={"afn", "arcp", "contract"}, **_SER)  # approximate sqrt/divide, still IEEE NaN/inf
+@njit(**_SER)
+def _squares(out, row):
+    """``out[p] = row[p]**2`` (float32, as in torch)."""
+    for p in range(out.shape[0]):
+        out[p] = row[p] * row[p]
+
+
+@njit(**_SER)
+def _next_squares(out, prev, row):
+    """``out[p] = prev[p] + row[p]**2`` (``out`` and ``prev`` distinct)."""
+    for p in range(out.shape[0]):
+        out[p] = prev[p] + row[p] * row[p]
+
+
+@njit(**_SER)
+def _add_squares(out, row):
+    """``out[p] += row[p]**2``."""
+    for p in range(out.shape[0]):
+        out[p] += row[p] * row[p]
+
+
+@njit(fastmath={"contract"}, **_SER)  # fused multiply-add; sqrt, pow and divide stay IEEE
+def _lrn_scale(src, dst, s1, s2, alpha_size, beta, k):
+    """``dst[p] = src[p] / (k + alpha_size * (s1[p] + s2[p])) ** beta``. For beta 0.75 the power
+    is ``sqrt(d) * sqrt(sqrt(d))``, which cannot overflow (``d * sqrt(d)`` does past 4.9e25)."""
+    if beta == 0.75:
+        for p in range(src.shape[0]):
+            q = np.sqrt(k + alpha_size * (s1[p] + s2[p]))
+            dst[p] = src[p] / (q * np.sqrt(q))
+    else:
+        for p in range(src.shape[0]):
+            dst[p] = src[p] / (k + alpha_size * (s1[p] + s2[p])) ** beta
+
+
+@njit(**_SER)
 def _lrn_block(x, y, t, size, alpha, beta, k):
     """Item ``t`` = (sample, block of ``_LRN_BLOCK`` pixels) of ``x``, ``y`` ``(N, C, H*W)``:
     ``y[n, c, p] = x[n, c, p] / (k + alpha/size * sum_{j=c-size//2}^{c+(size-1)//2} x[n, j, p]^2) ** beta``.
 
-    A running window sum over channels, kept in float64 (squares of float32 values are exact
-    there, so adding and removing them does not drift).
+    The window sums never subtract (van Herk / Gil-Werman), so each comes from its own
+    channels only: a NaN or inf stays in the windows that contain it and a huge value cannot
+    cancel its neighbours' small ones, as it would in a running sum; and they cost O(1) per
+    channel whatever ``size`` is. The channels are cut into runs of ``size``. While the
+    window's last channel ``hi`` moves on, ``head`` sums the squares from the start of hi's
+    run to ``hi``; when a run is complete, ``tail[j % size]`` gets the sum from ``j`` to the
+    run's end. A window (at most ``size`` channels) that starts a run sums to ``head``; one
+    that spans two runs to ``tail[lo] + head``; one that ends at the last channel (clipped)
+    to ``tail[lo]``. Squares and sums are float32, as in torch (past 3.4e38 the sum is inf
+    and the output 0).
     """
     C, P = x.shape[1], x.shape[2]
     nblocks = (P + _LRN_BLOCK - 1) // _LRN_BLOCK
     before, after = size // 2, (size - 1) // 2
-    scale = np.float32(alpha / size)
-    kk = np.float32(k)
-    fbeta = np.float32(beta)
     n = t // nblocks
     p0 = (t % nblocks) * _LRN_BLOCK
-    L = min(p0 + _LRN_BLOCK, P) - p0
-    p1 = p0 + L
-    s = np.zeros(L, np.float64)
-    for c in range(min(after, C)):
-        row = x[n, c, p0:p1]
-        for p in range(L):
-            v = np.float64(row[p])
-            s[p] += v * v
+    p1 = min(p0 + _LRN_BLOCK, P)
+    head = np.zeros(p1 - p0, np.float32)
+    tail = np.empty((min(size, C), p1 - p0), np.float32)
+    zero = np.zeros(p1 - p0, np.float32)
+    alpha_size, kk, fbeta = np.float32(alpha / size), np.float32(k), np.float32(beta)
+    hi = -1
     for c in range(C):
-        if c + after < C:
-            row = x[n, c + after, p0:p1]
-            for p in range(L):
-                v = np.float64(row[p])
-                s[p] += v * v
-        if c - before - 1 >= 0:
-            row = x[n, c - before - 1, p0:p1]
-            for p in range(L):
-                v = np.float64(row[p])
-                s[p] -= v * v
-        src, dst = x[n, c, p0:p1], y[n, c, p0:p1]
-        if beta == 0.75:
-            for p in range(L):
-                d = kk + scale * np.float32(s[p])
-                dst[p] = src[p] / np.sqrt(d * np.sqrt(d))
-        else:
-            for p in range(L):
-                d = kk + scale * np.float32(s[p])
-                dst[p] = src[p] / d ** fbeta
+        lo = max(c - before, 0)
+        while hi < min(c + after, C - 1):  # move the window's end on, one channel at a time
+            hi += 1
+            row = x[n, hi, p0:p1]
+            if hi % size == 0:
+                _squares(head, row)
+            else:
+                _add_squares(head, row)
+            if hi % size == size - 1 or hi == C - 1:  # hi ends a run: that run's tails
+                _squares(tail[hi % size], row)
+                for j in range(hi - 1, hi - hi % size - 1, -1):
+                    _next_squares(tail[j % size], tail[(j + 1) % size], x[n, j, p0:p1])
+        if lo // size != hi // size:  # the window spans two runs
+            s1, s2 = tail[lo % size], head
+        elif lo % size == 0:          # it starts a run
+            s1, s2 = head, zero
+        else:                         # it ends at the last channel
+            s1, s2 = tail[lo % size], zero
+        _lrn_scale(x[n, c, p0:p1], y[n, c, p0:p1], s1, s2, alpha_size, fbeta, kk)
 
 
 @njit(**_PAR)

@@ -98,19 +98,36 @@ def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad):
     return np.ascontiguousarray(sums / counts, dtype=np.float32)
 
 
+def _window_sums(a, starts, ends, axis):
+    """Sums of ``a`` over the windows ``[starts[i], ends[i])`` along ``axis`` (float64), each
+    from its own cells only, so a NaN or inf reaches only the windows that contain it.
+
+    ``np.add.reduceat`` with the indices ``s0, e0, s1, e1, ...`` sums ``a[s_i:e_i]`` at the
+    even positions (the odd ones are the gaps or overlaps between windows, dropped); a row of
+    zeros appended along ``axis`` makes the last end a valid index.
+    """
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, 1)
+    bounds = np.stack([starts, ends], axis=1).ravel()
+    sums = np.add.reduceat(np.pad(a, pad), bounds, axis=axis, dtype=np.float64)
+    return sums.take(np.arange(0, bounds.size, 2), axis=axis)
+
+
 def adaptive_avg_pool2d(x, output_size):
-    """Output cell ``(i, j)`` averages rows ``[floor(i*H/oh), ceil((i+1)*H/oh))`` (and columns alike)."""
+    """Output cell ``(i, j)`` averages rows ``[floor(i*H/oh), ceil((i+1)*H/oh))`` (and columns alike).
+
+    Window sums over the rows, then over the columns of those (the windows of neighbouring
+    cells may overlap by one row or column), divided by the windows' areas. The axis whose
+    sums leave the smaller intermediate goes first (at most the input's or the output's size).
+    """
     N, C, H, W = x.shape
     oh, ow = output_size
-    # Row bounds and column bounds, then averages over each rectangle via a 2-D prefix sum.
-    rows = [adaptive_bounds(H, oh, i) for i in range(oh)]
-    cols = [adaptive_bounds(W, ow, j) for j in range(ow)]
-    csum = np.zeros((N, C, H + 1, W + 1), np.float64)
-    csum[:, :, 1:, 1:] = x.cumsum(axis=2, dtype=np.float64).cumsum(axis=3)
-    r0, r1 = (np.array(b) for b in zip(*rows))
-    c0, c1 = (np.array(b) for b in zip(*cols))
-    total = (csum[:, :, r1[:, None], c1[None, :]] - csum[:, :, r0[:, None], c1[None, :]]
-             - csum[:, :, r1[:, None], c0[None, :]] + csum[:, :, r0[:, None], c0[None, :]])
+    r0, r1 = adaptive_bounds(H, oh, np.arange(oh))
+    c0, c1 = adaptive_bounds(W, ow, np.arange(ow))
+    if oh * W <= H * ow:
+        total = _window_sums(_window_sums(x, r0, r1, axis=2), c0, c1, axis=3)
+    else:
+        total = _window_sums(_window_sums(x, c0, c1, axis=3), r0, r1, axis=2)
     area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
     return np.ascontiguousarray(total / area, dtype=np.float32)
 
@@ -118,11 +135,17 @@ def adaptive_avg_pool2d(x, output_size):
 def local_response_norm(x, size, alpha, beta, k):
     """``b_c = a_c / (k + alpha/size * sum_{j in window(c)} a_j^2) ** beta``.
 
-    The window is ``[c - size//2, c + (size-1)//2]`` clipped to the channels (torch's).
+    The window is ``[c - size//2, c + (size-1)//2]`` clipped to the channels (torch's): the
+    squares are padded with zero channels and summed over a sliding window. A window reaches
+    at most ``C - 1`` channels either side, so the padding (and the window) stops there.
     """
+    C = x.shape[1]
+    if C == 0:
+        return x.copy()
+    before, after = min(size // 2, C - 1), min((size - 1) // 2, C - 1)
     sq = np.square(x, dtype=np.float32)
-    padded = np.pad(sq, ((0, 0), (size // 2, (size - 1) // 2), (0, 0), (0, 0)))
-    window_sum = sliding_window_view(padded, size, axis=1).sum(axis=-1)
+    padded = np.pad(sq, ((0, 0), (before, after), (0, 0), (0, 0)))
+    window_sum = sliding_window_view(padded, before + 1 + after, axis=1).sum(axis=-1)
     return np.ascontiguousarray(x / (k + (alpha / size) * window_sum) ** beta, dtype=np.float32)
 
 
