@@ -16,6 +16,7 @@ from .images import ImageError, load_image, load_images
 from .labels import imagenet_labels
 from .onnx_import import OnnxError, load_onnx
 from .classify import classify  # the name is the function; import helpers with ``from fastalex.classify import ...``
+from .embedding import embed
 from . import viz  # pictures: viz.filters, viz.activations, viz.explain
 
 __version__ = "0.1.0"
@@ -23,4 +24,4 @@ __version__ = "0.1.0"
 __all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend", "configure_threads",
            "get_backend_name", "load_weights", "save_weights", "WeightsFileError", "WeightsUnavailableError",
            "WeightsMismatchError", "detect_variant", "IMAGENET1K_V1", "load_image", "load_images", "ImageError",
-           "imagenet_labels", "classify", "load_onnx", "OnnxError", "viz", "__version__"]
+           "imagenet_labels", "classify", "embed", "load_onnx", "OnnxError", "viz", "__version__"]

@@ -14,6 +14,7 @@ there are.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import time
 import warnings
@@ -23,10 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .images import ImageError, get_preprocess, is_image_file, open_image, preprocess_image
+from .images import ImageError, _describe, get_preprocess, is_image_file, open_image, preprocess_image
 from .labels import imagenet_labels, load_labels
 
-__all__ = ["Prediction", "classify", "iter_classify", "expand_inputs", "default_model", "SkippedFolderWarning"]
+__all__ = ["Prediction", "classify", "iter_classify", "expand_inputs", "default_model", "SkippedFolderWarning",
+           "iter_results", "run_batch", "ClassifyTask", "is_url"]
 
 
 @dataclass
@@ -114,7 +116,9 @@ def _walk(directory: str):
 def _expand_one(x):
     if isinstance(x, (str, os.PathLike)):
         path = os.fspath(x)
-        if os.path.isdir(path):
+        if is_url(path):
+            yield from _expand_url(path)
+        elif os.path.isdir(path):
             yield from _walk(path)
         elif os.path.exists(path):
             yield _Item(path, path)  # a file named explicitly is tried whatever its extension
@@ -130,6 +134,51 @@ def _expand_one(x):
             yield _Item(None, x)
     else:
         raise TypeError(f"classify: inputs must be paths, PIL images or arrays, got {type(x).__name__}")
+
+
+def is_url(path) -> bool:
+    """Whether ``path`` is a URL (``s3://...``, ``https://...``) rather than a local path."""
+    return isinstance(path, str) and "://" in path[:32] and path.split("://", 1)[0].isidentifier()
+
+
+def _fsspec(url):
+    try:
+        import fsspec
+    except ImportError:
+        raise ImportError(f"reading {url} needs fsspec: pip install 'fastalex[dask]' "
+                          f"(or pip install fsspec)") from None
+    return fsspec
+
+
+def _expand_url(url):
+    """A URL names one image, except a folder URL (ending in ``/``), which is listed with
+    fsspec (recursively, image extensions only, sorted), as local folders are."""
+    if not url.endswith("/") or url.split("://", 1)[0] in ("http", "https"):
+        yield _Item(url, url)
+        return
+    try:
+        fs, root = _fsspec(url).core.url_to_fs(url)
+        names = sorted(fs.find(root))
+    except Exception as exc:
+        yield _Item(url, error=f"cannot list directory ({type(exc).__name__}: {exc})")
+        return
+    protocol = url.split("://", 1)[0]
+    for name in names:
+        if is_image_file(name) and not any(part.startswith(".") for part in name.split("/")):
+            full = name if "://" in name else f"{protocol}://{name}"
+            yield _Item(full, full)
+
+
+def read_url(url) -> bytes:
+    """The bytes at ``url``: ``http(s)://`` with urllib, anything else through fsspec."""
+    scheme = url.split("://", 1)[0]
+    if scheme in ("http", "https"):
+        import urllib.request
+        request = urllib.request.Request(url, headers={"User-Agent": "fastalex"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read()
+    with _fsspec(url).open(url, "rb") as f:
+        return f.read()
 
 
 def expand_inputs(inputs) -> list[_Item]:
@@ -152,6 +201,23 @@ def _decode(item: _Item, preprocess: dict) -> np.ndarray:
         if src.ndim != 3 or src.shape[0] != 3:
             raise ImageError(None, f"a preprocessed array must be (3, H, W), got {src.shape}")
         return np.ascontiguousarray(src, dtype=np.float32)
+    if isinstance(src, str) and is_url(src):
+        try:
+            data = read_url(src)
+        except ImportError as exc:
+            raise ImageError(src, str(exc)) from None
+        except Exception as exc:
+            raise ImageError(src, f"cannot read ({type(exc).__name__}: {exc})") from None
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)
+                img.load()
+                return preprocess_image(open_image(img), preprocess)
+        except ImageError:
+            raise
+        except Exception as exc:
+            raise ImageError(src, _describe(exc)) from None
     return preprocess_image(open_image(src), preprocess)
 
 
@@ -201,21 +267,88 @@ def _check_positive(name, value):
 
 
 # ----------------------------------------------------------------------------- the pipeline
+#
+# One pipeline for every front door (classify, embed; one process or a Dask cluster): inputs are
+# expanded into items, cut into batches of ``batch_size``, each batch is decoded (bad inputs
+# become error strings) and handed to a *task* that runs the model on it and makes one result
+# per item. A task is a small picklable object, so a Dask worker can run the same batch step:
+#
+#   task.result(path, input)   -> a fresh result (``path``, ``input``, ``error`` attributes)
+#   task.compute(model, x)     -> per-row outputs for a stacked batch ``x``
+#   task.fill(result, outputs, row)
 
-def iter_classify(inputs, model=None, top=5, batch_size=16, labels=None, prefetch=True, timings=None):
-    """Like :func:`classify` but a generator yielding one :class:`Prediction` per input, in input
-    order, as batches finish. ``inputs`` may also be the list from :func:`expand_inputs`.
-    ``timings``, if a dict, gets the seconds spent in ``"decode"``, ``"forward"`` and ``"wait"``
-    (the time the model waited for decoding, which ``prefetch`` hides behind the forward pass)."""
-    top = _check_positive("top", top)
-    batch_size = _check_positive("batch_size", batch_size)
-    model = default_model() if model is None else model
-    labels = _resolve_labels(labels, model.num_classes)
-    preprocess = get_preprocess(model)
+class ClassifyTask:
+    """The top ``top`` classes of each image (labels are attached by the caller)."""
+
+    name = "classify"
+
+    def __init__(self, top):
+        self.top = top
+
+    def result(self, path, input):
+        return Prediction(path, input)
+
+    def compute(self, model, x):
+        return model.predict(x, top=self.top)
+
+    def fill(self, p, outputs, row):
+        probs, idx = outputs
+        p.indices = [int(c) for c in idx[row]]
+        p.probabilities = [float(v) for v in probs[row]]
+        p.labels = [None] * len(p.indices)
+
+
+def run_batch(model, task, batch, start, preprocess=None):
+    """Decode ``batch`` (a list of items) and run ``task`` on it: the results, one per item.
+    This is all a Dask worker does per batch."""
+    decoded, _ = _decode_batch(batch, preprocess or get_preprocess(model))
+    return _forward(task, model, batch, decoded, start)
+
+
+def _forward(task, model, batch, decoded, start):
+    out = [task.result(item.path, start + i) for i, item in enumerate(batch)]
+    groups: dict = {}  # same-shape inputs run together (file inputs all share the crop size)
+    for i, d in enumerate(decoded):
+        if isinstance(d, str):
+            out[i].error = d
+        else:
+            groups.setdefault(d.shape, []).append(i)
+    for shape, members in groups.items():
+        x = np.stack([decoded[i] for i in members])
+        try:
+            outputs = task.compute(model, x)
+        except ValueError as exc:  # e.g. a preprocessed array of a size the model cannot take
+            for i in members:
+                out[i].error = str(exc)
+            continue
+        for row, i in enumerate(members):
+            task.fill(out[i], outputs, row)
+    return out
+
+
+def as_items(inputs) -> list[_Item]:
+    """``inputs`` expanded (see :func:`expand_inputs`), or as is if it already is such a list."""
     if isinstance(inputs, list) and inputs and all(isinstance(i, _Item) for i in inputs):
-        items = inputs
-    else:
-        items = expand_inputs(inputs)
+        return inputs
+    return expand_inputs(inputs)
+
+
+def iter_results(inputs, model, task, batch_size=16, prefetch=True, timings=None, client=None):
+    """Run ``task`` over ``inputs`` in batches: one result per input, in input order, as
+    batches finish. Here, or on a Dask cluster when ``client`` is given (see
+    :mod:`fastalex.distributed`; the workers load the model themselves)."""
+    batch_size = _check_positive("batch_size", batch_size)
+    items = as_items(inputs)
+    if client is not None:
+        from .distributed import iter_distributed
+        yield from iter_distributed(client, items, model, task, batch_size, timings=timings)
+        return
+    model = default_model() if model is None else model
+    yield from _iter_local(items, model, task, batch_size, prefetch, timings)
+
+
+def _iter_local(items, model, task, batch_size, prefetch, timings):
+    preprocess = get_preprocess(model)
     for key in ("decode", "forward", "wait"):
         if timings is not None:
             timings.setdefault(key, 0.0)
@@ -240,7 +373,7 @@ def iter_classify(inputs, model=None, top=5, batch_size=16, labels=None, prefetc
             waited = time.perf_counter() - t0
             pending = submit(k + 1)  # decode the next batch while this one runs
             t1 = time.perf_counter()
-            results = _forward(model, batch, decoded, start, top, labels)
+            results = _forward(task, model, batch, decoded, start)
             if timings is not None:
                 timings["decode"] += decode_seconds
                 timings["wait"] += waited
@@ -260,31 +393,33 @@ class _Done:
         return self.value
 
 
-def _forward(model, batch, decoded, start, top, labels):
-    out = [Prediction(item.path, start + i) for i, item in enumerate(batch)]
-    groups: dict = {}  # same-shape inputs run together (file inputs all share the crop size)
-    for i, d in enumerate(decoded):
-        if isinstance(d, str):
-            out[i].error = d
-        else:
-            groups.setdefault(d.shape, []).append(i)
-    for shape, members in groups.items():
-        x = np.stack([decoded[i] for i in members])
-        try:
-            probs, idx = model.predict(x, top=top)
-        except ValueError as exc:  # e.g. a preprocessed array of a size the model cannot take
-            for i in members:
-                out[i].error = str(exc)
-            continue
-        for row, i in enumerate(members):
-            p = out[i]
-            p.indices = [int(c) for c in idx[row]]
-            p.probabilities = [float(v) for v in probs[row]]
-            p.labels = [None if labels is None else labels[c] for c in p.indices]
-    return out
+def model_num_classes(model):
+    """``model.num_classes``, also for a model recipe (see :mod:`fastalex.distributed`)."""
+    if model is None:
+        return 1000
+    if hasattr(model, "num_classes"):
+        return model.num_classes
+    from .distributed import skeleton
+    return skeleton(model).num_classes
 
 
-def classify(inputs, model=None, top=5, batch_size=16, labels=None, progress=False):
+def iter_classify(inputs, model=None, top=5, batch_size=16, labels=None, prefetch=True, timings=None,
+                  client=None):
+    """Like :func:`classify` but a generator yielding one :class:`Prediction` per input, in input
+    order, as batches finish. ``inputs`` may also be the list from :func:`expand_inputs`.
+    ``timings``, if a dict, gets the seconds spent in ``"decode"``, ``"forward"`` and ``"wait"``
+    (the time the model waited for decoding, which ``prefetch`` hides behind the forward pass).
+    ``client``: a ``dask.distributed.Client`` to run the batches on its workers."""
+    top = _check_positive("top", top)
+    batch_size = _check_positive("batch_size", batch_size)
+    labels = _resolve_labels(labels, model_num_classes(model))
+    for p in iter_results(inputs, model, ClassifyTask(top), batch_size, prefetch, timings, client):
+        if labels is not None and p.ok:
+            p.labels = [labels[c] for c in p.indices]
+        yield p
+
+
+def classify(inputs, model=None, top=5, batch_size=16, labels=None, progress=False, client=None):
     """Classify images; a list of :class:`Prediction`, one per input, in order.
 
     ``inputs``: a path, a PIL image, an array, or a list of them. Folders are searched
@@ -294,9 +429,12 @@ def classify(inputs, model=None, top=5, batch_size=16, labels=None, progress=Fal
     are still classified. ``model``: a :class:`~fastalex.Model` (default: torchvision's AlexNet
     with the ImageNet weights). ``labels``: None (ImageNet names for 1000-class models), a
     labels file, a sequence of names, or False for none. ``progress``: show a tqdm bar on stderr.
+    ``client``: a ``dask.distributed.Client``; the batches then run on its workers, which read
+    the files and load the model themselves (see :mod:`fastalex.distributed`).
     """
     items = expand_inputs(inputs)
-    results = iter_classify(items, model=model, top=top, batch_size=batch_size, labels=labels)
+    results = iter_classify(items, model=model, top=top, batch_size=batch_size, labels=labels,
+                            client=client)
     if progress:
         from tqdm import tqdm
         results = tqdm(results, total=len(items), unit="img", desc="classify")

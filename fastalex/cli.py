@@ -10,6 +10,7 @@ options, missing or unavailable weights, bad labels file), 130 interrupted, 141 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,7 +33,20 @@ caffenet); --random-weights runs without weights.
 offline: --weights FILE, or fill the cache with
 `fastalex weights download --url file:///path/to/alexnet-owt-7be5be79.pth`.
 
-exit status: 0 all images classified, 1 some could not be read, 2 usage error."""
+with --workers N or --scheduler ADDRESS the batches run on a Dask cluster; its workers read
+the images and load the weights themselves (a path or URL they can reach, or 'imagenet' from
+their own cache, $FASTALEX_HOME). --output FILE with --resume continues an interrupted run.
+
+exit status: 0 all images classified, 1 some could not be read, 2 usage error,
+130 interrupted (rerun with --resume to continue an --output)."""
+
+EMBED_EPILOG = """\
+weights as for `fastalex classify`. The vectors are float32, in input order; images that
+cannot be read are reported on stderr and left out (--resume tries them again). While running,
+vectors go to FILE.journal; the output is written (to a temporary name, then renamed) when the
+run ends, so an interruption never leaves a torn file: rerun with --resume to continue.
+
+exit status: 0 all images embedded, 1 some could not be read, 2 usage error, 130 interrupted."""
 
 
 class UsageError(Exception):
@@ -66,6 +80,34 @@ def _backends():
     return list(BACKENDS)
 
 
+def _add_model_options(p):
+    p.add_argument("--variant", choices=_variants(), default=None,
+                   help="model variant (default: torchvision, or whatever the --weights file holds)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", metavar="FILE|URL|imagenet", default="imagenet",
+                   help="weights file (.npz/.pth), a URL of one, an .onnx model, or 'imagenet' (default)")
+    w.add_argument("--random-weights", action="store_true",
+                   help="seeded random weights (for testing: the labels are meaningless)")
+    p.add_argument("--num-classes", type=_positive_int, metavar="N",
+                   help="classes of the model (with --random-weights; otherwise read from the weights)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                   help="images per forward pass, and per task on a cluster (default 16)")
+    p.add_argument("--backend", choices=_backends(), default=None,
+                   help="compute backend (default: numba, or $FASTALEX_BACKEND)")
+    _add_weight_dtype(p)
+
+
+def _add_run_options(p):
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: skip the paths already in --output")
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="run on a local Dask cluster of N worker processes (needs fastalex[dask])")
+    d.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask cluster of this scheduler, e.g. tcp://host:8786 (needs fastalex[dask])")
+    p.add_argument("--timings", action="store_true", help="print where the time went on stderr")
+
+
 def _add_weight_dtype(p):
     from .lowp import WEIGHT_DTYPES
     p.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="float32",
@@ -94,26 +136,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="classify image files or folders",
                        description="Classify images: files, or folders searched recursively.",
                        epilog=CLASSIFY_EPILOG)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("--variant", choices=_variants(), default=None,
-                   help="model variant (default: torchvision, or whatever the --weights file holds)")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--weights", metavar="FILE|imagenet", default="imagenet",
-                   help="weights file (.npz/.pth), an .onnx model, or 'imagenet' (default)")
-    w.add_argument("--random-weights", action="store_true",
-                   help="seeded random weights (for testing: the labels are meaningless)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or URLs")
+    _add_model_options(p)
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (for non-ImageNet weights)")
-    p.add_argument("--num-classes", type=_positive_int, metavar="N",
-                   help="classes of the model (with --random-weights; otherwise read from the weights)")
     p.add_argument("--top", type=_positive_int, default=5, metavar="K", help="classes to show per image (default 5)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per forward pass (default 16)")
-    p.add_argument("--backend", choices=_backends(), default=None,
-                   help="compute backend (default: numba, or $FASTALEX_BACKEND)")
-    _add_weight_dtype(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line per image")
-    p.add_argument("--timings", action="store_true", help="print where the time went on stderr")
+    p.add_argument("--output", metavar="FILE",
+                   help="write JSON lines to FILE (appended and fsynced a batch at a time) instead of stdout")
+    _add_run_options(p)
     _add_preprocess(p)
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("embed", help="write feature vectors (fc7, ...) of images to a file",
+                       description="Write one feature vector per image (a layer's output, flattened) "
+                                   "to FILE: .npy (plus FILE-stem.paths.txt), .npz (paths, vectors) or "
+                                   ".parquet (columns path, vector; needs pyarrow).",
+                       epilog=EMBED_EPILOG)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or URLs")
+    p.add_argument("--layer", default="fc7", metavar="NAME",
+                   help="pool5, fc6, fc7 (after ReLU, as in Caffe), fc8/logits, or a layer name such as "
+                        "features.7 (default fc7)")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="FILE.npy, FILE.npz or FILE.parquet")
+    p.add_argument("--normalize", action="store_true", help="unit-length (L2-normalized) vectors")
+    _add_model_options(p)
+    _add_run_options(p)
+    _add_preprocess(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("summary", help="print the model's layers, shapes, parameters and MACs",
                        description="Print a model summary.")
@@ -248,7 +296,12 @@ def load_model(args):
         except WeightsUnavailableError as exc:
             raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: "
                              f"{_cli_message(exc)} {_HOW_TO_CLI}") from None
-    state = _load_state(args.weights)
+    return _model_from_state(args, _load_state(_local_weights(args.weights)))
+
+
+def _model_from_state(args, state):
+    from .models import WeightsMismatchError, alexnet
+    weight_dtype = getattr(args, "weight_dtype", "float32")
     try:
         return alexnet(args.variant, num_classes=args.num_classes, weights=state, backend=args.backend,
                        weight_dtype=weight_dtype)
@@ -261,6 +314,67 @@ def load_model(args):
                              f"not --variant {args.variant}; leave --variant out") from None
         raise UsageError(f"--num-classes {args.num_classes} but the weights file {args.weights} "
                          f"has {classes} classes") from None
+
+
+def _local_weights(weights):
+    """``weights`` itself, or for a URL its copy in the cache (fetched once)."""
+    from .classify import is_url
+    if not is_url(weights):
+        return weights
+    from .distributed import fetch_weights
+    from .weights import WeightsUnavailableError
+    try:
+        return fetch_weights(weights)
+    except (OSError, ValueError, ImportError, WeightsUnavailableError) as exc:
+        raise UsageError(f"cannot fetch the weights {weights}: {exc}") from None
+
+
+def model_recipe(args):
+    """What the workers of a distributed run build (see :func:`fastalex.distributed.recipe_of`):
+    the spec, and the weights as a path or URL the workers read themselves. The backend is
+    this process's (--backend, or $FASTALEX_BACKEND here), so the workers compute as it would."""
+    if not args.random_weights and is_onnx(args.weights):
+        raise UsageError("an .onnx model cannot run on --workers/--scheduler yet: convert it once "
+                         "(fastalex.save_weights(fastalex.load_onnx(FILE), 'model.npz')) and pass the .npz")
+    recipe = _model_recipe(args)
+    from .backends import get_backend_name
+    recipe["backend"] = args.backend or get_backend_name()
+    recipe["weight_dtype"] = getattr(args, "weight_dtype", "float32")
+    if getattr(args, "preprocess", None):
+        from .images import preprocess_preset
+        recipe["preprocess"] = preprocess_preset(args.preprocess, crop=recipe["spec"]["input_shape"][1])
+    return recipe
+
+
+def _model_recipe(args):
+    from .models import VARIANTS
+    if args.random_weights:
+        _err("WARNING: --random-weights: the model has random weights; its predictions and labels "
+             "are MEANINGLESS (use this only to test the pipeline)")
+        spec = VARIANTS[args.variant or "torchvision"](args.num_classes or 1000)
+        return {"spec": spec, "seed": 0, "weights": None, "backend": args.backend}
+    if args.weights == "imagenet":
+        if args.variant not in (None, "torchvision"):
+            raise UsageError(f"no published ImageNet weights exist for --variant {args.variant} (the 2012 "
+                             "paper's network); use --variant torchvision, --weights FILE or --random-weights")
+        if args.num_classes not in (None, 1000):
+            raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
+        if args.workers:  # local workers share this machine's cache: fill it once, here
+            from .weights import WeightsUnavailableError, download_imagenet
+            try:
+                download_imagenet()
+            except WeightsUnavailableError as exc:
+                raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: "
+                                 f"{_cli_message(exc)} {_HOW_TO_CLI}") from None
+        return {"spec": VARIANTS["torchvision"](1000), "seed": None, "weights": "imagenet",
+                "backend": args.backend}
+    # read once here: the variant and classes come from the file, and it must fit before the
+    # workers try (a file the workers read elsewhere is not checked by this)
+    model = _model_from_state(args, _load_state(_local_weights(args.weights)))
+    from .classify import is_url
+    source = args.weights if is_url(args.weights) else os.path.abspath(args.weights)
+    return {"spec": model.spec, "seed": None, "weights": source, "backend": args.backend}
+
 
 
 def _compile_note(backend):
@@ -300,6 +414,42 @@ def _json_safe(d):
 # ----------------------------------------------------------------------------- commands
 
 def cmd_classify(args):
+    return _run_images(args, "classify")
+
+
+def cmd_embed(args):
+    return _run_images(args, "embed")
+
+
+def _cluster(args):
+    """A context manager giving a Dask client (``--workers``/``--scheduler``) or None."""
+    import contextlib
+    if not (args.workers or args.scheduler):
+        return contextlib.nullcontext(None)
+    from . import distributed
+    try:
+        distributed.require_dask()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    if args.workers:
+        return distributed.local_cluster(args.workers)
+    return distributed.connect(args.scheduler)
+
+
+def _open_output(args, kind):
+    from .outputs import JsonLinesOutput, VectorOutput
+    try:
+        if kind == "embed":
+            return VectorOutput(args.output, resume=args.resume, flush_every=args.batch_size)
+        return JsonLinesOutput(args.output, resume=args.resume, flush_every=args.batch_size)
+    except (ValueError, ImportError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot open the output {args.output}: {exc.strerror or exc}") from None
+
+
+def _run_images(args, kind):
+    """classify and embed: one loop for inputs, model, cluster, output, progress and errors."""
     from PIL import Image
 
     from .classify import SkippedFolderWarning, expand_inputs, iter_classify
@@ -307,6 +457,16 @@ def cmd_classify(args):
 
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse those images ourselves
     warnings.filterwarnings("ignore", module="PIL")  # EXIF/palette chatter; bad files are reported below
+    if args.resume and not args.output:
+        raise UsageError("--resume needs --output FILE (the file to continue)")
+    distributed = bool(args.workers or args.scheduler)
+    cluster = _cluster(args)  # checks that Dask is installed before anything slow
+    if kind == "embed":
+        from .outputs import check_vector_path
+        try:
+            check_vector_path(args.output)  # the format (and pyarrow for .parquet), before anything slow
+        except (ValueError, ImportError) as exc:
+            raise UsageError(str(exc)) from None
     t_start = time.perf_counter()
     with warnings.catch_warnings(record=True) as skipped:
         warnings.simplefilter("always", SkippedFolderWarning)
@@ -318,21 +478,36 @@ def cmd_classify(args):
         raise UsageError("no images found in " + ", ".join(args.paths)
                          + " (searched recursively for image file extensions)")
     t0 = time.perf_counter()
-    model = _apply_preprocess(load_model(args), args)
+    model = model_recipe(args) if distributed else _apply_preprocess(load_model(args), args)
     t_model = time.perf_counter() - t0
+    num_classes = model.num_classes if not distributed else _recipe_classes(model)
     labels = None
-    if args.labels:
+    if kind == "classify":
+        if args.labels:
+            try:
+                labels = load_labels(args.labels, num_classes)
+            except LabelsError as exc:
+                raise UsageError(str(exc)) from None
+        elif num_classes != 1000:
+            labels = False  # print class indices
+    else:
+        from .embedding import check_layer
         try:
-            labels = load_labels(args.labels, model.num_classes)
-        except LabelsError as exc:
+            check_layer(model, args.layer)
+        except (ValueError, TypeError) as exc:
             raise UsageError(str(exc)) from None
-    elif model.num_classes != 1000:
-        labels = False  # print class indices
     t0 = time.perf_counter()
-    from .backends import get_backend
-    get_backend(args.backend)  # import (and for numba, load the compiled kernels' module) up front
+    if not distributed:
+        from .backends import get_backend
+        get_backend(args.backend)  # import (and for numba, load the compiled kernels' module) up front
     t_backend = time.perf_counter() - t0
     _compile_note(args.backend)
+
+    output = _open_output(args, kind) if args.output else None
+    total = len(items)
+    if output is not None and output.done:
+        items = [item for item in items if item.path not in output.done]
+        _err(f"resuming: {total - len(items)} of {total} inputs are already in {args.output}")
 
     from tqdm import tqdm
     show_bar = len(items) > PROGRESS_MIN_IMAGES and sys.stderr.isatty()
@@ -341,28 +516,63 @@ def cmd_classify(args):
     write = (lambda s, file: tqdm.write(s, file=file)) if show_bar else (lambda s, file: print(s, file=file))
     timings = {}
     failed = 0
-    width = len(str(args.top))
+    width = len(str(getattr(args, "top", 1)))
+    finished = False
+    from .distributed import ModelLoadError
     try:
-        for pred in iter_classify(items, model=model, top=args.top, batch_size=args.batch_size,
-                                  labels=labels, timings=timings):
-            if pred.error:
-                failed += 1
-                write(f"{PROG}: cannot classify {_printable(str(pred.path))}: {_printable(pred.error)}", sys.stderr)
-                if args.json:
-                    write(_json_safe(pred.to_dict()), sys.stdout)
+        with cluster as client:
+            if kind == "classify":
+                results = iter_classify(items, model=model, top=args.top, batch_size=args.batch_size,
+                                        labels=labels, timings=timings, client=client)
             else:
-                write(_json_safe(pred.to_dict()) if args.json else _format_prediction(pred, width), sys.stdout)
-            bar.update(1)
+                from .embedding import iter_embed
+                results = iter_embed(items, model=model, layer=args.layer, normalize=args.normalize,
+                                     batch_size=args.batch_size, timings=timings, client=client)
+            with contextlib.closing(results):  # on Ctrl-C: cancel queued batches before the cluster closes
+                for r in results:
+                    if r.error:
+                        failed += 1
+                        write(f"{PROG}: cannot {kind} {_printable(str(r.path))}: {_printable(r.error)}", sys.stderr)
+                    if kind == "embed":
+                        if r.ok:
+                            output.write(r.path, r.vector)
+                    elif output is not None:
+                        output.write(_json_safe(r.to_dict()))
+                    elif args.json:
+                        write(_json_safe(r.to_dict()), sys.stdout)
+                    elif r.ok:
+                        write(_format_prediction(r, width), sys.stdout)
+                    bar.update(1)
+        if output is not None:
+            output.finish()
+        finished = True
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        if output is not None:
+            _err(f"interrupted: what is done is kept; rerun with --resume to continue {args.output}")
+        raise
     finally:
         bar.close()
+        if output is not None and not finished:
+            output.close()
     if args.timings:
-        total = time.perf_counter() - t_start
-        _err(f"timings: model+weights {t_model:.3f}s, backend import {t_backend:.3f}s, "
-             f"decode {timings.get('decode', 0):.3f}s (waited {timings.get('wait', 0):.3f}s), "
-             f"forward {timings.get('forward', 0):.3f}s, total {total:.3f}s for {len(items)} inputs")
+        elapsed = time.perf_counter() - t_start
+        if distributed:
+            _err(f"timings: model setup {t_model:.3f}s, waited for the cluster {timings.get('wait', 0):.3f}s "
+                 f"over {timings.get('batches', 0)} batches, total {elapsed:.3f}s for {len(items)} inputs")
+        else:
+            _err(f"timings: model+weights {t_model:.3f}s, backend import {t_backend:.3f}s, "
+                 f"decode {timings.get('decode', 0):.3f}s (waited {timings.get('wait', 0):.3f}s), "
+                 f"forward {timings.get('forward', 0):.3f}s, total {elapsed:.3f}s for {len(items)} inputs")
     if failed:
-        _err(f"{failed} of {len(items)} inputs could not be classified")
+        _err(f"{failed} of {len(items)} inputs could not be {'classified' if kind == 'classify' else 'embedded'}")
     return 1 if failed else 0
+
+
+def _recipe_classes(recipe):
+    from .distributed import skeleton
+    return skeleton(recipe).num_classes
 
 
 def cmd_summary(args):

@@ -347,6 +347,16 @@ class Model(Sequential):
         self.backend = backend
         self.num_classes = self.output_shape(self.input_shape)[0]
         self.set_weight_dtype(weight_dtype)
+        #: how to build this model again elsewhere (a Dask worker): spec, seed and weights
+        #: source; None once its weights came from arrays (see fastalex.distributed.recipe_of)
+        self.recipe = None if seed is None else {"spec": spec, "seed": seed, "weights": None}
+
+    def load_state_dict(self, state_dict, strict=True):
+        result = super().load_state_dict(state_dict, strict)
+        self.recipe = None  # the weights now come from arrays the recipe does not know
+        return result
+
+    load_state_dict.__doc__ = Sequential.load_state_dict.__doc__
 
     def _batch(self, x):
         """``(batch, squeezed)``: ``x`` as ``(N, C, H, W)``, checked against the model's input."""
@@ -605,4 +615,10 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
             f"alexnet: {source} has {fit_classes} classes, not num_classes={num_classes}", source, fits)
     model = Model(VARIANTS[fit_variant](fit_classes), seed=None, backend=backend)
     model.load_state_dict(state)  # strict: every parameter is replaced
+    if meta is not None:  # how other processes (Dask workers) get the same weights
+        model.recipe = {"spec": model.spec, "seed": None, "weights": meta.name}
+    elif isinstance(weights, (str, os.PathLike)):  # a file or URL they can load again
+        where = os.fspath(weights)
+        model.recipe = {"spec": model.spec, "seed": None,
+                        "weights": where if "://" in where else os.path.abspath(where)}
     return model.set_weight_dtype(weight_dtype)

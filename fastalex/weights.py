@@ -554,7 +554,9 @@ def resolve_weights(weights, variant=None) -> dict[str, np.ndarray]:
 
     A mapping is returned as is; published weights (``"imagenet"``, ``"IMAGENET1K_V1"`` or a
     :class:`PublishedWeights`) come from the cache, downloaded once (only for their variant,
-    ``"torchvision"``); a ``str`` or path-like is read with :func:`load_weights`.
+    ``"torchvision"``); a URL (``https://``, ``s3://``, ...) is fetched once into
+    :func:`cache_dir` (see :func:`fastalex.distributed.fetch_weights`); a ``str`` or path-like
+    is read with :func:`load_weights`.
     """
     if isinstance(weights, Mapping):
         return weights
@@ -566,6 +568,9 @@ def resolve_weights(weights, variant=None) -> dict[str, np.ndarray]:
                 f"paper's network with LRN and grouped convolutions); use variant={meta.variant!r} "
                 "for weights='imagenet', or pass a weights file you trained")
         return meta.get_state_dict()
+    if isinstance(weights, str) and "://" in weights:  # a URL: fetched once into the cache
+        from .distributed import fetch_weights
+        return load_weights(fetch_weights(weights))
     if isinstance(weights, (str, os.PathLike)):
         return load_weights(weights)
     raise TypeError(f"weights must be None, 'imagenet', a path to an .npz/.pth file or a state dict, "
