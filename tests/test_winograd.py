@@ -26,6 +26,7 @@ from fastalex.backends import _winograd  # noqa: E402  (after the numba skip)
 @pytest.fixture
 def every_shape(monkeypatch):
     monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(fast, "WINOGRAD_MIN_BATCH", 1)
 
 
 def _array(seed, shape):
@@ -103,8 +104,10 @@ ALEXNET = {  # input (C, H, W), weight, stride, padding, groups: both variants' 
 
 
 @pytest.mark.parametrize("name", ALEXNET)
-def test_alexnet_layers_run_winograd_and_agree(name):
-    """With the default threshold every AlexNet convolution is planned for Winograd."""
+def test_alexnet_layers_run_winograd_and_agree(monkeypatch, name):
+    """With the default channel threshold every AlexNet convolution is planned for Winograd
+    (and runs it for batches of 2 and more; here for a single image too)."""
+    monkeypatch.setattr(fast, "WINOGRAD_MIN_BATCH", 1)
     xs, ws, stride, padding, groups = ALEXNET[name]
     fan_in = ws[1] * ws[2] * ws[3]
     x = np.abs(_array(1, (2, *xs)))  # post-ReLU-like activations, as in the network
@@ -192,3 +195,17 @@ def test_summary_shows_the_plan():
     assert "features.4   Winograd F(2x2, 5x5)" in text
     m.backend = "numpy"
     assert "Winograd" not in m.summary()
+
+
+def test_single_images_run_im2col(monkeypatch):
+    """One image takes im2col even with a Winograd plan (faster there); two take Winograd."""
+    calls = []
+    monkeypatch.setattr(_winograd, "conv2d", lambda *a, **k: calls.append(a[0].shape[0]) or ref)
+    w, b = _array(0, (32, 32, 3, 3)), _array(1, (32,))
+    plan = F.prepare_conv2d(w, b, 1, backend="numba")
+    x = _array(2, (2, 32, 7, 7))
+    ref = F.conv2d(x, w, b, 1, 1, backend="numpy")
+    assert_agree(F.conv2d(x[:1], w, b, 1, 1, backend="numba", plan=plan), ref[:1], "batch 1")
+    assert calls == []
+    F.conv2d(x, w, b, 1, 1, backend="numba", plan=plan)
+    assert calls == [2]

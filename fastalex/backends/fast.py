@@ -8,8 +8,8 @@ valid input and only do arithmetic, float32 throughout (adaptive pooling sums in
 * **Convolution** with prepared weights (``Conv2D`` layers, or ``functional.conv2d(plan=...)``)
   runs the Winograd algorithm of :mod:`._winograd` where it applies (square kernels, any
   stride folded into channels, at least ``WINOGRAD_MIN_CHANNELS`` channels per group: every
-  AlexNet layer): 2.8-4x fewer multiplies than any direct method, as 36 sgemms per chunk of
-  tiles. Otherwise, and for a plain functional call (transforming the weights on every call
+  AlexNet layer) and the batch has at least ``WINOGRAD_MIN_BATCH`` images: 2.8-4x fewer
+  multiplies than any direct method, as 36 sgemms per chunk of tiles. Otherwise, and for a plain functional call (transforming the weights on every call
   would cost more than it saves), it is im2col + sgemm. A parallel kernel packs the input windows of a chunk
   of samples into one ``(C*kh*kw, samples*Ho*Wo)`` matrix (rows in the weight's
   ``(c, u, v)`` order); OpenBLAS multiplies each group's ``(out/groups, C/groups*kh*kw)``
@@ -190,6 +190,10 @@ _GEMM_COLUMNS = 2048  # columns of one chunk's product: wide enough for BLAS to 
 #: channels (after space-to-depth): below that its products are too thin to pay for its
 #: transforms. Tests set it to 1 to run every supported shape through Winograd.
 WINOGRAD_MIN_CHANNELS = 16
+#: ... and when the batch has at least this many images: for one image, the 36 products are
+#: too small for OpenBLAS's threads (measured side by side here: im2col 6-32% faster on 9 of
+#: AlexNet's 10 layers at batch 1; Winograd 9-26% faster on most at batch 4).
+WINOGRAD_MIN_BATCH = 2
 
 
 def prepare_conv2d(weight, bias, stride, dilation, groups):
@@ -210,8 +214,8 @@ def describe_plan(plan) -> str:
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
     """Winograd when the weights were prepared for it (see :func:`prepare_conv2d` and
-    ``fastalex.functional.prepare_conv2d``), im2col + sgemm otherwise."""
-    if isinstance(plan, _winograd.Plan):
+    ``fastalex.functional.prepare_conv2d``) and the batch is large enough, im2col + sgemm otherwise."""
+    if isinstance(plan, _winograd.Plan) and x.shape[0] >= WINOGRAD_MIN_BATCH:
         return _winograd.conv2d(_writable(x), plan, padding, relu, _launch)
     return _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu)
 
