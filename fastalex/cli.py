@@ -208,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- helpers
 
+def _check_imagenet_args(args):
+    """``--weights imagenet`` fits torchvision's variant with 1000 classes only."""
+    if args.variant not in (None, "torchvision"):
+        raise UsageError(f"no published ImageNet weights exist for --variant {args.variant} (the 2012 "
+                         "paper's network); use --variant torchvision, --weights FILE or --random-weights")
+    if args.num_classes not in (None, 1000):
+        raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
+
+
 def _err(message):
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
@@ -286,11 +295,7 @@ def load_model(args):
              "are MEANINGLESS (use this only to test the pipeline)")
         return model
     if args.weights == "imagenet":
-        if args.variant not in (None, "torchvision"):
-            raise UsageError(f"no published ImageNet weights exist for --variant {args.variant} (the 2012 "
-                             "paper's network); use --variant torchvision, --weights FILE or --random-weights")
-        if args.num_classes not in (None, 1000):
-            raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
+        _check_imagenet_args(args)
         try:
             return alexnet("torchvision", weights="imagenet", backend=args.backend, weight_dtype=weight_dtype)
         except WeightsUnavailableError as exc:
@@ -354,11 +359,7 @@ def _model_recipe(args):
         spec = VARIANTS[args.variant or "torchvision"](args.num_classes or 1000)
         return {"spec": spec, "seed": 0, "weights": None, "backend": args.backend}
     if args.weights == "imagenet":
-        if args.variant not in (None, "torchvision"):
-            raise UsageError(f"no published ImageNet weights exist for --variant {args.variant} (the 2012 "
-                             "paper's network); use --variant torchvision, --weights FILE or --random-weights")
-        if args.num_classes not in (None, 1000):
-            raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
+        _check_imagenet_args(args)
         if args.workers:  # local workers share this machine's cache: fill it once, here
             from .weights import WeightsUnavailableError, download_imagenet
             try:

@@ -219,6 +219,12 @@ def _at6(m, f, o, step, g, d, dstep, C):
             gi[c] = first * x0[c] + (x1[c] + sign * x2[c]) + two * (x3[c] + sign * x4[c]) + last * x5[c]
 
 
+@njit(**_SER)
+def _tile(t, th, tw):
+    """``(n, ty, tx)`` of tile ``t = (n*th + ty)*tw + tx``."""
+    return t // (th * tw), (t // tw) % th, t % tw
+
+
 @njit(**_PAR)
 def _input_transform(xp, V, m, th, tw, t0, count):
     """``V[a*6 + b, t - t0, :] = sum_{r,s} BT[a, r] BT[b, s] xp[n, ty*m + r, tx*m + s, :]`` for the
@@ -229,10 +235,7 @@ def _input_transform(xp, V, m, th, tw, t0, count):
     xf = xp.reshape(-1)
     vf = V.reshape(-1)
     for k in prange(count):
-        t = t0 + k
-        n = t // (th * tw)
-        ty = (t // tw) % th
-        tx = t % tw
+        n, ty, tx = _tile(t0 + k, th, tw)
         tmp = np.empty(36 * C, np.float32)  # tmp[a, s, :] = sum_r BT[a, r] d[r, s, :]
         for s_ in range(6):
             _bt6(xf, ((n * Hp + ty * m) * Wp + tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
@@ -248,10 +251,7 @@ def _output_transform(M, yh, m, bias, relu, th, tw, t0, count):
     Ho, Wo = yh.shape[1], yh.shape[2]
     mf = M.reshape(-1)
     for k in prange(count):
-        t = t0 + k
-        n = t // (th * tw)
-        ty = (t // tw) % th
-        tx = t % tw
+        n, ty, tx = _tile(t0 + k, th, tw)
         tmp = np.empty(6 * m * O, np.float32)  # tmp[b, i, :] = sum_a AT[i, a] M[a, b, :]
         for b in range(6):
             _at6(m, mf, (b * T + k) * O, 6 * T * O, tmp, b * m * O, O, O)
