@@ -43,7 +43,13 @@ def _jobs():
     x2 = np.abs(rng.standard_normal((2, 16, 15, 15), dtype=np.float32))
     w2 = rng.standard_normal((32, 8, 5, 5), dtype=np.float32) * np.float32(0.05)
     b2 = rng.standard_normal(32, dtype=np.float32)
+    x3 = rng.standard_normal((2, 32, 13, 13), dtype=np.float32)
+    w3 = rng.standard_normal((32, 32, 3, 3), dtype=np.float32) * np.float32(0.05)
+    plan3 = F.prepare_conv2d(w3, b2, 1, backend="numba")  # Winograd at batch 2, shared by the threads
+    xd, wd = rng.standard_normal((5, 300), dtype=np.float32), rng.standard_normal((32, 300), dtype=np.float32)
     return {
+        "winograd": lambda: F.conv2d(x3, w3, b2, 1, 1, activation="relu", backend="numba", plan=plan3),
+        "dense": lambda: F.linear(xd, wd, b2, "relu", backend="numba"),  # the tiled kernel (batch 5)
         "conv1": lambda: F.conv2d(x1, w1, None, 4, 0, activation="relu", backend="numba"),
         "conv2": lambda: F.conv2d(x2, w2, b2, 1, 2, groups=2, backend="numba"),
         "lrn": lambda: F.local_response_norm(x2, 5, 1e-4, 0.75, 2.0, backend="numba"),
