@@ -347,3 +347,31 @@ def test_configure_threads_too_late_raises():
 def test_configure_threads_rejects_unknown_layers():
     with pytest.raises(ValueError, match=r"configure_threads: unknown threading layer 'gpu'; valid layers are 'workqueue'"):
         fastalex.configure_threads("gpu")
+
+
+def test_spinning_openmp_layer_is_named_once_with_the_fix():
+    """Left to Numba's default GNU OpenMP layer (spinning waits), the first fast op warns once
+    and says how to choose; configure_threads() (or an explicit choice) gives no warning."""
+    code = """
+        import warnings, numba, numpy as np
+        import fastalex
+        CONFIGURE
+        from test_threads import _jobs
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for job in _jobs().values():
+                job()
+                job()
+        print("layer", numba.threading_layer())
+        print("warnings", sum("configure_threads()" in str(w.message) for w in caught))
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
+    default = _python(code.replace("CONFIGURE", ""), {}, env)
+    assert default.returncode == 0, default.stderr[-3000:]
+    layer = default.stdout.split("layer ")[1].split()[0]
+    assert f"warnings {1 if layer == 'omp' else 0}" in default.stdout, default.stdout
+    chosen = _python(code.replace("CONFIGURE", "fastalex.configure_threads()"), {}, env)
+    assert chosen.returncode == 0, chosen.stderr[-3000:]
+    assert "layer workqueue" in chosen.stdout and "warnings 0" in chosen.stdout, chosen.stdout
+    passive = _python(code.replace("CONFIGURE", ""), {"OMP_WAIT_POLICY": "PASSIVE"}, env)
+    assert "warnings 0" in passive.stdout, passive.stdout

@@ -53,8 +53,10 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 
 import numpy as np
+import numba
 from numba import njit, prange, uint64
 
 from ..shapes import conv_output_size, pool_output_size
@@ -89,6 +91,34 @@ def _launch(kernel, *args):
     """Run a parallel kernel, one launch at a time in this process."""
     with _LAUNCH:
         kernel(*args)
+    if not _layer_checked:
+        _check_spinning_layer()
+
+
+_layer_checked = False
+
+
+def _check_spinning_layer():
+    """Once, after the first launch: warn if Numba's threads run GNU OpenMP with its default
+    (spinning) wait policy and nobody chose it. Its waiting threads spin against OpenBLAS's
+    between our kernels and products: a forward pass took 2.5-3x longer here (AlexNet,
+    batch 1: 61 ms against 19-23 ms). fastalex changes no process-wide setting by itself, so it
+    says how to choose instead."""
+    global _layer_checked
+    _layer_checked = True
+    from . import _threading_layer
+    try:
+        active = numba.threading_layer()
+    except ValueError:
+        return
+    chosen = _threading_layer is not None or os.environ.get("NUMBA_THREADING_LAYER")
+    passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    if active == "omp" and not chosen and not passive:
+        warnings.warn(
+            "fastalex: Numba's threads run on the 'omp' layer, whose idle threads spin against "
+            "OpenBLAS's: forward passes take 2-3x longer. Call fastalex.configure_threads() before "
+            "the first forward pass (or set OMP_WAIT_POLICY=PASSIVE, or NUMBA_THREADING_LAYER=omp to "
+            "keep this as it is)", RuntimeWarning, stacklevel=3)
 
 
 def _writable(a):
