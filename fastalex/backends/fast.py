@@ -9,8 +9,9 @@ valid input and only do arithmetic, float32 throughout (adaptive pooling sums in
   runs the Winograd algorithm of :mod:`._winograd` where it applies (square kernels, any
   stride folded into channels, at least ``WINOGRAD_MIN_CHANNELS`` channels per group: every
   AlexNet layer) and the batch has at least ``WINOGRAD_MIN_BATCH`` images: 2.8-4x fewer
-  multiplies than any direct method, as 36 sgemms per chunk of tiles. Otherwise, and for a plain functional call (transforming the weights on every call
-  would cost more than it saves), it is im2col + sgemm. A parallel kernel packs the input windows of a chunk
+  multiplies than any direct method, as 36 sgemms per chunk of tiles. Otherwise, and for a
+  plain functional call (transforming the weights on every call would cost more than it
+  saves), it is im2col + sgemm. A parallel kernel packs the input windows of a chunk
   of samples into one ``(C*kh*kw, samples*Ho*Wo)`` matrix (rows in the weight's
   ``(c, u, v)`` order); OpenBLAS multiplies each group's ``(out/groups, C/groups*kh*kw)``
   weight view by its rows of that matrix (a grouped convolution is ``groups`` smaller
@@ -24,8 +25,9 @@ valid input and only do arithmetic, float32 throughout (adaptive pooling sums in
   whatever the window size, without subtracting (a running sum that subtracts lets one NaN,
   inf or huge value spoil every later channel), and uses ``sqrt(d) * sqrt(sqrt(d))`` for
   ``d**0.75``.
-* **Dense** layers are one sgemm/sgemv on ``weight.T`` (a view: the 230 MB of AlexNet's
-  dense weights are never copied). With a bfloat16 or int8 weight
+* **Dense** layers are one sgemv for a single sample; a batch runs the register-tiled kernel
+  of :mod:`fastalex.backends._dense_lowp` (the weight read in place, once per 4 samples, never
+  packed or copied). With a bfloat16 or int8 weight
   (:class:`fastalex.lowp.LowpWeight`) a fused kernel widens it in registers inside the
   product (:mod:`fastalex.backends._dense_lowp`).
 
@@ -55,8 +57,8 @@ import os
 import threading
 import warnings
 
-import numpy as np
 import numba
+import numpy as np
 from numba import njit, prange, uint64
 
 from ..shapes import conv_output_size, pool_output_size
@@ -532,16 +534,20 @@ def linear(x, weight, bias, relu):
         if relu:
             np.maximum(y, np.float32(0.0), out=y)
         return y
-    y = np.empty((x.shape[0], weight.shape[0]), np.float32)
-    _launch(linear_lowp_kernel, _writable(x), _writable(weight), np.ones(weight.shape[0], np.float32),
-            _NO_BIAS if bias is None else _writable(bias), bool(relu), y)
-    return y
+    return _linear_tiled(x, weight, None, bias, relu)
 
 
 def linear_lowp(x, weight, bias, relu):
-    y = np.empty((x.shape[0], weight.shape[0]), np.float32)
-    scale = weight.scale if weight.scale is not None else np.ones(weight.shape[0], np.float32)
-    _launch(linear_lowp_kernel, _writable(x), _writable(weight.data), scale,
+    return _linear_tiled(x, weight.data, weight.scale, bias, relu)
+
+
+def _linear_tiled(x, data, scale, bias, relu):
+    """``relu?(scale * (x @ widen(data).T) + bias)`` by the register-tiled kernel of
+    ``_dense_lowp``; ``data`` float32, bfloat16 bits or int8, ``scale`` None for all ones."""
+    y = np.empty((x.shape[0], data.shape[0]), np.float32)
+    if scale is None:
+        scale = np.ones(data.shape[0], np.float32)
+    _launch(linear_lowp_kernel, _writable(x), _writable(data), scale,
             _NO_BIAS if bias is None else _writable(bias), bool(relu), y)
     return y
 
