@@ -258,8 +258,8 @@ class ConvPlan(NamedTuple):
 def prepare_conv2d(weight, bias=None, stride=1, dilation=1, groups=1, backend=None) -> ConvPlan:
     """Prepare a convolution's weights once for many :func:`conv2d` calls (``plan=``).
 
-    The fast backend transforms the weights for its Winograd algorithm here (a few ms for a
-    large layer) instead of on every call; the reference backend has nothing to prepare.
+    The fast backend plans its Winograd algorithm here and transforms the weights (a few ms
+    for a large layer) the first time a batch needs them, instead of on every call; the reference backend has nothing to prepare.
     ``Conv2D`` layers do this by themselves. The plan refers to ``weight`` and ``bias``
     (no copy) and is valid while they are unchanged: layers make their parameters read-only
     once planned, so a change is an assignment of new arrays, which makes a new plan.
@@ -270,14 +270,14 @@ def prepare_conv2d(weight, bias=None, stride=1, dilation=1, groups=1, backend=No
         raise ValueError(f"{op}: weight must be (out_channels, in_channels/groups, kh, kw), "
                          f"got shape {_shape(weight)}")
     stride, _, dilation, groups, _ = check_conv_args(stride, 0, dilation, groups, op=op)
-    if weight.shape[0] % int(groups):
+    if weight.shape[0] % groups:
         raise ValueError(f"{op}: groups={groups} must divide the output channels of weight {_shape(weight)}")
     bias = _bias(bias, weight.shape[0], op)
     name = get_backend_name() if backend is None else backend
     impl = get_backend(name)
     prepare = getattr(impl, "prepare_conv2d", None)
-    data = None if prepare is None else prepare(weight, bias, stride, dilation, int(groups))
-    return ConvPlan(name, weight, bias, stride, dilation, int(groups), data)
+    data = None if prepare is None else prepare(weight, bias, stride, dilation, groups)
+    return ConvPlan(name, weight, bias, stride, dilation, groups, data)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,

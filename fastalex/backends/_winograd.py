@@ -29,16 +29,16 @@ Layout inside a call: the input is packed once into a zero-padded channels-last 
 vectorize over channels; AlexNet's maps are too small, 13x13, to vectorize over pixels);
 the output transform adds the bias, applies the ReLU, and a last pass writes NCHW.
 
-The weights' transform ``U`` depends only on the weights: :func:`prepare` computes it once
-(in float64), and layers keep it (see ``Conv2D``), so a model pays for it when it loads.
+The weights' transform ``U`` depends only on the weights: a :class:`Plan` computes it once (in
+float64), the first time a batch needs it, and layers keep their plan (see ``Conv2D``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from numba import njit, prange
+
+from ..shapes import conv_output_size
 
 _PAR = dict(parallel=True, cache=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
@@ -83,27 +83,39 @@ def matrices(m: int, r: int):
     return AT, G, BT
 
 
-class Plan(NamedTuple):
-    """A convolution prepared for Winograd: the transformed weights and the geometry."""
+class Plan:
+    """A convolution prepared for Winograd: its geometry, and the transformed weights ``U``,
+    computed from the weights the first time a convolution needs them (a model that only ever
+    sees single images, which run im2col, never pays for the transform)."""
 
-    m: int            # output tile size
-    r: int            # effective kernel size (after space-to-depth)
-    s: int            # stride folded into channels (space-to-depth factor; 1 = none)
-    AT: np.ndarray    # (m, alpha) float32
-    BT: np.ndarray    # (alpha, alpha) float32
-    U: tuple          # per group: (alpha*alpha, C*s*s/groups, out/groups) float32
-    bias: np.ndarray  # (out,) float32, zeros when the layer has none
-    out_channels: int
-    kernel: tuple     # the original (kh, kw)
+    def __init__(self, weight, bias, stride, groups):
+        O, cin_g, k, _ = weight.shape
+        self.s = stride[0]                       # stride folded into channels (1 = none)
+        self.r = -(-k // self.s)                 # effective kernel size after space-to-depth
+        self.m = TILE[self.r]                    # output tile size
+        self.kernel = (k, k)
+        self.out_channels = O
+        self.in_channels = cin_g * groups * self.s * self.s   # after space-to-depth
+        self.groups = groups
+        self.bias = np.zeros(O, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        self._weight = weight
+        self._U = None
+
+    @property
+    def U(self) -> tuple:
+        """Per group, ``(alpha*alpha, C*s*s/groups, out/groups)`` float32: ``U[e]`` is one
+        product's right side. Transformed once, on first use."""
+        if self._U is None:
+            self._U = _transform(self._weight, self.s, self.r, self.m, self.groups)
+        return self._U
 
 
 def describe(plan: Plan) -> str:
     """One line for a model's plan: ``Winograd F(4x4, 3x3)``, with the space-to-depth if any."""
-    k = plan.kernel[0]
-    text = f"Winograd F({plan.m}x{plan.m}, {plan.r}x{plan.r})"
-    if plan.s > 1:
-        cs = plan.U[0].shape[1] * len(plan.U)
-        text += f" after space-to-depth {plan.s}x{plan.s} ({k}x{k} stride {plan.s} -> {plan.r}x{plan.r} over {cs} channels)"
+    k, s, r = plan.kernel[0], plan.s, plan.r
+    text = f"Winograd F({plan.m}x{plan.m}, {r}x{r})"
+    if s > 1:
+        text += f" after space-to-depth {s}x{s} ({k}x{k} stride {s} -> {r}x{r} over {plan.in_channels} channels)"
     return text
 
 
@@ -118,13 +130,15 @@ def supports(weight_shape, stride, dilation) -> bool:
 
 
 def prepare(weight, bias, stride, groups) -> Plan:
-    """Transform the weights once: ``U[e, c, o] = sum_ij G[a, i] w'[o, c, i, j] G[b, j]`` per group,
-    where ``w'`` is the weight after space-to-depth (the weight itself for stride 1)."""
+    """The :class:`Plan` of a convolution :func:`supports` (its weights transformed on first use)."""
+    return Plan(weight, bias, stride, groups)
+
+
+def _transform(weight, s, r, m, groups) -> tuple:
+    """``U[e, c, o] = sum_ij G[a, i] w'[o, c, i, j] G[b, j]`` per group, in float64, where ``w'``
+    is the weight after space-to-depth (the weight itself for stride 1)."""
     O, cin_g, k, _ = weight.shape
-    s = stride[0]
-    r = -(-k // s)
-    m = TILE[r]
-    AT, G, BT = matrices(m, r)
+    G = matrices(m, r)[1]  # the kernels spell B^T and A^T out (_bt6, _at6)
     w = weight.astype(np.float64)
     if s > 1:  # w'[o, (c, u, v), i, j] = w[o, c, i*s + u, j*s + v], zero past the kernel
         wp = np.zeros((O, cin_g, r * s, r * s))
@@ -133,12 +147,8 @@ def prepare(weight, bias, stride, groups) -> Plan:
     og = O // groups
     # G g G^T for every (o, c) at once, as two batched products: (O, C, 6, 6)
     u = np.matmul(np.matmul(G, w), G.T)
-    U = []
-    for g in range(groups):  # (6*6, C, O/groups) per group: U[e] is one product's right side
-        ug = u[g * og:(g + 1) * og].reshape(og, -1, 36).transpose(2, 1, 0)
-        U.append(np.ascontiguousarray(ug, dtype=np.float32))
-    b = np.zeros(O, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-    return Plan(m, r, s, AT.astype(np.float32), BT.astype(np.float32), tuple(U), b, O, (k, k))
+    return tuple(np.ascontiguousarray(u[g * og:(g + 1) * og].reshape(og, -1, 36).transpose(2, 1, 0),
+                                      dtype=np.float32) for g in range(groups))
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -290,33 +300,26 @@ def conv2d(x, plan: Plan, padding, relu, launch):
     k = plan.kernel[0]
     s, m, r = plan.s, plan.m, plan.r
     (ph, pw) = padding
-    ho = (H + 2 * ph - k) // s + 1
-    wo = (W + 2 * pw - k) // s + 1
+    ho, wo = conv_output_size(H, k, s, ph, 1), conv_output_size(W, k, s, pw, 1)
     th, tw = -(-ho // m), -(-wo // m)
     Hp, Wp = th * m + r - 1, tw * m + r - 1        # in (space-to-depth) blocks
     Cs = C * s * s
-    alpha = ALPHA
     xp = np.empty((N, Hp, Wp, Cs), np.float32)
     launch(_pack, x, xp, s, ph, pw)
     T = N * th * tw
     O = plan.out_channels
-    groups = len(plan.U)
-    cg, og = Cs // groups, O // groups
+    cg, og = Cs // plan.groups, O // plan.groups
     # tiles in chunks whose transformed input and products (V, M) stay in the last-level cache
-    chunk = max(64, min(T, CHUNK_BYTES // (alpha * alpha * 4 * (Cs + O))))
-    V = np.empty((alpha * alpha, chunk, Cs), np.float32)
-    M = np.empty((alpha * alpha, chunk, O), np.float32)
+    chunk = max(64, min(T, CHUNK_BYTES // (ALPHA * ALPHA * 4 * (Cs + O))))
+    V = np.empty((ALPHA * ALPHA, chunk, Cs), np.float32)
+    M = np.empty((ALPHA * ALPHA, chunk, O), np.float32)
     yh = np.empty((N, ho, wo, O), np.float32)
     for t0 in range(0, T, chunk):
-        k = min(chunk, T - t0)
-        v, mm = V[:, :k], M[:, :k]
-        launch(_input_transform, xp, V, m, th, tw, t0, k)
-        if groups == 1:
-            np.matmul(v, plan.U[0], out=mm)
-        else:
-            for g, U in enumerate(plan.U):
-                np.matmul(v[:, :, g * cg:(g + 1) * cg], U, out=mm[:, :, g * og:(g + 1) * og])
-        launch(_output_transform, M, yh, m, plan.bias, relu, th, tw, t0, k)
+        count = min(chunk, T - t0)
+        launch(_input_transform, xp, V, m, th, tw, t0, count)
+        for g, U in enumerate(plan.U):  # one batch of 36 products per group
+            np.matmul(V[:, :count, g * cg:(g + 1) * cg], U, out=M[:, :count, g * og:(g + 1) * og])
+        launch(_output_transform, M, yh, m, plan.bias, relu, th, tw, t0, count)
     y = np.empty((N, O, ho, wo), np.float32)
     launch(_to_nchw, yh, y)
     return y
