@@ -761,7 +761,7 @@ def main(argv=None) -> int:
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
         from .backends import configure_threads
-        configure_threads()  # Numba's fork-safe workqueue layer, unless NUMBA_THREADING_LAYER says otherwise
+        configure_threads()  # Numba's TBB layer (else workqueue), unless NUMBA_THREADING_LAYER says otherwise
         status = args.func(args)
         sys.stdout.flush()
         return status

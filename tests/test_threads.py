@@ -6,10 +6,11 @@
 * ``NUMBA_NUM_THREADS=1`` in the environment is what the kernels see.
 * ``fork()`` while another thread runs a kernel: the child runs kernels, it does not deadlock.
 * The threading layer: the library changes no process-wide setting (Numba's own choice), the
-  ``fastalex`` command and :func:`fastalex.configure_threads` pick ``workqueue``.
+  ``fastalex`` command and :func:`fastalex.configure_threads` pick ``tbb`` where TBB is
+  installed (a dependency on x86-64), else ``workqueue``.
 
-This process runs on the ``workqueue`` layer (``conftest.py`` calls ``configure_threads()``,
-as the command does), so the fork tests here can fork.
+This process runs on that layer (``conftest.py`` calls ``configure_threads()``, as the command
+does), so the fork tests here fork under it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from fastalex import functional as F
 pytest.importorskip("numba")
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the layer configure_threads() picks on this machine
+DEFAULT_LAYER = "tbb" if fastalex.backends.tbb_available() else "workqueue"
 N_THREADS = 4
 ROUNDS = 5
 
@@ -118,8 +121,8 @@ def test_four_threads_on_workqueue_layer():
 
 
 def test_numba_num_threads_is_respected():
-    """With ``NUMBA_NUM_THREADS=1`` the kernels run on one thread (on the fork-safe
-    ``workqueue`` layer that ``configure_threads()`` picks when nothing else was asked for)."""
+    """With ``NUMBA_NUM_THREADS=1`` the kernels run on one thread (on the layer that
+    ``configure_threads()`` picks when nothing else was asked for)."""
     code = """
         import numba, numpy as np
         from numba import njit, prange
@@ -148,7 +151,7 @@ def test_numba_num_threads_is_respected():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "threads 1 1" in proc.stdout
     assert "distinct 1" in proc.stdout
-    assert "layer workqueue" in proc.stdout
+    assert f"layer {DEFAULT_LAYER}" in proc.stdout
 
 
 def test_set_num_threads_is_respected():
@@ -211,17 +214,27 @@ FORK_WHILE_BUSY = """
             os._exit(0 if (y == 0).all() else 3)
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
-    # Another thread holds the launch lock at the fork (it is in the middle of a launch).
-    held, release = threading.Event(), threading.Event()
-    def hold():
+    # Another thread is in the middle of a launch for 0.3 s: the fork waits for it to end.
+    held = threading.Event()
+    def hold(seconds):
         with fast._LAUNCH:
             held.set()
-            release.wait()
-    t = threading.Thread(target=hold)
+            time.sleep(seconds)
+    t = threading.Thread(target=hold, args=(0.3,))
     t.start()
     held.wait()
+    start = time.perf_counter()
     codes = [fork_and_wait()]
-    release.set()
+    print("waited", time.perf_counter() - start >= 0.25)
+    t.join()
+
+    # ... longer than FORK_WAIT: the fork goes ahead, and the child gets a free lock.
+    fast.FORK_WAIT = 0.1
+    held.clear()
+    t = threading.Thread(target=hold, args=(1.0,))
+    t.start()
+    held.wait()
+    codes.append(fork_and_wait())
     t.join()
 
     # Another thread busy running kernels while this one forks.
@@ -245,11 +258,50 @@ FORK_WHILE_BUSY = """
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_while_another_thread_runs_a_kernel():
-    """The child inherits the launch lock as it was: held, by a thread that does not exist in
-    the child. It must get a free one (every child exits 0; a deadlocked one dies by SIGALRM)."""
-    proc = _python(FORK_WHILE_BUSY, {})
+    """On the workqueue layer (under TBB, a fork after kernels ran in several Python threads
+    may hang the child: TBB cannot stop its workers for the fork; see the README's "Threads").
+    ``os.fork()`` waits for a launch in flight in another thread (up to ``fast.FORK_WAIT``),
+    so the threading layer forks with idle workers (TBB's child could hang otherwise); past
+    that wait, the child inherits the launch lock held by a thread that does not exist in the
+    child, and must get a free one. Every child exits 0 (a deadlocked one dies by SIGALRM)."""
+    proc = _python(FORK_WHILE_BUSY, {"NUMBA_THREADING_LAYER": "workqueue"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "exit codes [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]" in proc.stdout  # -14: SIGALRM, proc.stdout + proc.stderr[-2000:]
+    assert "waited True" in proc.stdout, proc.stdout
+    assert "exit codes [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+FORK_AFTER_KERNELS = """
+    import os, signal
+    import numpy as np
+    import fastalex
+    layer = fastalex.configure_threads()
+    from fastalex import functional as F
+    x = np.abs(np.random.default_rng(0).standard_normal((4, 64, 48, 48), dtype=np.float32))
+    w = np.random.default_rng(1).standard_normal((64, 64, 3, 3), dtype=np.float32)
+    plan = F.prepare_conv2d(w, None, 1, backend="numba")
+    want = F.conv2d(x, w, None, 1, 1, backend="numba", plan=plan)
+    codes = []
+    for _ in range(10):
+        F.local_response_norm(x, 5, backend="numba")
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)
+            y = F.conv2d(x, w, None, 1, 1, backend="numba", plan=plan)
+            os._exit(0 if np.array_equal(y, want) else 3)
+        codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    print("layer", layer, "exit codes", codes)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_after_kernels_on_the_default_layer():
+    """multiprocessing's fork start method, on the layer configure_threads() picks: the parent
+    ran kernels (one Python thread), each child runs them too and gets the same result."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    proc = _python(FORK_AFTER_KERNELS, {}, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"layer {DEFAULT_LAYER} exit codes [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]" in proc.stdout, proc.stdout
+    assert "Unable to join" not in proc.stdout + proc.stderr
 
 
 # ----------------------------------------------------------------------------- threading layer
@@ -288,7 +340,7 @@ def test_library_changes_no_process_wide_setting():
     assert f"layer {layer}" in proc.stdout
 
 
-def test_command_line_picks_the_workqueue_layer():
+def test_command_line_picks_the_default_layer():
     code = """
         import contextlib, io, numba
         from fastalex.cli import main
@@ -300,7 +352,25 @@ def test_command_line_picks_the_workqueue_layer():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     proc = _python(code, {}, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "status 0 layer workqueue" in proc.stdout
+    assert f"status 0 layer {DEFAULT_LAYER}" in proc.stdout
+
+
+def test_without_tbb_the_default_is_workqueue():
+    """Where TBB cannot be loaded (no wheel for the platform), configure_threads() falls back
+    to Numba's fork-safe workqueue layer."""
+    code = """
+        import numba, numpy as np
+        import fastalex.backends as B
+        B.tbb_available = lambda: False
+        print("chosen", B.configure_threads())
+        from fastalex import functional as F
+        F.relu(np.ones(10, np.float32), backend="numba")
+        print("layer", numba.threading_layer())
+    """
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    proc = _python(code, {}, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "chosen workqueue" in proc.stdout and "layer workqueue" in proc.stdout
 
 
 def test_command_line_leaves_an_explicit_numba_threading_layer_alone():
@@ -372,6 +442,6 @@ def test_spinning_openmp_layer_is_named_once_with_the_fix():
     assert f"warnings {1 if layer == 'omp' else 0}" in default.stdout, default.stdout
     chosen = _python(code.replace("CONFIGURE", "fastalex.configure_threads()"), {}, env)
     assert chosen.returncode == 0, chosen.stderr[-3000:]
-    assert "layer workqueue" in chosen.stdout and "warnings 0" in chosen.stdout, chosen.stdout
+    assert f"layer {DEFAULT_LAYER}" in chosen.stdout and "warnings 0" in chosen.stdout, chosen.stdout
     passive = _python(code.replace("CONFIGURE", ""), {"OMP_WAIT_POLICY": "PASSIVE"}, env)
     assert "warnings 0" in passive.stdout, passive.stdout

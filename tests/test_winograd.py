@@ -60,21 +60,23 @@ KERNELS = [(2, 1), (3, 1), (4, 1), (5, 1), (3, 2), (4, 2), (7, 2), (9, 2), (6, 3
 
 @pytest.mark.parametrize("k, s", KERNELS)
 @pytest.mark.parametrize("padding, groups", [(0, 1), (1, 2), (2, 1), (3, 3)])
-def test_grid_agrees_with_the_reference(every_shape, k, s, padding, groups):
-    N, cin_g, cout_g = 2, 2, 3
+@pytest.mark.parametrize("cout_g", [3, 32])  # products by NumPy's sgemm; by the _gemm kernel
+def test_grid_agrees_with_the_reference(every_shape, k, s, padding, groups, cout_g):
+    N, cin_g = 2, 2
     H = max(k - 2 * padding, 1) + 9   # output sizes not multiples of the tile
     W = max(k - 2 * padding, 1) + 4
     x = _array(k * 10 + s, (N, cin_g * groups, H, W))
     w = _array(k * 10 + s + 1, (cout_g * groups, cin_g, k, k))
     b = _array(k, (cout_g * groups,))
     y, ref = _planned(x, w, b, s, padding, groups, relu=bool(padding % 2))
-    assert_agree(y, ref, f"winograd k={k} s={s} p={padding} g={groups}")
+    assert_agree(y, ref, f"winograd k={k} s={s} p={padding} g={groups} out/g={cout_g}")
 
 
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(k=st.integers(2, 13), s=st.integers(1, 4), ph=st.integers(0, 3), pw=st.integers(0, 3),
-       groups=st.sampled_from([1, 2, 4]), cin_g=st.integers(1, 5), cout_g=st.integers(1, 5),
+       groups=st.sampled_from([1, 2, 4]), cin_g=st.integers(1, 5),
+       cout_g=st.one_of(st.integers(1, 5), st.sampled_from([32, 64])),
        N=st.sampled_from([1, 3]), extra_h=st.integers(0, 12), extra_w=st.integers(0, 12),
        bias=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**31))
 def test_random_shapes_agree(every_shape, k, s, ph, pw, groups, cin_g, cout_g, N, extra_h, extra_w,
@@ -105,9 +107,8 @@ ALEXNET = {  # input (C, H, W), weight, stride, padding, groups: both variants' 
 
 @pytest.mark.parametrize("name", ALEXNET)
 def test_alexnet_layers_run_winograd_and_agree(monkeypatch, name):
-    """With the default channel threshold every AlexNet convolution is planned for Winograd
-    (and runs it for batches of 2 and more; here for a single image too)."""
-    monkeypatch.setattr(fast, "WINOGRAD_MIN_BATCH", 1)
+    """With the default channel threshold every AlexNet convolution is planned for Winograd,
+    with its products on the register-blocked kernel, and runs it at any batch size."""
     xs, ws, stride, padding, groups = ALEXNET[name]
     fan_in = ws[1] * ws[2] * ws[3]
     x = np.abs(_array(1, (2, *xs)))  # post-ReLU-like activations, as in the network
@@ -115,6 +116,10 @@ def test_alexnet_layers_run_winograd_and_agree(monkeypatch, name):
     b = _array(3, ws[:1]) * np.float32(0.1)
     y, ref = _planned(x, w, b, stride, padding, groups, relu=True)
     assert_agree(y, ref, name)
+    plan = F.prepare_conv2d(w, b, stride, 1, groups, backend="numba")
+    assert plan.data.packed
+    assert_agree(F.conv2d(x[:1], w, b, stride, padding, 1, groups, "relu", backend="numba", plan=plan),
+                 ref[:1], name + " batch 1")
 
 
 def test_thin_layers_keep_im2col():
@@ -179,11 +184,12 @@ def test_models_agree_across_backends_with_winograd():
 
 
 @pytest.mark.parametrize("k, s, groups", [(3, 1, 1), (5, 1, 2), (11, 4, 1)])
-def test_tiles_in_chunks_agree(every_shape, monkeypatch, k, s, groups):
+@pytest.mark.parametrize("cout_g", [6, 32])
+def test_tiles_in_chunks_agree(every_shape, monkeypatch, k, s, groups, cout_g):
     """Tiles go through the transforms and products in cache-sized chunks (the last one partial)."""
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)  # the smallest chunk: 64 tiles
     x = _array(k, (3, 4 * groups, 41 * s, 37 * s))
-    w, b = _array(k + 1, (6 * groups, 4, k, k)), _array(k + 2, (6 * groups,))
+    w, b = _array(k + 1, (cout_g * groups, 4, k, k)), _array(k + 2, (cout_g * groups,))
     y, ref = _planned(x, w, b, s, 1, groups, relu=True)
     assert_agree(y, ref, f"chunks k={k} s={s} g={groups}")
 
@@ -197,15 +203,21 @@ def test_summary_shows_the_plan():
     assert "Winograd" not in m.summary()
 
 
-def test_single_images_run_im2col(monkeypatch):
-    """One image takes im2col even with a Winograd plan (faster there); two take Winograd."""
+@pytest.mark.parametrize("out, winograd_at_1", [(32, True), (48, False)])
+def test_batch_size_picks_the_algorithm(monkeypatch, out, winograd_at_1):
+    """Products on the _gemm kernel (output channels per group a multiple of 32): Winograd at
+    any batch size. Products by NumPy's sgemm: im2col for one image (faster there), Winograd
+    from two."""
     calls = []
     monkeypatch.setattr(_winograd, "conv2d", lambda *a, **k: calls.append(a[0].shape[0]) or ref)
-    w, b = _array(0, (32, 32, 3, 3)), _array(1, (32,))
+    w, b = _array(0, (out, 32, 3, 3)), _array(1, (out,))
     plan = F.prepare_conv2d(w, b, 1, backend="numba")
+    assert plan.data.packed == winograd_at_1
     x = _array(2, (2, 32, 7, 7))
     ref = F.conv2d(x, w, b, 1, 1, backend="numpy")
-    assert_agree(F.conv2d(x[:1], w, b, 1, 1, backend="numba", plan=plan), ref[:1], "batch 1")
-    assert calls == []
+    y1 = F.conv2d(x[:1], w, b, 1, 1, backend="numba", plan=plan)
+    assert calls == ([1] if winograd_at_1 else [])
+    if not winograd_at_1:
+        assert_agree(y1, ref[:1], "batch 1")
     F.conv2d(x, w, b, 1, 1, backend="numba", plan=plan)
-    assert calls == [2]
+    assert calls[-1] == 2

@@ -1,6 +1,6 @@
-"""The fast path's dense product with a low-precision weight (bfloat16 bits or int8), and with
-a float32 weight for batches of 2 and more (where it beats OpenBLAS's ``x @ W.T``: the weight is
-read once per 4 samples, never packed).
+"""The fast path's dense product, with a float32 weight or a low-precision one (bfloat16 bits or
+int8). For batches it beats OpenBLAS's ``x @ W.T`` (the weight is read once per 4 samples,
+never packed); for one sample it streams the weight as fast as OpenBLAS's sgemv.
 
 ``y[n, o] = scale[o] * sum_k widen(w[o, k]) * x[n, k] + bias[o]`` (then ReLU if asked), with
 ``widen`` exact: a bfloat16 pattern becomes the upper half of a float32 (``bits << 16``

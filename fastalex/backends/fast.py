@@ -8,8 +8,10 @@ valid input and only do arithmetic, float32 throughout (adaptive pooling sums in
 * **Convolution** with prepared weights (``Conv2D`` layers, or ``functional.conv2d(plan=...)``)
   runs the Winograd algorithm of :mod:`._winograd` where it applies (square kernels, any
   stride folded into channels, at least ``WINOGRAD_MIN_CHANNELS`` channels per group: every
-  AlexNet layer) and the batch has at least ``WINOGRAD_MIN_BATCH`` images: 2.8-4x fewer
-  multiplies than any direct method, as 36 sgemms per chunk of tiles. Otherwise, and for a
+  AlexNet layer): 2.8-4x fewer multiplies than any direct method, as 36 products per chunk of
+  tiles. Where each group's output channels are a multiple of 32 (every AlexNet layer) the
+  products run on the register-blocked micro-kernel of :mod:`._gemm`, at any batch size;
+  otherwise on NumPy's sgemm, from ``WINOGRAD_MIN_BATCH`` images. Otherwise, and for a
   plain functional call (transforming the weights on every call would cost more than it
   saves), it is im2col + sgemm. A parallel kernel packs the input windows of a chunk
   of samples into one ``(C*kh*kw, samples*Ho*Wo)`` matrix (rows in the weight's
@@ -25,11 +27,16 @@ valid input and only do arithmetic, float32 throughout (adaptive pooling sums in
   whatever the window size, without subtracting (a running sum that subtracts lets one NaN,
   inf or huge value spoil every later channel), and uses ``sqrt(d) * sqrt(sqrt(d))`` for
   ``d**0.75``.
-* **Dense** layers are one sgemv for a single sample; a batch runs the register-tiled kernel
-  of :mod:`fastalex.backends._dense_lowp` (the weight read in place, once per 4 samples, never
-  packed or copied). With a bfloat16 or int8 weight
-  (:class:`fastalex.lowp.LowpWeight`) a fused kernel widens it in registers inside the
-  product (:mod:`fastalex.backends._dense_lowp`).
+* **Dense** layers run the register-tiled kernel of :mod:`fastalex.backends._dense_lowp`
+  (the weight read in place, once per 4 samples, never packed or copied; for one sample it
+  streams the weight as fast as OpenBLAS's sgemv). With a bfloat16 or int8 weight
+  (:class:`fastalex.lowp.LowpWeight`) the same kernel widens it in registers inside the
+  product. A read-only float32 weight (memory-mapped) goes to OpenBLAS rather than be copied.
+
+So a forward pass of either AlexNet calls no BLAS at all. That matters beyond the products
+themselves: OpenBLAS's threads spin for a while after each call, on the cores the next Numba
+kernels need (measured here: the products of :mod:`._gemm` ran at ~100 GFLOP/s right after
+OpenBLAS calls, ~190 GFLOP/s without them).
 
 Threads
 -------
@@ -37,15 +44,18 @@ The kernels run on ``numba.get_num_threads()`` threads (``NUMBA_NUM_THREADS``,
 ``numba.set_num_threads``). Numba kernels and BLAS products alternate, never nest, so the two
 thread pools do not fight over the cores. Importing or using this module changes no
 process-wide setting: Numba's threading layer is Numba's choice unless
-:func:`fastalex.configure_threads` picked one (the ``fastalex`` command picks ``workqueue``:
-idle threads sleep instead of spinning against OpenBLAS's, and it survives ``fork()``).
+:func:`fastalex.configure_threads` picked one (the ``fastalex`` command picks ``tbb`` where
+TBB is installed, else ``workqueue``: both survive ``fork()``, and TBB starts a kernel in ~2 us
+where workqueue takes ~80 us to wake its threads).
 
 The launch lock, ``_LAUNCH``: every parallel launch of this module holds it, so launches from
 several Python threads of one process take turns. The ``workqueue`` layer aborts the process
 on two parallel launches at once, and with any layer two launches would oversubscribe the
 cores. Its scope is this module's launches in this process (other Numba code does not take
-it); BLAS products run outside it. A forked child gets a fresh, free lock
-(``os.register_at_fork``): the thread that held the parent's does not exist in the child.
+it); BLAS products run outside it. ``os.fork()`` waits for the launch in flight in another
+thread (up to ``FORK_WAIT`` seconds), so the threading layer forks with idle workers, and the
+child gets a fresh, free lock (``os.register_at_fork``): a thread that held the parent's does
+not exist in the child.
 
 The compiled kernels are cached on disk (``cache=True``): next to this file in
 ``__pycache__``, or where ``NUMBA_CACHE_DIR`` points.
@@ -73,15 +83,38 @@ _apply_threading_layer()  # the layer fastalex.configure_threads() chose, if it 
 _LAUNCH = threading.Lock()
 
 
+#: seconds ``fork()`` waits for a kernel in flight in another thread (see ``_before_fork``)
+FORK_WAIT = 10.0
+_held_at_fork = None
+
+
+def _before_fork():
+    """Before ``os.fork()``: wait (up to :data:`FORK_WAIT` s) for the launch in flight, if any, and
+    hold the lock, so that no kernel runs while the process forks. The threading layer can then
+    stop its workers cleanly for the child (TBB's cannot while they run a kernel, and its child
+    may then hang)."""
+    global _held_at_fork
+    _held_at_fork = _LAUNCH if _LAUNCH.acquire(timeout=FORK_WAIT) else None
+
+
+def _after_fork_in_parent():
+    global _held_at_fork
+    if _held_at_fork is not None:
+        _held_at_fork.release()
+        _held_at_fork = None
+
+
 def _new_launch_lock():
     """After ``fork()``, in the child: a free lock (the parent's may be held by a thread that
     was running a kernel and does not exist in the child, which would wait forever)."""
-    global _LAUNCH
+    global _LAUNCH, _held_at_fork
     _LAUNCH = threading.Lock()
+    _held_at_fork = None
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_launch_lock)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_new_launch_lock)
 
 # Options of the kernels: cached on disk, no Python-style ZeroDivisionError checks.
 _PAR = dict(parallel=True, cache=True, error_model="numpy")
@@ -222,9 +255,10 @@ _GEMM_COLUMNS = 2048  # columns of one chunk's product: wide enough for BLAS to 
 #: channels (after space-to-depth): below that its products are too thin to pay for its
 #: transforms. Tests set it to 1 to run every supported shape through Winograd.
 WINOGRAD_MIN_CHANNELS = 16
-#: ... and when the batch has at least this many images: for one image, the 36 products are
-#: too small for OpenBLAS's threads (measured side by side here: im2col 6-32% faster on 9 of
-#: AlexNet's 10 layers at batch 1; Winograd 9-26% faster on most at batch 4).
+#: ... and, where its products run on NumPy's sgemm (a group's output channels not a multiple
+#: of 32), when the batch has at least this many images: for one image, those 36 products are
+#: too small for OpenBLAS (measured here: im2col 6-32% faster on 9 of AlexNet's 10 layers at
+#: batch 1). Products on the register-blocked kernel of ``_gemm`` win at any batch size.
 WINOGRAD_MIN_BATCH = 2
 
 
@@ -247,7 +281,7 @@ def describe_plan(plan) -> str:
 def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
     """Winograd when the weights were prepared for it (see :func:`prepare_conv2d` and
     ``fastalex.functional.prepare_conv2d``) and the batch is large enough, im2col + sgemm otherwise."""
-    if isinstance(plan, _winograd.Plan) and x.shape[0] >= WINOGRAD_MIN_BATCH:
+    if isinstance(plan, _winograd.Plan) and (plan.packed or x.shape[0] >= WINOGRAD_MIN_BATCH):
         return _winograd.conv2d(_writable(x), plan, padding, relu, _launch)
     return _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu)
 
@@ -522,12 +556,13 @@ def local_response_norm(x, size, alpha, beta, k):
 
 
 def linear(x, weight, bias, relu):
-    """One sample: OpenBLAS's sgemv streams the weight rows once. More: the register-tiled
-    kernel of ``_dense_lowp`` (4 rows x 4 samples per step; bias and ReLU fused), which reads
-    the weight once per 4 samples and, unlike sgemm on ``weight.T``, never packs it (fc6 at
-    batch 16: 2-2.8x faster than OpenBLAS here). A read-only weight (memory-mapped, say) stays
-    with OpenBLAS rather than be copied."""
-    if x.shape[0] == 1 or not weight.flags.writeable:
+    """The register-tiled kernel of ``_dense_lowp`` (4 rows x 4 samples per step, bias and ReLU
+    fused): it reads the weight once per 4 samples and, unlike sgemm on ``weight.T``, never
+    packs it (fc6 at batch 16: 2-2.8x faster than OpenBLAS here); for one sample it streams the
+    weight as fast as OpenBLAS's sgemv, and keeps OpenBLAS's threads out of the forward pass
+    (they spin for a while after each call, on the cores the next kernels need). A read-only
+    weight (memory-mapped, say) goes to OpenBLAS rather than be copied."""
+    if not weight.flags.writeable:
         y = np.matmul(weight, x[0])[None] if x.shape[0] == 1 else x @ weight.T  # weight.T: a view
         if bias is not None:
             y += bias

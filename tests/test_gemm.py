@@ -1,0 +1,68 @@
+"""The register-blocked product of the fast backend (``backends/_gemm.py``) against NumPy.
+
+The micro-kernel is LLVM IR (a Numba intrinsic): tiles of 1 to 6 rows by 32 columns, any depth,
+any row strides and column offsets. Here every row count a tile can leave over, depths from 1
+up, several panels, batches and column slices (a group's channels), and the columns of ``c``
+outside the slice stay untouched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+from fastalex.backends import _gemm  # noqa: E402
+
+
+def _array(seed, shape):
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def _check(E, T, K, P, lda_extra=0, ak=0, ldc_extra=0, cn=0, rows=None):
+    """``batched_gemm`` on a column slice of ``a`` and of ``c``, against float64 products."""
+    N = P * _gemm.NR
+    rows = T if rows is None else rows
+    a = _array(T * 100 + K, (E, rows, ak + K + lda_extra))
+    b = _array(K * 7 + P, (E, K, N))
+    c = np.full((E, rows, cn + N + ldc_extra), np.float32(7.0))
+    _gemm.batched_gemm(a, _gemm.pack_b(b), c, T, ak, cn)
+    want = np.matmul(a[:, :T, ak:ak + K].astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(c[:, :T, cn:cn + N], want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+    outside = np.ones(c.shape, bool)
+    outside[:, :T, cn:cn + N] = False
+    assert (c[outside] == 7.0).all(), "wrote outside the slice"
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 25])
+@pytest.mark.parametrize("K", [1, 2, 17, 64])
+def test_every_tile_height_and_depth(T, K):
+    _check(2, T, K, 2)
+
+
+@pytest.mark.parametrize("ak, cn, lda_extra, ldc_extra", [(0, 0, 5, 0), (3, 32, 0, 7), (9, 64, 2, 32)])
+def test_column_slices_and_strides(ak, cn, lda_extra, ldc_extra):
+    """A group's slice: ``a`` wider than ``K`` from column ``ak``, ``c`` written from column ``cn``."""
+    _check(3, 10, 19, 2, lda_extra, ak, ldc_extra, cn)
+
+
+def test_rows_past_t_are_not_read_or_written():
+    _check(2, 5, 8, 1, rows=9)  # a chunk buffer with 9 rows, 5 in use
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(E=st.integers(1, 4), T=st.integers(1, 40), K=st.integers(1, 100), P=st.integers(1, 4),
+       ak=st.integers(0, 5), cn=st.sampled_from([0, 1, 32]), lda_extra=st.integers(0, 3))
+def test_random_products(E, T, K, P, ak, cn, lda_extra):
+    _check(E, T, K, P, lda_extra, ak, 0, cn)
+
+
+def test_pack_b_pads_and_orders_panels():
+    b = _array(0, (2, 3, 40))
+    p = _gemm.pack_b(b)
+    assert p.shape == (2, 2, 3, 32) and p.flags.c_contiguous
+    np.testing.assert_array_equal(p[:, 0], b[:, :, :32])
+    np.testing.assert_array_equal(p[:, 1, :, :8], b[:, :, 32:])
+    assert (p[:, 1, :, 8:] == 0).all()
