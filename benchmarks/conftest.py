@@ -20,6 +20,7 @@ Everything is reached through fixtures (``tests/`` has a ``conftest.py`` too, so
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,8 +29,11 @@ import pytest
 import fastalex
 import fastalex.functional as F
 
-# Numba's workqueue layer, as the fastalex command runs (the library leaves the choice to Numba).
+# The threading layer the fastalex command runs on (TBB, else workqueue; the library leaves the choice to Numba).
 fastalex.configure_threads()
+
+#: seconds of rest before each timing (see the ``settle`` fixture)
+SETTLE_SECONDS = 0.3
 
 BACKENDS = ("numba", "numpy")
 PEERS = ("torch",)
@@ -315,3 +319,22 @@ def pytest_terminal_summary(terminalreporter, config):
         gflops = b.extra_info["flops"] / b.stats.median / 1e9
         share = f"{gflops * 1e9 / rate:8.0%}" if rate else "       -"
         tr.write_line(f"{b.name[:44]:<44} {b.stats.median * 1e3:>10.3f} {gflops:>8.1f} {share:>9}")
+
+
+# ----------------------------------------------------------------------------- fairness
+
+
+@pytest.fixture(name="settle")
+def settle_fixture(request):
+    """``settle()``, called right before the timing (after the agreement checks, which run the
+    NumPy reference): a short rest. The thread pools used just before keep their threads
+    spinning for a while after their last call (OpenBLAS's for ~0.1 s, PyTorch's and ONNX
+    Runtime's too), and on 2 cores they would take them from whichever engine is timed next.
+    Every engine then starts on idle cores. No rest with ``--benchmark-disable``."""
+    disabled = request.config.getoption("benchmark_disable", False)
+
+    def settle():
+        if not disabled:
+            time.sleep(SETTLE_SECONDS)
+
+    return settle

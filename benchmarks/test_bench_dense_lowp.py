@@ -63,7 +63,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("name", tuple(DENSE))
-def test_dense_lowp(benchmark, assert_agree, name, batch, impl):
+def test_dense_lowp(benchmark, assert_agree, name, batch, impl, settle):
     pytest.importorskip("numba")
     lib, dtype = impl.split("-")
     w, b = _weights(name)
@@ -90,4 +90,5 @@ def test_dense_lowp(benchmark, assert_agree, name, batch, impl):
     nbytes = stored.nbytes if lib == "numba" else w.nbytes
     benchmark.group = f"{name} batch={batch}"
     benchmark.extra_info.update(layer=name, batch=batch, impl=impl, weight_bytes=int(nbytes))
+    settle()
     benchmark(fn)

@@ -27,12 +27,13 @@ LAYER_BATCHES = (1, 16)
 SLOW_ROUNDS = 3
 
 
-def test_layer(benchmark, checked_layer, alexnet_layer):
+def test_layer(benchmark, checked_layer, alexnet_layer, settle):
     name, batch, impl = alexnet_layer
     case, fn = checked_layer(name, batch, impl)
     benchmark.group = f"{name} batch={batch}"
     benchmark.extra_info.update(layer=name, batch=batch, impl=impl, op=case.spec.op,
                                 input_shape=list(case.x.shape), flops=case.flops)
+    settle()
     if impl == "numpy" and batch > 1:
         benchmark.pedantic(fn, rounds=SLOW_ROUNDS, iterations=1, warmup_rounds=0)
     else:

@@ -81,7 +81,7 @@ def implementation(variant, impl):
 @pytest.mark.parametrize("n", BATCHES)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_forward(benchmark, assert_agree, variant, n, impl):
+def test_forward(benchmark, assert_agree, variant, n, impl, settle):
     if impl in ("torch", "onnxruntime"):
         pytest.importorskip(impl)
         if impl == "onnxruntime":
@@ -96,6 +96,7 @@ def test_forward(benchmark, assert_agree, variant, n, impl):
         assert_agree(run(x), reference(variant, n), f"{variant} batch={n} {impl} vs numpy")
     benchmark.group = f"model {variant} batch={n}"
     benchmark.extra_info.update(variant=variant, batch=n, impl=impl)
+    settle()
     if impl == "numpy" and n > 1:
         benchmark.pedantic(run, args=(x,), rounds=3, iterations=1, warmup_rounds=0)
     else:

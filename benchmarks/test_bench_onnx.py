@@ -81,7 +81,7 @@ def implementation(path, impl):
 
 @pytest.mark.parametrize("n", BATCHES)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_onnx_file(benchmark, assert_agree, onnx_file, n, impl):
+def test_onnx_file(benchmark, assert_agree, onnx_file, n, impl, settle):
     run = implementation(onnx_file, impl)
     x = batch(n)
     ref = reference(onnx_file, n)
@@ -90,6 +90,7 @@ def test_onnx_file(benchmark, assert_agree, onnx_file, n, impl):
         assert_agree(implementation(onnx_file, "onnxruntime")(x), ref, f"ONNX file batch={n} onnxruntime vs numpy")
     benchmark.group = f"onnx file (bvlcalexnet structure) batch={n}"
     benchmark.extra_info.update(batch=n, impl=impl)
+    settle()
     if impl == "numpy" and n > 1:
         benchmark.pedantic(run, args=(x,), rounds=3, iterations=1, warmup_rounds=0)
     else:

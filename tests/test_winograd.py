@@ -187,7 +187,7 @@ def test_models_agree_across_backends_with_winograd():
 @pytest.mark.parametrize("cout_g", [6, 32])
 def test_tiles_in_chunks_agree(every_shape, monkeypatch, k, s, groups, cout_g):
     """Tiles go through the transforms and products in cache-sized chunks (the last one partial)."""
-    monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)  # the smallest chunk: 64 tiles
+    monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)  # the smallest chunk: one row of tiles
     x = _array(k, (3, 4 * groups, 41 * s, 37 * s))
     w, b = _array(k + 1, (cout_g * groups, 4, k, k)), _array(k + 2, (cout_g * groups,))
     y, ref = _planned(x, w, b, s, 1, groups, relu=True)

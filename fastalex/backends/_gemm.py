@@ -130,11 +130,30 @@ def pack_b(b):
     return np.ascontiguousarray(out.reshape(E, K, n_pad // NR, NR).transpose(0, 2, 1, 3))
 
 
+def checked(a, bp, c, T, ak, cn):
+    """The arguments of :func:`batched_gemm`, after checking that every tile it reads and
+    writes lies inside the arrays (the micro-kernel addresses memory directly, unchecked even
+    under ``NUMBA_BOUNDSCHECK``); ``ValueError`` otherwise."""
+    for name, arr, nd in (("a", a, 3), ("bp", bp, 4), ("c", c, 3)):
+        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.ndim == nd
+                and arr.flags.c_contiguous):
+            raise ValueError(f"batched_gemm: {name} must be a C-contiguous float32 array with {nd} dimensions")
+    E, P, K, nr = bp.shape
+    if nr != NR or K < 1 or a.shape[0] != E or c.shape[0] != E:
+        raise ValueError(f"batched_gemm: shapes do not match: a {a.shape}, bp {bp.shape}, c {c.shape}")
+    if not (1 <= T <= min(a.shape[1], c.shape[1]) and 0 <= ak and ak + K <= a.shape[2]
+            and 0 <= cn and cn + P * NR <= c.shape[2]):
+        raise ValueError(f"batched_gemm: rows {T}, columns {ak}+{K} of a {a.shape}, {cn}+{P * NR} of c "
+                         f"{c.shape}: out of range")
+    return a, bp, c, int(T), int(ak), int(cn)
+
+
 @njit(**_PAR)
 def batched_gemm(a, bp, c, T, ak, cn):
     """``c[e, :T, cn:cn+P*32] = a[e, :T, ak:ak+K] @ B[e]`` for every ``e``, where ``bp`` is
     ``pack_b(B)`` (E, P, K, 32): a column slice of ``a`` and of ``c`` (a group's channels) in
-    one launch, one task per ``(e, panel)``. ``c`` must have the columns (no padding is cut)."""
+    one launch, one task per ``(e, panel)``. ``c`` must have the columns (no padding is cut).
+    Pass the arguments through :func:`checked`."""
     E, P, K = bp.shape[0], bp.shape[1], bp.shape[2]
     lda, ldc = a.shape[2], c.shape[2]
     af, bf, cf = a.reshape(-1), bp.reshape(-1), c.reshape(-1)

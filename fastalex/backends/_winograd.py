@@ -163,34 +163,34 @@ def _transform(weight, s, r, m, groups) -> tuple:
 
 # ----------------------------------------------------------------------------- kernels
 
-@njit(**_PAR)
-def _pack(x, xp, s, pt, pl):
-    """Zero-padded, space-to-depth, channels-last copy of ``x`` (N, C, H, W):
-    ``xp[n, i, j, (c*s + u)*s + v] = x[n, c, i*s + u - pt, j*s + v - pl]`` (0 outside ``x``).
-    One output row (of blocks) per task: for stride 1 each output pixel's channel vector is
-    written contiguously; with space-to-depth each input row is read contiguously."""
-    N, C, H, W = x.shape
-    Hp, Wp = xp.shape[1], xp.shape[2]
-    xf = x.reshape(-1)
-    HW = H * W
-    for t in prange(N * Hp):
-        n, i = t // Hp, t % Hp
-        dst = xp[n, i]
-        if s == 1:  # a transpose: gather each pixel's channels (one sample's planes are in cache)
+@njit(**_SER)
+def _band(x, band, n, i0, s, pt, pl):
+    """The zero-padded, space-to-depth, channels-last rows ``i0 .. i0+5`` (in blocks) of sample
+    ``n`` of ``x`` (N, C, H, W): ``band[a, j, (c*s + u)*s + v] = x[n, c, (i0 + a)*s + u - pt,
+    j*s + v - pl]`` (0 outside ``x``), for the tile row whose input they are. With space-to-depth
+    each input row is read contiguously; the band (6 x Wp x C*s*s) stays in L1/L2."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Wp = band.shape[1]
+    if s == 1:  # a transpose: each pixel's channels gathered, written contiguously
+        xf = x.reshape(-1)
+        HW = H * W
+        for a in range(6):
+            h = i0 + a - pt
             for j in range(Wp):
-                d = dst[j]
-                h, w = i - pt, j - pl
+                d = band[a, j]
+                w = j - pl
                 if h < 0 or h >= H or w < 0 or w >= W:
                     d[:] = 0.0
                 else:
                     src = xf[n * C * HW + h * W + w:]
                     for c in range(C):
                         d[c] = src[c * HW]
-            continue
-        # space-to-depth: input row (c, h) gives channels (c*s + u)*s + v of every output pixel
+        return
+    for a in range(6):
+        dst = band[a]
         for c in range(C):
             for u in range(s):
-                h = i * s + u - pt
+                h = (i0 + a) * s + u - pt
                 q0 = (c * s + u) * s
                 if h < 0 or h >= H:
                     for j in range(Wp):
@@ -239,68 +239,65 @@ def _at6(m, f, o, step, g, d, dstep, C):
             gi[c] = first * x0[c] + (x1[c] + sign * x2[c]) + two * (x3[c] + sign * x4[c]) + last * x5[c]
 
 
-@njit(**_SER)
-def _tile(t, th, tw):
-    """``(n, ty, tx)`` of tile ``t = (n*th + ty)*tw + tx``."""
-    return t // (th * tw), (t // tw) % th, t % tw
-
-
 @njit(**_PAR)
-def _input_transform(xp, V, m, th, tw, t0, count):
-    """``V[a*6 + b, t - t0, :] = sum_{r,s} BT[a, r] BT[b, s] xp[n, ty*m + r, tx*m + s, :]`` for the
-    ``count`` tiles ``t = (n*th + ty)*tw + tx`` from ``t0`` on (``V`` holds a chunk of tiles):
-    rows first, then columns, all channels at once."""
-    T = V.shape[1]
-    Hp, Wp, C = xp.shape[1], xp.shape[2], xp.shape[3]
-    xf = xp.reshape(-1)
+def _input_transform(x, V, m, s, pt, pl, th, tw, Wp, r0, rows):
+    """For the tile rows ``r0 .. r0+rows-1`` (row ``r = n*th + ty``) of the input ``x`` (N, C, H, W):
+    ``V[a*6 + b, t, :] = sum_{r,s} BT[a, r] BT[b, s] d_t[r, s, :]``, where ``d_t`` is the 6x6 patch of
+    tile ``t = (r - r0)*tw + tx`` in the padded, space-to-depth, channels-last input (built one
+    tile row at a time by ``_band``): rows first, then columns, all channels at once. One task
+    per tile row."""
+    T, C = V.shape[1], V.shape[2]
     vf = V.reshape(-1)
-    for k in prange(count):
-        n, ty, tx = _tile(t0 + k, th, tw)
+    for k in prange(rows):
+        n, ty = (r0 + k) // th, (r0 + k) % th
+        band = np.empty((6, Wp, C), np.float32)
+        _band(x, band, n, ty * m, s, pt, pl)
+        bf = band.reshape(-1)
         tmp = np.empty(36 * C, np.float32)  # tmp[a, s, :] = sum_r BT[a, r] d[r, s, :]
-        for s_ in range(6):
-            _bt6(xf, ((n * Hp + ty * m) * Wp + tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
-        for a in range(6):
-            _bt6(tmp, a * 6 * C, C, vf, (a * 6 * T + k) * C, T * C, C)
+        for tx in range(tw):
+            t = k * tw + tx
+            for s_ in range(6):
+                _bt6(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
+            for a in range(6):
+                _bt6(tmp, a * 6 * C, C, vf, (a * 6 * T + t) * C, T * C, C)
 
 
 @njit(**_PAR)
-def _output_transform(M, yh, m, bias, relu, th, tw, t0, count):
-    """``yh[n, ty*m + i, tx*m + j, :] = act(bias + sum_{a,b} AT[i, a] M[a*6 + b, t - t0, :] AT[j, b])``
-    for the ``count`` tiles ``t`` from ``t0`` on, cropped to the output ``yh`` (N, Ho, Wo, O)."""
+def _output_transform(M, y, m, bias, relu, th, tw, r0, rows):
+    """For the tile rows ``r0 .. r0+rows-1``: ``y[n, :, ty*m + i, tx*m + j] = act(bias + sum_{a,b}
+    AT[i, a] M[a*6 + b, t, :] AT[j, b])`` (``t = (r - r0)*tw + tx``), cropped to ``y`` (N, O, Ho, Wo).
+    A tile row goes through a channels-last band (m x Wo x O, in L1/L2), then into ``y``'s rows,
+    each written contiguously: NCHW out, without a pass over the whole output. One task per tile row."""
     T, O = M.shape[1], M.shape[2]
-    Ho, Wo = yh.shape[1], yh.shape[2]
+    Ho, Wo = y.shape[2], y.shape[3]
     mf = M.reshape(-1)
-    for k in prange(count):
-        n, ty, tx = _tile(t0 + k, th, tw)
+    for k in prange(rows):
+        n, ty = (r0 + k) // th, (r0 + k) % th
+        hi = min(m, Ho - ty * m)
+        band = np.empty((m, tw * m, O), np.float32)
         tmp = np.empty(6 * m * O, np.float32)  # tmp[b, i, :] = sum_a AT[i, a] M[a, b, :]
-        for b in range(6):
-            _at6(m, mf, (b * T + k) * O, 6 * T * O, tmp, b * m * O, O, O)
         out = np.empty(m * O, np.float32)
-        for i in range(min(m, Ho - ty * m)):
-            _at6(m, tmp, i * O, m * O, out, 0, O, O)
-            for j in range(min(m, Wo - tx * m)):
-                src = out[j * O:(j + 1) * O]
-                dst = yh[n, ty * m + i, tx * m + j]
-                if relu:
-                    for o in range(O):
-                        v = src[o] + bias[o]
-                        dst[o] = np.float32(0.0) if v < 0.0 else v
-                else:
-                    for o in range(O):
-                        dst[o] = src[o] + bias[o]
-
-
-@njit(**_PAR)
-def _to_nchw(yh, y):
-    """``y[n, o, h, w] = yh[n, h, w, o]``, one output row at a time (reads contiguous, the
-    row's writes stay in L1)."""
-    N, O, H, W = y.shape
-    for t in prange(N * H):
-        n, h = t // H, t % H
-        src = yh[n, h]
-        for w in range(W):
-            for o in range(O):
-                y[n, o, h, w] = src[w, o]
+        for tx in range(tw):
+            t = k * tw + tx
+            for b in range(6):
+                _at6(m, mf, (b * T + t) * O, 6 * T * O, tmp, b * m * O, O, O)
+            for i in range(hi):
+                _at6(m, tmp, i * O, m * O, out, 0, O, O)
+                for j in range(m):
+                    src = out[j * O:(j + 1) * O]
+                    dst = band[i, tx * m + j]
+                    if relu:
+                        for o in range(O):
+                            v = src[o] + bias[o]
+                            dst[o] = np.float32(0.0) if v < 0.0 else v
+                    else:
+                        for o in range(O):
+                            dst[o] = src[o] + bias[o]
+        for o in range(O):
+            for i in range(hi):
+                row = y[n, o, ty * m + i]
+                for w in range(Wo):
+                    row[w] = band[i, w, o]
 
 
 def conv2d(x, plan: Plan, padding, relu, launch):
@@ -312,27 +309,26 @@ def conv2d(x, plan: Plan, padding, relu, launch):
     (ph, pw) = padding
     ho, wo = conv_output_size(H, k, s, ph, 1), conv_output_size(W, k, s, pw, 1)
     th, tw = -(-ho // m), -(-wo // m)
-    Hp, Wp = th * m + r - 1, tw * m + r - 1        # in (space-to-depth) blocks
+    Wp = tw * m + r - 1                           # band width in (space-to-depth) blocks
     Cs = C * s * s
-    xp = np.empty((N, Hp, Wp, Cs), np.float32)
-    launch(_pack, x, xp, s, ph, pw)
-    T = N * th * tw
     O = plan.out_channels
     cg, og = Cs // plan.groups, O // plan.groups
-    # tiles in chunks whose transformed input and products (V, M) stay in the last-level cache
-    chunk = max(64, min(T, CHUNK_BYTES // (ALPHA * ALPHA * 4 * (Cs + O))))
-    V = np.empty((ALPHA * ALPHA, chunk, Cs), np.float32)
-    M = np.empty((ALPHA * ALPHA, chunk, O), np.float32)
-    yh = np.empty((N, ho, wo, O), np.float32)
-    for t0 in range(0, T, chunk):
-        count = min(chunk, T - t0)
-        launch(_input_transform, xp, V, m, th, tw, t0, count)
+    # whole tile rows in chunks whose transformed input and products (V, M) stay in the
+    # last-level cache
+    R = N * th
+    per_row = ALPHA * ALPHA * 4 * (Cs + O) * tw
+    chunk = max(1, min(R, CHUNK_BYTES // per_row))
+    V = np.empty((ALPHA * ALPHA, chunk * tw, Cs), np.float32)
+    M = np.empty((ALPHA * ALPHA, chunk * tw, O), np.float32)
+    y = np.empty((N, O, ho, wo), np.float32)
+    for r0 in range(0, R, chunk):
+        rows = min(chunk, R - r0)
+        count = rows * tw
+        launch(_input_transform, x, V, m, s, ph, pw, th, tw, Wp, r0, rows)
         for g, U in enumerate(plan.weights):  # one batch of 36 products per group
             if plan.packed:
-                launch(_gemm.batched_gemm, V, U, M, count, g * cg, g * og)
+                launch(_gemm.batched_gemm, *_gemm.checked(V, U, M, count, g * cg, g * og))
             else:
                 np.matmul(V[:, :count, g * cg:(g + 1) * cg], U, out=M[:, :count, g * og:(g + 1) * og])
-        launch(_output_transform, M, yh, m, plan.bias, relu, th, tw, t0, count)
-    y = np.empty((N, O, ho, wo), np.float32)
-    launch(_to_nchw, yh, y)
+        launch(_output_transform, M, y, m, plan.bias, relu, th, tw, r0, rows)
     return y
