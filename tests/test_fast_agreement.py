@@ -198,6 +198,9 @@ def test_alexnet_adaptive_pool():
     x = _array(15, (2, 256, 6, 6), nonneg=True)
     assert_agree(*both("adaptive_avg_pool2d", x, 6), "adaptive 6x6 -> 6x6")
     assert_agree(*both("adaptive_avg_pool2d", x[:, :, :5, :5], (6, 6)), "adaptive 5x5 -> 6x6")
+    y = F.adaptive_avg_pool2d(x, 6, backend="numba")  # the identity case is a copy, never a view
+    assert not np.shares_memory(y, x)
+    np.testing.assert_array_equal(y, x)
 
 
 @pytest.mark.parametrize("fin, fout", [(9216, 4096), (4096, 4096), (4096, 1000)],
