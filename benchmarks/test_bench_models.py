@@ -100,4 +100,4 @@ def test_forward(benchmark, assert_agree, variant, n, impl, settle):
     if impl == "numpy" and n > 1:
         benchmark.pedantic(run, args=(x,), rounds=3, iterations=1, warmup_rounds=0)
     else:
-        benchmark.pedantic(run, args=(x,), rounds=15 if n == 1 else 5, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(run, args=(x,), rounds=30 if n == 1 else 10, iterations=1, warmup_rounds=1)
