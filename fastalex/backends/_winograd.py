@@ -15,8 +15,8 @@ elementwise products become ``alpha**2`` independent matrix products, one per po
 
 run in one parallel launch by the register-blocked micro-kernel of :mod:`._gemm` on ``U``
 packed once (where each group's output channels are a multiple of 32: every AlexNet layer;
-~190 GFLOP/s here, where OpenBLAS reached 50-140 on these thin products), else by NumPy's sgemm. For AlexNet's 3x3 layers ``F(4, 3)`` does 36 multiplies
-per 16 outputs where a direct method does 144 (4x fewer); its 5x5 layer uses ``F(2, 5)``
+~190 GFLOP/s here, where OpenBLAS reached 50-140 on these thin products), else by NumPy's
+sgemm. For AlexNet's 3x3 layers ``F(4, 3)`` does 36 multiplies per 16 outputs where a direct method does 144 (4x fewer); its 5x5 layer uses ``F(2, 5)``
 (36 instead of 100). Both use the points ``0, +-1, +-2, inf``, whose error stays far inside
 the agreement tolerance (checked by the tests on every algorithm the backend picks).
 
@@ -26,13 +26,17 @@ zero-padded to a multiple of ``s``, becomes ``ceil(k/s) x ceil(k/s)`` over ``C*s
 channels. AlexNet's first layer (11x11, stride 4, 3 channels) is then a 3x3 convolution
 over 48 channels, and ``F(4, 3)`` applies.
 
-Layout inside a call: the input is packed once into a zero-padded channels-last buffer
-``(N, Hp, Wp, C*s*s)``, so the transforms read and write whole channel vectors (they
-vectorize over channels; AlexNet's maps are too small, 13x13, to vectorize over pixels);
-the output transform adds the bias, applies the ReLU, and a last pass writes NCHW.
+Layout inside a call: one task per row of tiles. The input rows it needs are gathered from
+NCHW into a zero-padded, channels-last band (space-to-depth folded in) that stays in cache,
+so the transforms read and write whole channel vectors (they vectorize over channels;
+AlexNet's maps are too small, 13x13, to vectorize over pixels). The output transform adds the
+bias, applies the ReLU into a channels-last band, and writes it into the NCHW result row by
+row: no pass over the whole input or output besides the transforms themselves. Scratch
+buffers (the chunk's ``V`` and ``M``) are kept per Python thread and reused.
 
 The weights' transform ``U`` depends only on the weights: a :class:`Plan` computes it once (in
-float64), the first time a batch needs it, and layers keep their plan (see ``Conv2D``).
+float64) and packs it for the micro-kernel, the first time a convolution runs, and layers keep
+their plan (see ``Conv2D``).
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ def describe(plan: Plan) -> str:
     text = f"Winograd F({plan.m}x{plan.m}, {r}x{r})"
     if s > 1:
         text += f" after space-to-depth {s}x{s} ({k}x{k} stride {s} -> {r}x{r} over {plan.in_channels} channels)"
-    return text + (", products in registers" if plan.packed else ", products by sgemm")
+    return text + (", products by the micro-kernel" if plan.packed else ", products by sgemm")
 
 
 def supports(weight_shape, stride, dilation) -> bool:
