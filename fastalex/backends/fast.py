@@ -281,7 +281,9 @@ def describe_plan(plan) -> str:
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
     """Winograd when the weights were prepared for it (see :func:`prepare_conv2d` and
-    ``fastalex.functional.prepare_conv2d``) and the batch is large enough, im2col + sgemm otherwise."""
+    ``fastalex.functional.prepare_conv2d``): at any batch size when its products run on the
+    micro-kernel, from ``WINOGRAD_MIN_BATCH`` images when they run on sgemm; im2col + sgemm
+    otherwise."""
     if isinstance(plan, _winograd.Plan) and (plan.packed or x.shape[0] >= WINOGRAD_MIN_BATCH):
         return _winograd.conv2d(_writable(x), plan, padding, relu, _launch)
     return _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu)
