@@ -22,17 +22,18 @@ def _array(seed, shape):
 
 
 def _check(E, T, K, P, lda_extra=0, ak=0, ldc_extra=0, cn=0, rows=None):
-    """``batched_gemm`` on a column slice of ``a`` and of ``c``, against float64 products."""
+    """``batched_gemm`` on a column slice of ``a`` and of ``c`` (rows, E, cols), against float64
+    products."""
     N = P * _gemm.NR
     rows = T if rows is None else rows
-    a = _array(T * 100 + K, (E, rows, ak + K + lda_extra))
+    a = _array(T * 100 + K, (rows, E, ak + K + lda_extra))
     b = _array(K * 7 + P, (E, K, N))
-    c = np.full((E, rows, cn + N + ldc_extra), np.float32(7.0))
+    c = np.full((rows, E, cn + N + ldc_extra), np.float32(7.0))
     _gemm.batched_gemm(*_gemm.checked(a, _gemm.pack_b(b), c, T, ak, cn))
-    want = np.matmul(a[:, :T, ak:ak + K].astype(np.float64), b.astype(np.float64))
-    np.testing.assert_allclose(c[:, :T, cn:cn + N], want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+    want = np.matmul(a[:T, :, ak:ak + K].astype(np.float64).transpose(1, 0, 2), b.astype(np.float64))
+    np.testing.assert_allclose(c[:T, :, cn:cn + N].transpose(1, 0, 2), want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
     outside = np.ones(c.shape, bool)
-    outside[:, :T, cn:cn + N] = False
+    outside[:T, :, cn:cn + N] = False
     assert (c[outside] == 7.0).all(), "wrote outside the slice"
 
 
@@ -73,18 +74,18 @@ def test_pack_b_pads_and_orders_panels():
     (4, 0, 1, "out of range"), (4, -1, 0, "out of range")])
 def test_checked_refuses_tiles_outside_the_arrays(T, ak, cn, what):
     """The micro-kernel addresses memory directly: every call is checked first."""
-    a, c = _array(0, (2, 10, 8)), np.zeros((2, 10, 32), np.float32)
+    a, c = _array(0, (10, 2, 8)), np.zeros((10, 2, 32), np.float32)
     bp = _gemm.pack_b(_array(1, (2, 6, 32)))
     with pytest.raises(ValueError, match=what):
         _gemm.checked(a, bp, c, T, ak, cn)
 
 
 def test_checked_refuses_other_arrays():
-    a, c = _array(0, (2, 10, 8)), np.zeros((2, 10, 32), np.float32)
+    a, c = _array(0, (10, 2, 8)), np.zeros((10, 2, 32), np.float32)
     bp = _gemm.pack_b(_array(1, (2, 8, 32)))
     with pytest.raises(ValueError, match="float32"):
         _gemm.checked(a.astype(np.float64), bp, c, 4, 0, 0)
     with pytest.raises(ValueError, match="C-contiguous"):
         _gemm.checked(a[:, :, ::2], bp, c, 4, 0, 0)
     with pytest.raises(ValueError, match="do not match"):
-        _gemm.checked(a[:1], bp, c, 4, 0, 0)
+        _gemm.checked(np.ascontiguousarray(a[:, :1]), bp, c, 4, 0, 0)

@@ -141,9 +141,9 @@ def checked(a, bp, c, T, ak, cn):
                 and arr.flags.c_contiguous):
             raise ValueError(f"batched_gemm: {name} must be a C-contiguous float32 array with {nd} dimensions")
     E, P, K, nr = bp.shape
-    if nr != NR or K < 1 or a.shape[0] != E or c.shape[0] != E:
+    if nr != NR or K < 1 or a.shape[1] != E or c.shape[1] != E:
         raise ValueError(f"batched_gemm: shapes do not match: a {a.shape}, bp {bp.shape}, c {c.shape}")
-    if not (1 <= T <= min(a.shape[1], c.shape[1]) and 0 <= ak and ak + K <= a.shape[2]
+    if not (1 <= T <= min(a.shape[0], c.shape[0]) and 0 <= ak and ak + K <= a.shape[2]
             and 0 <= cn and cn + P * NR <= c.shape[2]):
         raise ValueError(f"batched_gemm: rows {T}, columns {ak}+{K} of a {a.shape}, {cn}+{P * NR} of c "
                          f"{c.shape}: out of range")
@@ -152,14 +152,16 @@ def checked(a, bp, c, T, ak, cn):
 
 @njit(**_PAR)
 def batched_gemm(a, bp, c, T, ak, cn):
-    """``c[e, :T, cn:cn+P*32] = a[e, :T, ak:ak+K] @ B[e]`` for every ``e``, where ``bp`` is
-    ``pack_b(B)`` (E, P, K, 32): a column slice of ``a`` and of ``c`` (a group's channels) in
-    one launch, one task per ``(e, panel)``. ``c`` must have the columns (no padding is cut).
-    Pass the arguments through :func:`checked`."""
+    """``c[:T, e, cn:cn+P*32] = a[:T, e, ak:ak+K] @ B[e]`` for every ``e``, where ``bp`` is
+    ``pack_b(B)`` (E, P, K, 32): ``a`` (rows, E, cols) and ``c`` (rows, E, cols) hold each
+    row's ``E`` vectors together (a Winograd tile's 36 transformed vectors: the transforms read
+    and write one contiguous block per tile), and the products take a column slice of each (a
+    group's channels). One launch, one task per ``(e, panel)``. Pass the arguments through
+    :func:`checked`."""
     E, P, K = bp.shape[0], bp.shape[1], bp.shape[2]
-    lda, ldc = a.shape[2], c.shape[2]
+    lda, ldc = E * a.shape[2], E * c.shape[2]
     af, bf, cf = a.reshape(-1), bp.reshape(-1), c.reshape(-1)
     for task in prange(E * P):
         e, p = task // P, task % P
-        _panel(af, e * a.shape[1] * lda + ak, lda, bf, (e * P + p) * K * NR,
-               cf, e * c.shape[1] * ldc + cn + p * NR, ldc, T, K)
+        _panel(af, e * a.shape[2] + ak, lda, bf, (e * P + p) * K * NR,
+               cf, e * c.shape[2] + cn + p * NR, ldc, T, K)

@@ -31,8 +31,11 @@ NCHW into a zero-padded, channels-last band (space-to-depth folded in) that stay
 so the transforms read and write whole channel vectors (they vectorize over channels;
 AlexNet's maps are too small, 13x13, to vectorize over pixels). The output transform adds the
 bias, applies the ReLU into a channels-last band, and writes it into the NCHW result row by
-row: no pass over the whole input or output besides the transforms themselves. Scratch
-buffers (the chunk's ``V`` and ``M``) are kept per Python thread and reused.
+row: no pass over the whole input or output besides the transforms themselves. The chunk's
+``V`` and ``M`` are tile-major, ``(tiles, 36, channels)``: a tile's 36 vectors are one
+contiguous block, which the transforms write and read as one stream (36 streams, one per
+product, were too many for the hardware prefetchers). Scratch buffers are kept per Python
+thread and reused.
 
 The weights' transform ``U`` depends only on the weights: a :class:`Plan` computes it once (in
 float64) and packs it for the micro-kernel, the first time a convolution runs, and layers keep
@@ -260,11 +263,11 @@ def _at6(m, f, o, step, g, d, dstep, C):
 @njit(**_PAR)
 def _input_transform(x, V, m, s, pt, pl, th, tw, Wp, r0, rows):
     """For the tile rows ``r0 .. r0+rows-1`` (row ``r = n*th + ty``) of the input ``x`` (N, C, H, W):
-    ``V[a*6 + b, t, :] = sum_{r,s} BT[a, r] BT[b, s] d_t[r, s, :]``, where ``d_t`` is the 6x6 patch of
+    ``V[t, a*6 + b, :] = sum_{r,s} BT[a, r] BT[b, s] d_t[r, s, :]``, where ``d_t`` is the 6x6 patch of
     tile ``t = (r - r0)*tw + tx`` in the padded, space-to-depth, channels-last input (built one
     tile row at a time by ``_band``): rows first, then columns, all channels at once. One task
     per tile row."""
-    T, C = V.shape[1], V.shape[2]
+    C = V.shape[2]
     vf = V.reshape(-1)
     for k in prange(rows):
         n, ty = (r0 + k) // th, (r0 + k) % th
@@ -277,16 +280,16 @@ def _input_transform(x, V, m, s, pt, pl, th, tw, Wp, r0, rows):
             for s_ in range(6):
                 _bt6(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
             for a in range(6):
-                _bt6(tmp, a * 6 * C, C, vf, (a * 6 * T + t) * C, T * C, C)
+                _bt6(tmp, a * 6 * C, C, vf, (t * 36 + a * 6) * C, C, C)
 
 
 @njit(**_PAR)
 def _output_transform(M, y, m, bias, relu, th, tw, r0, rows):
     """For the tile rows ``r0 .. r0+rows-1``: ``y[n, :, ty*m + i, tx*m + j] = act(bias + sum_{a,b}
-    AT[i, a] M[a*6 + b, t, :] AT[j, b])`` (``t = (r - r0)*tw + tx``), cropped to ``y`` (N, O, Ho, Wo).
+    AT[i, a] M[t, a*6 + b, :] AT[j, b])`` (``t = (r - r0)*tw + tx``), cropped to ``y`` (N, O, Ho, Wo).
     A tile row goes through a channels-last band (m x Wo x O, in L1/L2), then into ``y``'s rows,
     each written contiguously: NCHW out, without a pass over the whole output. One task per tile row."""
-    T, O = M.shape[1], M.shape[2]
+    O = M.shape[2]
     Ho, Wo = y.shape[2], y.shape[3]
     mf = M.reshape(-1)
     for k in prange(rows):
@@ -298,7 +301,7 @@ def _output_transform(M, y, m, bias, relu, th, tw, r0, rows):
         for tx in range(tw):
             t = k * tw + tx
             for b in range(6):
-                _at6(m, mf, (b * T + t) * O, 6 * T * O, tmp, b * m * O, O, O)
+                _at6(m, mf, (t * 36 + b) * O, 6 * O, tmp, b * m * O, O, O)
             for i in range(hi):
                 _at6(m, tmp, i * O, m * O, out, 0, O, O)
                 for j in range(m):
@@ -355,8 +358,8 @@ def conv2d(x, plan: Plan, padding, relu, launch):
     R = N * th
     per_row = ALPHA * ALPHA * 4 * (Cs + O) * tw
     chunk = max(1, min(R, CHUNK_BYTES // per_row))
-    V = _workspace("V", (ALPHA * ALPHA, chunk * tw, Cs))
-    M = _workspace("M", (ALPHA * ALPHA, chunk * tw, O))
+    V = _workspace("V", (chunk * tw, ALPHA * ALPHA, Cs))
+    M = _workspace("M", (chunk * tw, ALPHA * ALPHA, O))
     y = np.empty((N, O, ho, wo), np.float32)
     for r0 in range(0, R, chunk):
         rows = min(chunk, R - r0)
@@ -366,6 +369,7 @@ def conv2d(x, plan: Plan, padding, relu, launch):
             if plan.packed:
                 launch(_gemm.batched_gemm, *_gemm.checked(V, U, M, count, g * cg, g * og))
             else:
-                np.matmul(V[:, :count, g * cg:(g + 1) * cg], U, out=M[:, :count, g * og:(g + 1) * og])
+                prod = np.matmul(V[:count, :, g * cg:(g + 1) * cg].transpose(1, 0, 2), U)
+                M[:count, :, g * og:(g + 1) * og] = prod.transpose(1, 0, 2)
         launch(_output_transform, M, y, m, plan.bias, relu, th, tw, r0, rows)
     return y
