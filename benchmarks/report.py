@@ -76,6 +76,24 @@ def model_table(benchmarks) -> str:
     return "\n".join(out)
 
 
+def paired_table(benchmarks) -> str:
+    """The interleaved comparison: median (quartiles) of fastalex's time over ONNX Runtime's,
+    pair by pair (``test_paired_with_onnxruntime``); empty when it did not run."""
+    rows = {}
+    for b in benchmarks:
+        info = b.get("extra_info", {})
+        if info.get("paired") == "onnxruntime" and "ratio_median" in info:
+            rows[(info["variant"], info["batch"], info["impl"])] = info
+    if not rows:
+        return ""
+    out = ["| model | batch | fastalex | time / ONNX Runtime's, pair by pair: median (quartiles) | pairs |",
+           "|---|---|---|---|---|"]
+    for (variant, batch, impl), info in sorted(rows.items()):
+        out.append(f"| {variant} | {batch} | {impl} | {info['ratio_median']:.2f} "
+                   f"({info['ratio_q1']:.2f}-{info['ratio_q3']:.2f}) | {info['pairs']} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -87,6 +105,10 @@ def main(argv=None):
     print(layer_table(benchmarks))
     print()
     print(model_table(benchmarks))
+    paired = paired_table(benchmarks)
+    if paired:
+        print()
+        print(paired)
     return 0
 
 

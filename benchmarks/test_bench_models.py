@@ -10,6 +10,7 @@ same weights on the same number of threads, and skip when not installed.
 from __future__ import annotations
 
 import functools
+import time
 
 import numpy as np
 import pytest
@@ -101,3 +102,43 @@ def test_forward(benchmark, assert_agree, variant, n, impl, settle):
         benchmark.pedantic(run, args=(x,), rounds=3, iterations=1, warmup_rounds=0)
     else:
         benchmark.pedantic(run, args=(x,), rounds=30 if n == 1 else 10, iterations=1, warmup_rounds=1)
+
+
+#: seconds of rest after each call of a pair: the engine that just ran keeps its threads
+#: spinning for a while (ONNX Runtime's intra-op pool, TBB's workers), on the cores the other
+#: engine's next call needs; back to back, each pair measured that interference, not speed
+PAIR_REST = 0.05
+
+
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("impl", ("numba", "numba-bfloat16"))
+def test_paired_with_onnxruntime(benchmark, variant, n, impl, settle):
+    """fastalex and ONNX Runtime called alternately, each round one forward pass of each on
+    the same input: the ratio of each pair's times, whose median the machine's slow and fast
+    phases (which move whole rows of the other tables by 10-50%) affect alike on both sides.
+    The timed unit is the pair; ``extra_info`` holds the median and quartiles of the ratio."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    ours, peer = implementation(variant, impl), implementation(variant, "onnxruntime")
+    x = batch(variant, n)
+    ratios = []
+
+    def pair():
+        t0 = time.perf_counter()
+        ours(x)
+        t1 = time.perf_counter()
+        time.sleep(PAIR_REST)
+        t2 = time.perf_counter()
+        peer(x)
+        ratios.append((t1 - t0) / (time.perf_counter() - t2))
+        time.sleep(PAIR_REST)
+
+    benchmark.group = "paired with onnxruntime"
+    settle()
+    benchmark.pedantic(pair, rounds=40 if n == 1 else 12, iterations=1, warmup_rounds=1)
+    kept = ratios[1:] if len(ratios) > 1 else ratios  # the warm-up round's pair is not kept
+    q1, med, q3 = (float(v) for v in np.percentile(kept, [25, 50, 75]))
+    benchmark.extra_info.update(variant=variant, batch=n, impl=impl, paired="onnxruntime",
+                                ratio_median=med, ratio_q1=q1, ratio_q3=q3, pairs=len(kept))
+    assert med > 0
