@@ -16,9 +16,10 @@ elementwise products become ``alpha**2`` independent matrix products, one per po
 run in one parallel launch by the register-blocked micro-kernel of :mod:`._gemm` on ``U``
 packed once (where each group's output channels are a multiple of 32: every AlexNet layer;
 ~190 GFLOP/s here, where OpenBLAS reached 50-140 on these thin products), else by NumPy's
-sgemm. For AlexNet's 3x3 layers ``F(4, 3)`` does 36 multiplies per 16 outputs where a direct method does 144 (4x fewer); its 5x5 layer uses ``F(2, 5)``
-(36 instead of 100). Both use the points ``0, +-1, +-2, inf``, whose error stays far inside
-the agreement tolerance (checked by the tests on every algorithm the backend picks).
+sgemm. For AlexNet's 3x3 layers ``F(4, 3)`` does 36 multiplies per 16 outputs where a direct
+method does 144 (4x fewer); its 5x5 layer uses ``F(2, 5)`` (36 instead of 100). Both use the
+points ``0, +-1, +-2, inf``, whose error stays far inside the agreement tolerance (checked by
+the tests on every algorithm the backend picks).
 
 A strided convolution becomes a stride-1 one first (space-to-depth): with stride ``s``,
 input phase ``(u, v)`` of each ``s x s`` block is a channel of its own, and the kernel,
@@ -195,6 +196,9 @@ def _band(x, band, n, i0, s, pt, pl):
                     for c in range(C):
                         d[c] = src[c * HW]
         return
+    # blocks j0 <= j < j1 lie inside every input row: s contiguous values each, unchecked
+    j0 = min(Wp, -(-pl // s))
+    j1 = max(j0, min(Wp, (W + pl) // s))
     for a in range(6):
         dst = band[a]
         for c in range(C):
@@ -207,9 +211,6 @@ def _band(x, band, n, i0, s, pt, pl):
                             dst[j, q0 + v] = 0.0
                     continue
                 src = x[n, c, h]
-                # blocks j0 <= j < j1 lie inside the row: s contiguous values each, unchecked
-                j0 = min(Wp, -(-pl // s))
-                j1 = max(j0, min(Wp, (W + pl) // s))
                 for j in range(j0):
                     for v in range(s):
                         w = j * s + v - pl
@@ -326,10 +327,9 @@ _local = threading.local()
 
 def _workspace(name, shape):
     """A float32 scratch array of ``shape``, kept per Python thread and reused by the next call
-    that fits in it (fresh multi-MB buffers on every call cost page faults: each call
-    would touch up to ~16 MB of new memory: torchvision's conv1 at batch 1 took 2.3 ms with
-    fresh buffers, 1.0 ms reusing them, here). Per thread, so that convolutions running in
-    several Python threads never share one."""
+    that fits in it. Fresh multi-MB buffers on every call cost page faults (torchvision's conv1
+    at batch 1 took 2.3 ms with fresh buffers, 1.0 ms reusing them, here). Per thread, so that
+    convolutions running in several Python threads never share one."""
     spaces = getattr(_local, "spaces", None)
     if spaces is None:
         spaces = _local.spaces = {}
@@ -369,7 +369,7 @@ def conv2d(x, plan: Plan, padding, relu, launch):
             if plan.packed:
                 launch(_gemm.batched_gemm, *_gemm.checked(V, U, M, count, g * cg, g * og))
             else:
-                prod = np.matmul(V[:count, :, g * cg:(g + 1) * cg].transpose(1, 0, 2), U)
-                M[:count, :, g * og:(g + 1) * og] = prod.transpose(1, 0, 2)
+                np.matmul(V[:count, :, g * cg:(g + 1) * cg].transpose(1, 0, 2), U,
+                          out=M[:count, :, g * og:(g + 1) * og].transpose(1, 0, 2))
         launch(_output_transform, M, y, m, plan.bias, relu, th, tw, r0, rows)
     return y
