@@ -79,14 +79,10 @@ def implementation(variant, impl):
     return onnx_session(m, _threads(), m.input_shape)
 
 
-@pytest.mark.parametrize("n", BATCHES)
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("impl", IMPLS)
-def test_forward(benchmark, assert_agree, variant, n, impl, settle):
-    if impl in ("torch", "onnxruntime"):
-        pytest.importorskip(impl)
-        if impl == "onnxruntime":
-            pytest.importorskip("onnx")
+def checked(assert_agree, variant, n, impl):
+    """``implementation(variant, impl)`` after checking its output on ``batch(variant, n)``
+    against the NumPy reference: the float32 tolerance, or for ``numba-<dtype>`` closeness
+    to the float32 logits (:data:`LOWP_CLOSENESS`)."""
     run = implementation(variant, impl)
     x = batch(variant, n)
     if impl.startswith("numba-"):
@@ -95,6 +91,19 @@ def test_forward(benchmark, assert_agree, variant, n, impl, settle):
         assert err <= LOWP_CLOSENESS[impl.split("-", 1)[1]], f"{variant} batch={n} {impl}: {err:.2e} of max|logit|"
     else:
         assert_agree(run(x), reference(variant, n), f"{variant} batch={n} {impl} vs numpy")
+    return run
+
+
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_forward(benchmark, assert_agree, variant, n, impl, settle):
+    if impl in ("torch", "onnxruntime"):
+        pytest.importorskip(impl)
+        if impl == "onnxruntime":
+            pytest.importorskip("onnx")
+    run = checked(assert_agree, variant, n, impl)
+    x = batch(variant, n)
     benchmark.group = f"model {variant} batch={n}"
     benchmark.extra_info.update(variant=variant, batch=n, impl=impl)
     settle()
@@ -113,14 +122,15 @@ PAIR_REST = 0.05
 @pytest.mark.parametrize("n", BATCHES)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("impl", ("numba", "numba-bfloat16"))
-def test_paired_with_onnxruntime(benchmark, variant, n, impl, settle):
+def test_paired_with_onnxruntime(benchmark, assert_agree, variant, n, impl, settle):
     """fastalex and ONNX Runtime called alternately, each round one forward pass of each on
     the same input: the ratio of each pair's times, whose median the machine's slow and fast
     phases (which move whole rows of the other tables by 10-50%) affect alike on both sides.
-    The timed unit is the pair; ``extra_info`` holds the median and quartiles of the ratio."""
+    Both sides first pass the same agreement checks as in :func:`test_forward`. The timed
+    unit is the pair; ``extra_info`` holds the median and quartiles of the ratio."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    ours, peer = implementation(variant, impl), implementation(variant, "onnxruntime")
+    ours, peer = checked(assert_agree, variant, n, impl), checked(assert_agree, variant, n, "onnxruntime")
     x = batch(variant, n)
     ratios = []
 
@@ -141,4 +151,3 @@ def test_paired_with_onnxruntime(benchmark, variant, n, impl, settle):
     q1, med, q3 = (float(v) for v in np.percentile(kept, [25, 50, 75]))
     benchmark.extra_info.update(variant=variant, batch=n, impl=impl, paired="onnxruntime",
                                 ratio_median=med, ratio_q1=q1, ratio_q3=q3, pairs=len(kept))
-    assert med > 0
