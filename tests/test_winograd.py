@@ -46,12 +46,31 @@ def _planned(x, w, b, stride, padding, groups, relu):
 def test_matrices_compute_a_correlation(m, r):
     """``A^T [(G g) * (B^T d)] = correlation(d, g)`` in 1-D, for every F(m, r) in use."""
     AT, G, BT = _winograd.matrices(m, r)
-    assert AT.shape == (m, 6) and G.shape == (6, r) and BT.shape == (6, 6)
+    alpha = m + r - 1
+    assert alpha in _winograd.ALPHAS
+    assert AT.shape == (m, alpha) and G.shape == (alpha, r) and BT.shape == (alpha, alpha)
     rng = np.random.default_rng(r)
     for _ in range(5):
         d, g = rng.standard_normal(m + r - 1), rng.standard_normal(r)
         want = np.array([d[i:i + r] @ g for i in range(m)])
         np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m, r", sorted((m, r) for r, m in _winograd.TILE.items()))
+def test_transform_kernels_spell_out_the_matrices(m, r):
+    """The kernels' hand-written ``B^T`` (``_bt6``/``_bt8``) and ``A^T`` (``_at``) are those of
+    :func:`matrices`, on vectors of channels."""
+    AT, _, BT = _winograd.matrices(m, r)
+    alpha, C = m + r - 1, 19
+    rng = np.random.default_rng(alpha)
+    f = rng.standard_normal(alpha * C).astype(np.float32)     # alpha vectors of C channels
+    want_b = (BT @ f.reshape(alpha, C).astype(np.float64)).reshape(-1)
+    got = np.zeros(alpha * C, np.float32)
+    (_winograd._bt6 if alpha == 6 else _winograd._bt8)(f, 0, C, got, 0, C, C)
+    np.testing.assert_allclose(got, want_b, rtol=1e-5, atol=1e-4)
+    got = np.zeros(m * C, np.float32)
+    _winograd._at(alpha, m, f, 0, C, got, 0, C, C)
+    np.testing.assert_allclose(got, (AT @ f.reshape(alpha, C).astype(np.float64)).reshape(-1), rtol=1e-5, atol=1e-4)
 
 
 # (kernel, stride): effective kernels 2, 3, 4, 5 with and without space-to-depth
@@ -198,7 +217,7 @@ def test_summary_shows_the_plan():
     m = fastalex.alexnet("original", seed=0, backend="numba")
     text = m.summary()
     assert "features.0   Winograd F(4x4, 3x3) after space-to-depth 4x4 (11x11 stride 4 -> 3x3 over 48 channels)" in text
-    assert "features.4   Winograd F(2x2, 5x5)" in text
+    assert "features.4   Winograd F(4x4, 5x5)" in text
     m.backend = "numpy"
     assert "Winograd" not in m.summary()
 

@@ -17,9 +17,12 @@ run in one parallel launch by the register-blocked micro-kernel of :mod:`._gemm`
 packed once (where each group's output channels are a multiple of 32: every AlexNet layer;
 ~190 GFLOP/s here, where OpenBLAS reached 50-140 on these thin products), else by NumPy's
 sgemm. For AlexNet's 3x3 layers ``F(4, 3)`` does 36 multiplies per 16 outputs where a direct
-method does 144 (4x fewer); its 5x5 layer uses ``F(2, 5)`` (36 instead of 100). Both use the
-points ``0, +-1, +-2, inf``, whose error stays far inside the agreement tolerance (checked by
-the tests on every algorithm the backend picks).
+method does 144 (4x fewer), with the points ``0, +-1, +-2, inf`` (alpha = 6); its 5x5 layer uses
+``F(4, 5)``, 64 multiplies per 16 outputs instead of 400 (6.25x fewer), with ``+-1/2`` added
+(alpha = 8). ``F(2, 5)`` (alpha 6, 2.8x fewer) took 1.9x as long on torchvision's conv2, at batch
+1 and 16. The error of both stays far inside the agreement tolerance (the tests check every
+algorithm the backend picks; ``F(4, 5)`` measured ~5e-6 of the largest output on conv2's
+shapes, like ``F(2, 5)`` and ``F(4, 3)``).
 
 A strided convolution becomes a stride-1 one first (space-to-depth): with stride ``s``,
 input phase ``(u, v)`` of each ``s x s`` block is a channel of its own, and the kernel,
@@ -33,8 +36,8 @@ so the transforms read and write whole channel vectors (they vectorize over chan
 AlexNet's maps are too small, 13x13, to vectorize over pixels). The output transform adds the
 bias, applies the ReLU into a channels-last band, and writes it into the NCHW result row by
 row: no pass over the whole input or output besides the transforms themselves. The chunk's
-``V`` and ``M`` are tile-major, ``(tiles, 36, channels)``: a tile's 36 vectors are one
-contiguous block, which the transforms write and read as one stream (36 streams, one per
+``V`` and ``M`` are tile-major, ``(tiles, alpha**2, channels)``: a tile's 36 (or 64) vectors are
+one contiguous block, which the transforms write and read as one stream (36 streams, one per
 product, were too many for the hardware prefetchers). Scratch buffers are kept per Python
 thread and reused.
 
@@ -56,11 +59,13 @@ from . import _gemm
 _PAR = dict(parallel=True, cache=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 
-#: output tile size ``m`` used for each (effective, stride-1) kernel size ``r``: always
-#: ``alpha = m + r - 1 = 6`` points (``0, +-1, +-2, inf``), so every case shares one input transform
-ALPHA = 6
-TILE = {r: ALPHA + 1 - r for r in (2, 3, 4, 5)}
-_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)  # and infinity
+#: output tile size ``m`` used for each (effective, stride-1) kernel size ``r``, and the
+#: transform size ``alpha = m + r - 1`` it makes: 6 points (``0, +-1, +-2, inf``) for 2-4 taps,
+#: 8 (``0, +-1, +-2, +-1/2, inf``) for 5 taps, where ``F(4, 5)`` does 2.25x fewer multiplies
+#: than ``F(2, 5)`` (AlexNet's conv2: 27x27 outputs as 7x7 tiles of 4x4 instead of 14x14 of 2x2)
+TILE = {2: 5, 3: 4, 4: 3, 5: 4}
+ALPHAS = (6, 8)
+_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)  # and infinity
 #: bytes of transformed input and products per chunk of tiles (kept in the last-level cache)
 CHUNK_BYTES = 8 << 20
 
@@ -100,17 +105,19 @@ class Plan:
     """A convolution prepared for Winograd: its geometry, and the transformed weights, computed
     from the weights the first time a convolution needs them.
 
-    The 36 products per chunk of tiles run on the register-blocked kernel of :mod:`._gemm` when
-    each group's output channels are a multiple of 32 (every AlexNet layer): ``weights`` then
-    holds, per group, ``U`` packed in panels of 32 channels, ``(36, out/groups/32, C*s*s/groups, 32)``.
-    Otherwise they run on NumPy's sgemm and ``weights`` holds, per group, ``U`` itself,
-    ``(36, C*s*s/groups, out/groups)``: ``U[e]`` is one product's right side."""
+    The ``alpha**2`` (36 or 64) products per chunk of tiles run on the register-blocked kernel
+    of :mod:`._gemm` when each group's output channels are a multiple of 32 (every AlexNet
+    layer): ``weights`` then holds, per group, ``U`` packed in panels of 32 channels,
+    ``(alpha**2, out/groups/32, C*s*s/groups, 32)``. Otherwise they run on NumPy's sgemm and
+    ``weights`` holds, per group, ``U`` itself, ``(alpha**2, C*s*s/groups, out/groups)``: ``U[e]``
+    is one product's right side."""
 
     def __init__(self, weight, bias, stride, groups):
         O, cin_g, k, _ = weight.shape
         self.s = stride[0]                       # stride folded into channels (1 = none)
         self.r = -(-k // self.s)                 # effective kernel size after space-to-depth
         self.m = TILE[self.r]                    # output tile size
+        self.alpha = self.m + self.r - 1         # transform size: alpha**2 products
         self.kernel = (k, k)
         self.out_channels = O
         self.in_channels = cin_g * groups * self.s * self.s   # after space-to-depth
@@ -158,16 +165,17 @@ def _transform(weight, s, r, m, groups) -> tuple:
     """``U[e, c, o] = sum_ij G[a, i] w'[o, c, i, j] G[b, j]`` per group, in float64, where ``w'``
     is the weight after space-to-depth (the weight itself for stride 1)."""
     O, cin_g, k, _ = weight.shape
-    G = matrices(m, r)[1]  # the kernels spell B^T and A^T out (_bt6, _at6)
+    G = matrices(m, r)[1]  # the kernels spell B^T and A^T out (_bt6, _bt8, _at)
     w = weight.astype(np.float64)
     if s > 1:  # w'[o, (c, u, v), i, j] = w[o, c, i*s + u, j*s + v], zero past the kernel
         wp = np.zeros((O, cin_g, r * s, r * s))
         wp[:, :, :k, :k] = w
         w = wp.reshape(O, cin_g, r, s, r, s).transpose(0, 1, 3, 5, 2, 4).reshape(O, cin_g * s * s, r, r)
     og = O // groups
-    # G g G^T for every (o, c) at once, as two batched products: (O, C, 6, 6)
+    # G g G^T for every (o, c) at once, as two batched products: (O, C, alpha, alpha)
     u = np.matmul(np.matmul(G, w), G.T)
-    return tuple(np.ascontiguousarray(u[g * og:(g + 1) * og].reshape(og, -1, 36).transpose(2, 1, 0),
+    a2 = u.shape[-1] * u.shape[-2]
+    return tuple(np.ascontiguousarray(u[g * og:(g + 1) * og].reshape(og, -1, a2).transpose(2, 1, 0),
                                       dtype=np.float32) for g in range(groups))
 
 
@@ -175,16 +183,16 @@ def _transform(weight, s, r, m, groups) -> tuple:
 
 @njit(**_SER)
 def _band(x, band, n, i0, s, pt, pl):
-    """The zero-padded, space-to-depth, channels-last rows ``i0 .. i0+5`` (in blocks) of sample
+    """The zero-padded, space-to-depth, channels-last rows ``i0 .. i0+alpha-1`` (in blocks) of sample
     ``n`` of ``x`` (N, C, H, W): ``band[a, j, (c*s + u)*s + v] = x[n, c, (i0 + a)*s + u - pt,
     j*s + v - pl]`` (0 outside ``x``), for the tile row whose input they are. With space-to-depth
-    each input row is read contiguously; the band (6 x Wp x C*s*s) stays in L1/L2."""
+    each input row is read contiguously; the band (alpha x Wp x C*s*s) stays in L1/L2."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    Wp = band.shape[1]
+    alpha, Wp = band.shape[0], band.shape[1]
     if s == 1:  # a transpose: each pixel's channels gathered, written contiguously
         xf = x.reshape(-1)
         HW = H * W
-        for a in range(6):
+        for a in range(alpha):
             h = i0 + a - pt
             for j in range(Wp):
                 d = band[a, j]
@@ -199,7 +207,7 @@ def _band(x, band, n, i0, s, pt, pl):
     # blocks j0 <= j < j1 lie inside every input row: s contiguous values each, unchecked
     j0 = min(Wp, -(-pl // s))
     j1 = max(j0, min(Wp, (W + pl) // s))
-    for a in range(6):
+    for a in range(alpha):
         dst = band[a]
         for c in range(C):
             for u in range(s):
@@ -246,65 +254,107 @@ def _bt6(f, o, step, g, d, dstep, C):
 
 
 @njit(**_SER)
-def _at6(m, f, o, step, g, d, dstep, C):
-    """``g[d + i*dstep : +C] = (A^T [f[o + a*step : +C] for a in 0..5])[i]`` for i < m: the output
-    transform, ``A^T[i] = [i == 0, 1, (-1)^i, 2^i, (-2)^i, i == m-1]``."""
+def _bt8(f, o, step, g, d, dstep, C):
+    """As :func:`_bt6` for alpha = 8 (points 0, +-1, +-2, +-1/2, inf): the ``B^T`` of
+    :func:`matrices` ``(4, 5)``, its rows paired as ``t +- u`` (26 multiply-adds per 8 values)."""
     x0, x1, x2 = f[o:o + C], f[o + step:o + step + C], f[o + 2 * step:o + 2 * step + C]
     x3, x4, x5 = f[o + 3 * step:o + 3 * step + C], f[o + 4 * step:o + 4 * step + C], f[o + 5 * step:o + 5 * step + C]
+    x6, x7 = f[o + 6 * step:o + 6 * step + C], f[o + 7 * step:o + 7 * step + C]
+    g0, g1, g2 = g[d:d + C], g[d + dstep:d + dstep + C], g[d + 2 * dstep:d + 2 * dstep + C]
+    g3, g4, g5 = g[d + 3 * dstep:d + 3 * dstep + C], g[d + 4 * dstep:d + 4 * dstep + C], g[d + 5 * dstep:d + 5 * dstep + C]
+    g6, g7 = g[d + 6 * dstep:d + 6 * dstep + C], g[d + 7 * dstep:d + 7 * dstep + C]
+    c525, c425, c25, c125 = np.float32(5.25), np.float32(4.25), np.float32(2.5), np.float32(1.25)
+    c5, c4, c2, c05, c025 = np.float32(5.0), np.float32(4.0), np.float32(2.0), np.float32(0.5), np.float32(0.25)
+    for c in range(C):
+        a0, a1, a2, a3, a4, a5, a6, a7 = x0[c], x1[c], x2[c], x3[c], x4[c], x5[c], x6[c], x7[c]
+        g0[c] = a6 - a0 + c525 * (a2 - a4)
+        g7[c] = a7 - a1 + c525 * (a3 - a5)
+        t, u = a2 + a6 - c425 * a4, a1 + a5 - c425 * a3
+        g1[c], g2[c] = t + u, t - u
+        t, u = c025 * a2 - c125 * a4 + a6, c05 * a1 - c25 * a3 + c2 * a5
+        g3[c], g4[c] = t + u, t - u
+        t, u = c4 * a2 - c5 * a4 + a6, c2 * a1 - c25 * a3 + c05 * a5
+        g5[c], g6[c] = t + u, t - u
+
+
+@njit(**_SER)
+def _at(alpha, m, f, o, step, g, d, dstep, C):
+    """``g[d + i*dstep : +C] = (A^T [f[o + a*step : +C] for a < alpha])[i]`` for i < m: the output
+    transform, ``A^T[i] = [i == 0, 1, (-1)^i, 2^i, (-2)^i, (1/2)^i, (-1/2)^i, i == m-1]``
+    (without the two ``(+-1/2)^i`` columns for alpha = 6)."""
+    x0, x1, x2 = f[o:o + C], f[o + step:o + step + C], f[o + 2 * step:o + 2 * step + C]
+    x3, x4 = f[o + 3 * step:o + 3 * step + C], f[o + 4 * step:o + 4 * step + C]
     for i in range(m):
         gi = g[d + i * dstep:d + i * dstep + C]
         sign = np.float32(1.0 if i % 2 == 0 else -1.0)
         two = np.float32(2.0 ** i)
         first = np.float32(1.0 if i == 0 else 0.0)
         last = np.float32(1.0 if i == m - 1 else 0.0)
-        for c in range(C):
-            gi[c] = first * x0[c] + (x1[c] + sign * x2[c]) + two * (x3[c] + sign * x4[c]) + last * x5[c]
+        if alpha == 6:
+            x5 = f[o + 5 * step:o + 5 * step + C]
+            for c in range(C):
+                gi[c] = first * x0[c] + (x1[c] + sign * x2[c]) + two * (x3[c] + sign * x4[c]) + last * x5[c]
+        else:
+            x5, x6 = f[o + 5 * step:o + 5 * step + C], f[o + 6 * step:o + 6 * step + C]
+            x7 = f[o + 7 * step:o + 7 * step + C]
+            half = np.float32(0.5 ** i)
+            for c in range(C):
+                gi[c] = (first * x0[c] + (x1[c] + sign * x2[c]) + two * (x3[c] + sign * x4[c])
+                         + half * (x5[c] + sign * x6[c]) + last * x7[c])
 
 
 @njit(**_PAR)
 def _input_transform(x, V, m, s, pt, pl, th, tw, Wp, r0, rows):
     """For the tile rows ``r0 .. r0+rows-1`` (row ``r = n*th + ty``) of the input ``x`` (N, C, H, W):
-    ``V[t, a*6 + b, :] = sum_{r,s} BT[a, r] BT[b, s] d_t[r, s, :]``, where ``d_t`` is the 6x6 patch of
+    ``V[t, a*alpha + b, :] = sum_{r,s} BT[a, r] BT[b, s] d_t[r, s, :]``, where ``d_t`` is the alpha x alpha patch of
     tile ``t = (r - r0)*tw + tx`` in the padded, space-to-depth, channels-last input (built one
     tile row at a time by ``_band``): rows first, then columns, all channels at once. One task
     per tile row."""
-    C = V.shape[2]
+    C, A = V.shape[2], V.shape[1]
+    alpha = 8 if A == 64 else 6
     vf = V.reshape(-1)
     for k in prange(rows):
         n, ty = (r0 + k) // th, (r0 + k) % th
-        band = np.empty((6, Wp, C), np.float32)
+        band = np.empty((alpha, Wp, C), np.float32)
         _band(x, band, n, ty * m, s, pt, pl)
         bf = band.reshape(-1)
-        tmp = np.empty(36 * C, np.float32)  # tmp[a, s, :] = sum_r BT[a, r] d[r, s, :]
+        tmp = np.empty(A * C, np.float32)  # tmp[a, s, :] = sum_r BT[a, r] d[r, s, :]
         for tx in range(tw):
             t = k * tw + tx
-            for s_ in range(6):
-                _bt6(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
-            for a in range(6):
-                _bt6(tmp, a * 6 * C, C, vf, (t * 36 + a * 6) * C, C, C)
+            if alpha == 6:
+                for s_ in range(6):
+                    _bt6(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
+                for a in range(6):
+                    _bt6(tmp, a * 6 * C, C, vf, (t * 36 + a * 6) * C, C, C)
+            else:
+                for s_ in range(8):
+                    _bt8(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 8 * C, C)
+                for a in range(8):
+                    _bt8(tmp, a * 8 * C, C, vf, (t * 64 + a * 8) * C, C, C)
 
 
 @njit(**_PAR)
 def _output_transform(M, y, m, bias, relu, th, tw, r0, rows):
     """For the tile rows ``r0 .. r0+rows-1``: ``y[n, :, ty*m + i, tx*m + j] = act(bias + sum_{a,b}
-    AT[i, a] M[t, a*6 + b, :] AT[j, b])`` (``t = (r - r0)*tw + tx``), cropped to ``y`` (N, O, Ho, Wo).
+    AT[i, a] M[t, a*alpha + b, :] AT[j, b])`` (``t = (r - r0)*tw + tx``), cropped to ``y`` (N, O, Ho, Wo).
     A tile row goes through a channels-last band (m x Wo x O, in L1/L2), then into ``y``'s rows,
     each written contiguously: NCHW out, without a pass over the whole output. One task per tile row."""
-    O = M.shape[2]
+    O, A = M.shape[2], M.shape[1]
+    alpha = 8 if A == 64 else 6
     Ho, Wo = y.shape[2], y.shape[3]
     mf = M.reshape(-1)
     for k in prange(rows):
         n, ty = (r0 + k) // th, (r0 + k) % th
         hi = min(m, Ho - ty * m)
         band = np.empty((m, tw * m, O), np.float32)
-        tmp = np.empty(6 * m * O, np.float32)  # tmp[b, i, :] = sum_a AT[i, a] M[a, b, :]
+        tmp = np.empty(alpha * m * O, np.float32)  # tmp[b, i, :] = sum_a AT[i, a] M[a, b, :]
         out = np.empty(m * O, np.float32)
         for tx in range(tw):
             t = k * tw + tx
-            for b in range(6):
-                _at6(m, mf, (t * 36 + b) * O, 6 * O, tmp, b * m * O, O, O)
+            for b in range(alpha):
+                _at(alpha, m, mf, (t * A + b) * O, alpha * O, tmp, b * m * O, O, O)
             for i in range(hi):
-                _at6(m, tmp, i * O, m * O, out, 0, O, O)
+                _at(alpha, m, tmp, i * O, m * O, out, 0, O, O)
                 for j in range(m):
                     src = out[j * O:(j + 1) * O]
                     dst = band[i, tx * m + j]
@@ -356,16 +406,17 @@ def conv2d(x, plan: Plan, padding, relu, launch):
     # whole tile rows in chunks whose transformed input and products (V, M) stay in the
     # last-level cache
     R = N * th
-    per_row = ALPHA * ALPHA * 4 * (Cs + O) * tw
+    A = plan.alpha * plan.alpha
+    per_row = A * 4 * (Cs + O) * tw
     chunk = max(1, min(R, CHUNK_BYTES // per_row))
-    V = _workspace("V", (chunk * tw, ALPHA * ALPHA, Cs))
-    M = _workspace("M", (chunk * tw, ALPHA * ALPHA, O))
+    V = _workspace("V", (chunk * tw, A, Cs))
+    M = _workspace("M", (chunk * tw, A, O))
     y = np.empty((N, O, ho, wo), np.float32)
     for r0 in range(0, R, chunk):
         rows = min(chunk, R - r0)
         count = rows * tw
         launch(_input_transform, x, V, m, s, ph, pw, th, tw, Wp, r0, rows)
-        for g, U in enumerate(plan.weights):  # one batch of 36 products per group
+        for g, U in enumerate(plan.weights):  # one batch of alpha**2 products per group
             if plan.packed:
                 launch(_gemm.batched_gemm, *_gemm.checked(V, U, M, count, g * cg, g * og))
             else:

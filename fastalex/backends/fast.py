@@ -8,8 +8,8 @@ valid input and only do arithmetic, float32 throughout (adaptive pooling sums in
 * **Convolution** with prepared weights (``Conv2D`` layers, or ``functional.conv2d(plan=...)``)
   runs the Winograd algorithm of :mod:`._winograd` where it applies (square kernels, any
   stride folded into channels, at least ``WINOGRAD_MIN_CHANNELS`` channels per group: every
-  AlexNet layer): 2.8-4x fewer multiplies than any direct method, as 36 products per chunk of
-  tiles. Where each group's output channels are a multiple of 32 (every AlexNet layer) the
+  AlexNet layer): 4-6.25x fewer multiplies than any direct method, as 36 (or 64) products per
+  chunk of tiles. Where each group's output channels are a multiple of 32 (every AlexNet layer) the
   products run on the register-blocked micro-kernel of :mod:`._gemm`, at any batch size;
   otherwise on NumPy's sgemm, from ``WINOGRAD_MIN_BATCH`` images. Otherwise, and for a
   plain functional call (transforming the weights on every call would cost more than it
