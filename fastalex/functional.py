@@ -64,6 +64,9 @@ def _unbatch(y, squeezed):
 
 def _pair(value, op, name, minimum):
     """Normalize an int or a pair of ints to a pair, checking ``minimum <= v <= 2**63 - 1``."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if minimum <= value[0] <= INT64_MAX and minimum <= value[1] <= INT64_MAX:
+            return value  # the common case (layers keep their pairs), without the ABC checks below
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         pair = (int(value), int(value))
     elif (isinstance(value, (tuple, list)) and len(value) == 2

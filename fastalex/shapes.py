@@ -6,6 +6,7 @@ These follow PyTorch exactly, so a model described here has the shapes torch giv
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -60,14 +61,21 @@ def adaptive_bounds(in_size: int, out_size: int, index):
 INT64_MAX = 2**63 - 1  # the kernels index with int64: sizes, strides and paddings stay below
 
 
+@functools.lru_cache(maxsize=None)
+def _physical_memory() -> int:
+    """The machine's physical memory in bytes (``INT64_MAX`` if unknown); it does not change
+    while the process runs, so it is asked once (two ``sysconf`` calls per layer call added up)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return INT64_MAX
+
+
 def memory_limit() -> int:
     """The most bytes one array may take in this process: the machine's physical memory, or
-    the address-space limit (``RLIMIT_AS``) when it is lower; ``INT64_MAX`` if neither is known."""
-    limit = INT64_MAX
-    try:
-        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system
-        pass
+    the address-space limit (``RLIMIT_AS``, read on every call: it can change) when it is lower;
+    ``INT64_MAX`` if neither is known."""
+    limit = _physical_memory()
     try:
         import resource
         soft = resource.getrlimit(resource.RLIMIT_AS)[0]
