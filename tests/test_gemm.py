@@ -69,6 +69,35 @@ def test_pack_b_pads_and_orders_panels():
     assert (p[:, 1, :, 8:] == 0).all()
 
 
+@pytest.mark.parametrize("G, E, T, K, P, ak, cn", [(2, 3, 10, 19, 2, 0, 0), (3, 2, 7, 8, 1, 2, 32), (4, 1, 25, 5, 3, 0, 0)])
+def test_groups_in_one_launch(G, E, T, K, P, ak, cn):
+    """``G`` packed weights stacked: group ``g`` reads ``a``'s columns from ``ak + g*K`` and
+    writes ``c``'s from ``cn + g*P*32`` (a grouped convolution's products, one launch)."""
+    N = P * _gemm.NR
+    a = _array(G * 10 + T, (T + 2, E, ak + G * K + 3))
+    b = _array(K + G, (G, E, K, N))
+    c = np.full((T + 2, E, cn + G * N + 5), np.float32(7.0))
+    _gemm.batched_gemm(*_gemm.checked(a, np.stack([_gemm.pack_b(u) for u in b]), c, T, ak, cn, K, N))
+    outside = np.ones(c.shape, bool)
+    for g in range(G):
+        want = np.matmul(a[:T, :, ak + g * K:ak + (g + 1) * K].astype(np.float64).transpose(1, 0, 2),
+                         b[g].astype(np.float64))
+        got = c[:T, :, cn + g * N:cn + (g + 1) * N].transpose(1, 0, 2)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+        outside[:T, :, cn + g * N:cn + (g + 1) * N] = False
+    assert (c[outside] == 7.0).all(), "wrote outside the groups' slices"
+
+
+@pytest.mark.parametrize("dk, dn", [(3, 32), (2, 33), (-1, 32), (2, -32)])
+def test_checked_refuses_groups_outside_the_arrays(dk, dn):
+    """The last group's columns must fit too (and the steps may not be negative)."""
+    a, c = _array(0, (10, 2, 8)), np.zeros((10, 2, 96), np.float32)
+    bp = np.stack([_gemm.pack_b(_array(g, (2, 3, 32))) for g in range(3)])
+    _gemm.checked(a, bp, c, 4, 0, 0, 2, 32)   # the last group ends at column 7 of 8, 96 of 96
+    with pytest.raises(ValueError, match="out of range"):
+        _gemm.checked(a, bp, c, 4, 0, 0, dk, dn)
+
+
 @pytest.mark.parametrize("T, ak, cn, what", [
     (0, 0, 0, "out of range"), (11, 0, 0, "out of range"), (4, 3, 0, "out of range"),
     (4, 0, 1, "out of range"), (4, -1, 0, "out of range")])

@@ -12,8 +12,8 @@ fused multiply-adds, the scheme of BLIS/OpenBLAS's kernels and of ONNX Runtime's
 ``A`` is read in place (row-major, any row stride); ``B`` is packed in panels of 32 columns
 (:func:`pack_b`), so each step reads one contiguous 128-byte row of the panel.
 
-:func:`batched_gemm` runs ``C[e] = A[e] @ B[e]`` for a batch of products (Winograd's 36) in
-one parallel launch: one task per ``(product, panel of 32 columns)``, tiles of ``MR = 6`` rows
+:func:`batched_gemm` runs ``C[e] = A[e] @ B[e]`` for a batch of products (Winograd's 36 or 64,
+for every group) in one parallel launch: one task per ``(group, product, panel of 32 columns)``, tiles of ``MR = 6`` rows
 (12 accumulators + 2 loads + 1 broadcast: 15 of the 32 ``zmm`` registers), and smaller tiles
 for the rows left over. Sums run in ``k`` order, in float32, with FMA.
 """
@@ -132,36 +132,41 @@ def pack_b(b):
     return np.ascontiguousarray(out.reshape(E, K, n_pad // NR, NR).transpose(0, 2, 1, 3))
 
 
-def checked(a, bp, c, T, ak, cn):
+def checked(a, bp, c, T, ak, cn, dk=0, dn=0):
     """The arguments of :func:`batched_gemm`, after checking that every tile it reads and
     writes lies inside the arrays (the micro-kernel addresses memory directly, unchecked even
-    under ``NUMBA_BOUNDSCHECK``); ``ValueError`` otherwise."""
-    for name, arr, nd in (("a", a, 3), ("bp", bp, 4), ("c", c, 3)):
+    under ``NUMBA_BOUNDSCHECK``); ``ValueError`` otherwise. ``bp`` is one :func:`pack_b` (E, P,
+    K, 32) or ``G`` of them stacked (G, E, P, K, 32), group ``g`` taking the columns from
+    ``ak + g*dk`` of ``a`` and writing those from ``cn + g*dn`` of ``c``."""
+    if isinstance(bp, np.ndarray) and bp.ndim == 4:
+        bp = bp[None]
+    for name, arr, nd in (("a", a, 3), ("bp", bp, 5), ("c", c, 3)):
         if not (isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.ndim == nd
                 and arr.flags.c_contiguous):
             raise ValueError(f"batched_gemm: {name} must be a C-contiguous float32 array with {nd} dimensions")
-    E, P, K, nr = bp.shape
-    if nr != NR or K < 1 or a.shape[1] != E or c.shape[1] != E:
+    G, E, P, K, nr = bp.shape
+    if nr != NR or K < 1 or G < 1 or a.shape[1] != E or c.shape[1] != E:
         raise ValueError(f"batched_gemm: shapes do not match: a {a.shape}, bp {bp.shape}, c {c.shape}")
-    if not (1 <= T <= min(a.shape[0], c.shape[0]) and 0 <= ak and ak + K <= a.shape[2]
-            and 0 <= cn and cn + P * NR <= c.shape[2]):
+    last_k, last_n = ak + (G - 1) * dk, cn + (G - 1) * dn   # the last group's first columns
+    if not (1 <= T <= min(a.shape[0], c.shape[0]) and min(ak, dk, cn, dn) >= 0
+            and last_k + K <= a.shape[2] and last_n + P * NR <= c.shape[2]):
         raise ValueError(f"batched_gemm: rows {T}, columns {ak}+{K} of a {a.shape}, {cn}+{P * NR} of c "
-                         f"{c.shape}: out of range")
-    return a, bp, c, int(T), int(ak), int(cn)
+                         f"{c.shape}, {G} groups {dk} / {dn} apart: out of range")
+    return a, bp, c, int(T), int(ak), int(cn), int(dk), int(dn)
 
 
 @njit(**_PAR)
-def batched_gemm(a, bp, c, T, ak, cn):
-    """``c[:T, e, cn:cn+P*32] = a[:T, e, ak:ak+K] @ B[e]`` for every ``e``, where ``bp`` is
-    ``pack_b(B)`` (E, P, K, 32): ``a`` (rows, E, cols) and ``c`` (rows, E, cols) hold each
-    row's ``E`` vectors together (a Winograd tile's 36 transformed vectors: the transforms read
-    and write one contiguous block per tile), and the products take a column slice of each (a
-    group's channels). One launch, one task per ``(e, panel)``. Pass the arguments through
-    :func:`checked`."""
-    E, P, K = bp.shape[0], bp.shape[1], bp.shape[2]
+def batched_gemm(a, bp, c, T, ak, cn, dk, dn):
+    """``c[:T, e, cn + g*dn : +P*32] = a[:T, e, ak + g*dk : +K] @ B[g, e]`` for every group ``g``
+    and product ``e``, where ``bp[g]`` is ``pack_b(B[g])`` (G, E, P, K, 32): ``a`` (rows, E, cols)
+    and ``c`` (rows, E, cols) hold each row's ``E`` vectors together (a Winograd tile's 36 or 64
+    transformed vectors: the transforms read and write one contiguous block per tile), and the
+    products take a column slice of each (a group's channels). One launch for every group, one
+    task per ``(g, e, panel)``. Pass the arguments through :func:`checked`."""
+    G, E, P, K = bp.shape[0], bp.shape[1], bp.shape[2], bp.shape[3]
     lda, ldc = E * a.shape[2], E * c.shape[2]
     af, bf, cf = a.reshape(-1), bp.reshape(-1), c.reshape(-1)
-    for task in prange(E * P):
-        e, p = task // P, task % P
-        _panel(af, e * a.shape[2] + ak, lda, bf, (e * P + p) * K * NR,
-               cf, e * c.shape[2] + cn + p * NR, ldc, T, K)
+    for task in prange(G * E * P):
+        g, e, p = task // (E * P), (task // P) % E, task % P
+        _panel(af, e * a.shape[2] + ak + g * dk, lda, bf, ((g * E + e) * P + p) * K * NR,
+               cf, e * c.shape[2] + cn + g * dn + p * NR, ldc, T, K)

@@ -107,8 +107,8 @@ class Plan:
 
     The ``alpha**2`` (36 or 64) products per chunk of tiles run on the register-blocked kernel
     of :mod:`._gemm` when each group's output channels are a multiple of 32 (every AlexNet
-    layer): ``weights`` then holds, per group, ``U`` packed in panels of 32 channels,
-    ``(alpha**2, out/groups/32, C*s*s/groups, 32)``. Otherwise they run on NumPy's sgemm and
+    layer), every group's in one launch: ``weights`` then holds ``U`` packed in panels of 32
+    channels, the groups stacked, ``(groups, alpha**2, out/groups/32, C*s*s/groups, 32)``. Otherwise they run on NumPy's sgemm and
     ``weights`` holds, per group, ``U`` itself, ``(alpha**2, C*s*s/groups, out/groups)``: ``U[e]``
     is one product's right side."""
 
@@ -130,10 +130,11 @@ class Plan:
 
     @property
     def weights(self) -> tuple:
-        """Per group, the transformed weights (packed or not, see the class), on first use."""
+        """The transformed weights, on first use: packed, every group's stacked in one array
+        ``(groups, alpha**2, out/groups/32, C*s*s/groups, 32)``; else a tuple of ``U`` per group."""
         if self._weights is None:
             U = _transform(self._weight, self.s, self.r, self.m, self.groups)
-            self._weights = tuple(_gemm.pack_b(u) for u in U) if self.packed else U
+            self._weights = np.stack([_gemm.pack_b(u) for u in U]) if self.packed else U
         return self._weights
 
 
@@ -416,10 +417,10 @@ def conv2d(x, plan: Plan, padding, relu, launch):
         rows = min(chunk, R - r0)
         count = rows * tw
         launch(_input_transform, x, V, m, s, ph, pw, th, tw, Wp, r0, rows)
-        for g, U in enumerate(plan.weights):  # one batch of alpha**2 products per group
-            if plan.packed:
-                launch(_gemm.batched_gemm, *_gemm.checked(V, U, M, count, g * cg, g * og))
-            else:
+        if plan.packed:  # alpha**2 products per group, every group's in one launch
+            launch(_gemm.batched_gemm, *_gemm.checked(V, plan.weights, M, count, 0, 0, cg, og))
+        else:
+            for g, U in enumerate(plan.weights):
                 np.matmul(V[:count, :, g * cg:(g + 1) * cg].transpose(1, 0, 2), U,
                           out=M[:count, :, g * og:(g + 1) * og].transpose(1, 0, 2))
         launch(_output_transform, M, y, m, plan.bias, relu, th, tw, r0, rows)
