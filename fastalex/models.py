@@ -9,6 +9,7 @@ new spec, not new code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import NamedTuple
 
@@ -168,9 +169,20 @@ class Sequential(L.Layer):
         return steps
 
     def forward(self, x):
-        for _, layer, activation in self._plan():
-            x = layer(x, activation) if activation else layer(x)
+        with self._awake():
+            for _, layer, activation in self._plan():
+                x = layer(x, activation) if activation else layer(x)
         return x
+
+    def _awake(self):
+        """On the numba backend, :func:`fastalex.backends._awake.keep_awake` for the pass: the
+        other cores kept from halting between its kernels (a pass after an idle pause took 1.3-1.5x
+        as long without it, in a VM)."""
+        from .backends import get_backend_name
+        if (self.backend or get_backend_name()) != "numba":
+            return contextlib.nullcontext()
+        from .backends import _awake
+        return _awake.keep_awake()
 
     # -- structure
     def __getitem__(self, key):
@@ -417,13 +429,14 @@ class Model(Sequential):
         x, squeezed = self._batch(x)
         targets = set(wanted.values())
         found = {}
-        for covered, layer, activation in self._plan(keep=targets):
-            x = layer(x, activation) if activation else layer(x)
-            for leaf in covered:
-                if leaf in targets:
-                    found[leaf] = x
-            if len(found) == len(targets):
-                break
+        with self._awake():
+            for covered, layer, activation in self._plan(keep=targets):
+                x = layer(x, activation) if activation else layer(x)
+                for leaf in covered:
+                    if leaf in targets:
+                        found[leaf] = x
+                if len(found) == len(targets):
+                    break
         return {name: (found[leaf][0] if squeezed else found[leaf]) for name, leaf in wanted.items()}
 
     def predict(self, x, top=5):

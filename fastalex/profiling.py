@@ -61,13 +61,14 @@ def profile(model, x, repeat=5, warmup=1) -> list[dict]:
     clock = time.perf_counter
     for run in range(warmup + repeat):
         y = x
-        t_prev = clock()
-        for i, (_, layer, activation) in enumerate(steps):
-            y = layer(y, activation) if activation else layer(y)
-            t_now = clock()
-            if run >= warmup:
-                times[run - warmup, i] = t_now - t_prev
-            t_prev = t_now
+        with model._awake():  # as in a forward pass (Sequential.forward)
+            t_prev = clock()
+            for i, (_, layer, activation) in enumerate(steps):
+                y = layer(y, activation) if activation else layer(y)
+                t_now = clock()
+                if run >= warmup:
+                    times[run - warmup, i] = t_now - t_prev
+                t_prev = t_now
     medians = np.median(times, axis=0)
     total = float(medians.sum())
     rows = []

@@ -28,7 +28,7 @@ SAMPLES = 4   # samples per register tile
 
 # reassociation is what lets LLVM vectorize a float sum; no other "fast" liberties
 _FM = {"reassoc", "contract"}
-_PAR = dict(parallel=True, cache=True, error_model="numpy", fastmath=_FM)
+_PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath=_FM)
 _SER = dict(cache=True, nogil=True, error_model="numpy", fastmath=_FM)
 
 

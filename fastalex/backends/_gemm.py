@@ -31,7 +31,7 @@ NR = 32
 #: rows of ``A`` per register tile
 MR = 6
 
-_PAR = dict(parallel=True, cache=True, error_model="numpy")
+_PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 
 

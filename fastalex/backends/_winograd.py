@@ -56,7 +56,7 @@ from numba import njit, prange
 from ..shapes import conv_output_size
 from . import _gemm
 
-_PAR = dict(parallel=True, cache=True, error_model="numpy")
+_PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 
 #: output tile size ``m`` used for each (effective, stride-1) kernel size ``r``, and the

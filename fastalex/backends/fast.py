@@ -49,6 +49,11 @@ process-wide setting: Numba's threading layer is Numba's choice unless
 TBB is installed, else ``workqueue``: both survive ``fork()``, and TBB starts a kernel in ~2 us
 where workqueue takes ~80 us to wake its threads).
 
+The kernels release the GIL (``nogil=True``). During a model's forward pass,
+:func:`fastalex.backends._awake.keep_awake` keeps the other cores from halting between kernels
+(idle-priority threads that yield the CPU in a loop; Linux), which in a virtual machine made a
+pass after an idle pause as fast as back-to-back ones.
+
 The launch lock, ``_LAUNCH``: every parallel launch of this module holds it, so launches from
 several Python threads of one process take turns. The ``workqueue`` layer aborts the process
 on two parallel launches at once, and with any layer two launches would oversubscribe the
@@ -118,7 +123,7 @@ if hasattr(os, "register_at_fork"):
                         after_in_child=_new_launch_lock)
 
 # Options of the kernels: cached on disk, no Python-style ZeroDivisionError checks.
-_PAR = dict(parallel=True, cache=True, error_model="numpy")
+_PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 _NO_BIAS = np.zeros(0, np.float32)  # "no bias" as an array: one kernel signature, not two
 
