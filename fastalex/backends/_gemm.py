@@ -13,9 +13,9 @@ fused multiply-adds, the scheme of BLIS/OpenBLAS's kernels and of ONNX Runtime's
 (:func:`pack_b`), so each step reads one contiguous 128-byte row of the panel.
 
 :func:`batched_gemm` runs ``C[e] = A[e] @ B[e]`` for a batch of products (Winograd's 36 or 64,
-for every group) in one parallel launch: one task per ``(group, product, panel of 32 columns)``, tiles of ``MR = 6`` rows
-(12 accumulators + 2 loads + 1 broadcast: 15 of the 32 ``zmm`` registers), and smaller tiles
-for the rows left over. Sums run in ``k`` order, in float32, with FMA.
+for every group) in one parallel launch: one task per ``(group, product, panel of 32
+columns)``, tiles of ``MR = 6`` rows (12 accumulators + 2 loads + 1 broadcast: 15 of the 32
+``zmm`` registers), and smaller tiles for the rows left over. Sums run in ``k`` order, in float32, with FMA.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ packed once (where each group's output channels are a multiple of 32: every Alex
 sgemm. For AlexNet's 3x3 layers ``F(4, 3)`` does 36 multiplies per 16 outputs where a direct
 method does 144 (4x fewer), with the points ``0, +-1, +-2, inf`` (alpha = 6); its 5x5 layer uses
 ``F(4, 5)``, 64 multiplies per 16 outputs instead of 400 (6.25x fewer), with ``+-1/2`` added
-(alpha = 8). ``F(2, 5)`` (alpha 6, 2.8x fewer) took 1.9x as long on torchvision's conv2, at batch
-1 and 16. The error of both stays far inside the agreement tolerance (the tests check every
+(alpha = 8). ``F(2, 5)`` (alpha 6, 2.8x fewer) took 1.6-1.9x as long on AlexNet's conv2, at
+batch 1 and 16. The error of both stays far inside the agreement tolerance (the tests check every
 algorithm the backend picks; ``F(4, 5)`` measured ~5e-6 of the largest output on conv2's
 shapes, like ``F(2, 5)`` and ``F(4, 3)``).
 
@@ -108,9 +108,9 @@ class Plan:
     The ``alpha**2`` (36 or 64) products per chunk of tiles run on the register-blocked kernel
     of :mod:`._gemm` when each group's output channels are a multiple of 32 (every AlexNet
     layer), every group's in one launch: ``weights`` then holds ``U`` packed in panels of 32
-    channels, the groups stacked, ``(groups, alpha**2, out/groups/32, C*s*s/groups, 32)``. Otherwise they run on NumPy's sgemm and
-    ``weights`` holds, per group, ``U`` itself, ``(alpha**2, C*s*s/groups, out/groups)``: ``U[e]``
-    is one product's right side."""
+    channels, the groups stacked, ``(groups, alpha**2, out/groups/32, C*s*s/groups, 32)``.
+    Otherwise they run on NumPy's sgemm and ``weights`` holds, per group, ``U`` itself,
+    ``(alpha**2, C*s*s/groups, out/groups)``: ``U[e]`` is one product's right side."""
 
     def __init__(self, weight, bias, stride, groups):
         O, cin_g, k, _ = weight.shape
@@ -129,7 +129,7 @@ class Plan:
         self._weights = None
 
     @property
-    def weights(self) -> tuple:
+    def weights(self):
         """The transformed weights, on first use: packed, every group's stacked in one array
         ``(groups, alpha**2, out/groups/32, C*s*s/groups, 32)``; else a tuple of ``U`` per group."""
         if self._weights is None:
@@ -307,10 +307,10 @@ def _at(alpha, m, f, o, step, g, d, dstep, C):
 @njit(**_PAR)
 def _input_transform(x, V, m, s, pt, pl, th, tw, Wp, r0, rows):
     """For the tile rows ``r0 .. r0+rows-1`` (row ``r = n*th + ty``) of the input ``x`` (N, C, H, W):
-    ``V[t, a*alpha + b, :] = sum_{r,s} BT[a, r] BT[b, s] d_t[r, s, :]``, where ``d_t`` is the alpha x alpha patch of
-    tile ``t = (r - r0)*tw + tx`` in the padded, space-to-depth, channels-last input (built one
-    tile row at a time by ``_band``): rows first, then columns, all channels at once. One task
-    per tile row."""
+    ``V[t, a*alpha + b, :] = sum_{r,s} BT[a, r] BT[b, s] d_t[r, s, :]``, where ``d_t`` is the
+    alpha x alpha patch of tile ``t = (r - r0)*tw + tx`` in the padded, space-to-depth,
+    channels-last input (built one tile row at a time by ``_band``): rows first, then columns,
+    all channels at once. One task per tile row."""
     C, A = V.shape[2], V.shape[1]
     alpha = 8 if A == 64 else 6
     vf = V.reshape(-1)
