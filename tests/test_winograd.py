@@ -20,13 +20,16 @@ from fastalex import functional as F
 from fastalex import layers as L
 
 fast = pytest.importorskip("fastalex.backends.fast")
-from fastalex.backends import _winograd  # noqa: E402  (after the numba skip)
+from fastalex.backends import _gemm, _winograd  # noqa: E402  (after the numba skip)
 
 
-@pytest.fixture
-def every_shape(monkeypatch):
+@pytest.fixture(params=["fused", "chunked"])
+def every_shape(monkeypatch, request):
+    """Every shape on Winograd, through each of the two schedules of the micro-kernel's layers
+    (the fused one per tile row, the chunked three launches); the sgemm layers are chunked."""
     monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(fast, "WINOGRAD_MIN_BATCH", 1)
+    monkeypatch.setattr(_winograd, "FUSED_MAX_WEIGHT_TRAFFIC", 2**62 if request.param == "fused" else -1)
 
 
 def _array(seed, shape):
@@ -240,3 +243,47 @@ def test_batch_size_picks_the_algorithm(monkeypatch, out, winograd_at_1):
         assert_agree(y1, ref[:1], "batch 1")
     F.conv2d(x, w, b, 1, 1, backend="numba", plan=plan)
     assert calls[-1] == 2
+
+
+@pytest.mark.parametrize("batch, fused", [(1, False), (4, True), (16, True), (64, False)])
+def test_schedule_follows_the_weight_traffic(monkeypatch, batch, fused):
+    """Fused (one launch) while the tile rows together read at most FUSED_MAX_WEIGHT_TRAFFIC
+    bytes of transformed weights and there are FUSED_MIN_ROWS rows for weights this large
+    (10 MB), else the chunked three launches; the same result either way."""
+    w = _array(1, (384, 192, 3, 3)) * np.float32(0.03)   # torchvision's conv3: 10 MB transformed
+    b = _array(2, (384,))
+    x = np.abs(_array(3, (batch, 192, 13, 13)))
+    plan = F.prepare_conv2d(w, b, 1, 1, 1, backend="numba")
+    size = plan.data.weights.nbytes
+    assert size > _winograd.FUSED_SMALL_WEIGHTS
+    assert fused == (size * batch * 4 <= _winograd.FUSED_MAX_WEIGHT_TRAFFIC
+                     and batch * 4 >= _winograd.FUSED_MIN_ROWS)
+    launched = []
+    real = fast._launch
+    monkeypatch.setattr(fast, "_launch", lambda kernel, *args: (launched.append(kernel), real(kernel, *args)))
+    y = F.conv2d(x, w, b, 1, 1, 1, 1, "relu", backend="numba", plan=plan)
+    assert (launched == [_winograd._fused]) == fused, [k.__name__ for k in launched]
+    if not fused:
+        assert _winograd._fused not in launched and _gemm.batched_gemm in launched
+    assert_agree(y[:2], F.conv2d(x[:2], w, b, 1, 1, 1, 1, "relu", backend="numpy"), f"batch {batch}")
+
+
+def test_small_weights_fuse_at_batch_1(monkeypatch):
+    """conv1-sized weights (under FUSED_SMALL_WEIGHTS) run fused even with few tile rows."""
+    w, b = _array(1, (64, 3, 11, 11)) * np.float32(0.05), _array(2, (64,))
+    x = _array(3, (1, 3, 67, 67))
+    plan = F.prepare_conv2d(w, b, 4, 1, 1, backend="numba")
+    launched = []
+    real = fast._launch
+    monkeypatch.setattr(fast, "_launch", lambda kernel, *args: (launched.append(kernel), real(kernel, *args)))
+    y = F.conv2d(x, w, b, 4, 2, 1, 1, "relu", backend="numba", plan=plan)
+    assert launched == [_winograd._fused]
+    assert_agree(y, F.conv2d(x, w, b, 4, 2, 1, 1, "relu", backend="numpy"), "small weights at batch 1")
+
+
+def test_fused_refuses_weights_that_do_not_fit():
+    """The fused kernel's products address memory directly: arguments that do not fit are refused."""
+    x, y = np.zeros((1, 8, 9, 9), np.float32), np.zeros((1, 64, 9, 9), np.float32)
+    bp = np.stack([_gemm.pack_b(_array(0, (36, 8, 32)))])        # 32 output channels, not 64
+    with pytest.raises(ValueError, match="do not fit"):
+        _winograd.checked_fused(x, bp, y, np.zeros(64, np.float32), True, 4, 1, 1, 1, 3, 3, 14, 8)

@@ -35,11 +35,23 @@ NCHW into a zero-padded, channels-last band (space-to-depth folded in) that stay
 so the transforms read and write whole channel vectors (they vectorize over channels;
 AlexNet's maps are too small, 13x13, to vectorize over pixels). The output transform adds the
 bias, applies the ReLU into a channels-last band, and writes it into the NCHW result row by
-row: no pass over the whole input or output besides the transforms themselves. The chunk's
-``V`` and ``M`` are tile-major, ``(tiles, alpha**2, channels)``: a tile's 36 (or 64) vectors are
-one contiguous block, which the transforms write and read as one stream (36 streams, one per
-product, were too many for the hardware prefetchers). Scratch buffers are kept per Python
-thread and reused.
+row: no pass over the whole input or output besides the transforms themselves. A row's
+transformed tiles ``V`` and products ``M`` are tile-major, ``(tiles, alpha**2, channels)``: a
+tile's 36 (or 64) vectors are one contiguous block, which the transforms write and read as one
+stream (36 streams, one per product, were too many for the hardware prefetchers).
+
+Two schedules, the same arithmetic:
+
+* **Fused** (:func:`_fused`, the usual case): one launch for the whole layer, one task per
+  tile row doing its input transform, its products (all of them, every group's) and its
+  output transform, with ``V`` and ``M`` in the task's own scratch, which stays in the core's
+  L2 between the three. Each task reads all the transformed weights, so this is used while
+  the tasks together read at most :data:`FUSED_MAX_WEIGHT_TRAFFIC` bytes of them.
+* **Chunked**: three launches per chunk of tile rows (input transforms, the products by
+  :func:`._gemm.batched_gemm`, output transforms) through scratch kept per Python thread,
+  the chunk sized so that its ``V`` and ``M`` stay in the last-level cache; the products
+  read the weights once per chunk. For large batches of layers with large weights, and
+  when the products run on NumPy's sgemm.
 
 The weights' transform ``U`` depends only on the weights: a :class:`Plan` computes it once (in
 float64) and packs it for the micro-kernel, the first time a convolution runs, and layers keep
@@ -68,6 +80,20 @@ ALPHAS = (6, 8)
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)  # and infinity
 #: bytes of transformed input and products per chunk of tiles (kept in the last-level cache)
 CHUNK_BYTES = 8 << 20
+#: a convolution whose products run on the micro-kernel runs :func:`_fused` (one task per tile
+#: row) unless its tasks together would read more than this many bytes of transformed weights
+#: (each task reads all of them): then the chunked three-launch scheme, which reads them once
+#: per chunk. Measured here at batch 16, fused took 0.56-0.97x the time of the chunked scheme up
+#: to ~650 MB of such reads (every AlexNet layer but two), 0.98-1.07x at ~860 MB (13.5 MB of
+#: weights x 64 tile rows); at batch 1 it took 0.62-0.92x on every layer
+FUSED_MAX_WEIGHT_TRAFFIC = 700 << 20
+#: ... and as long as either its transformed weights are small (conv1, conv2: at most this many
+#: bytes) or it has at least :data:`FUSED_MIN_ROWS` tile rows. A few tasks that each stream
+#: 10-14 MB of weights from memory (the 13x13 layers at batch 1, right after the dense layers
+#: have flushed the caches) read them about twice over: the whole network took 12.2 ms fused
+#: against 11.2 chunked, torchvision at batch 1
+FUSED_SMALL_WEIGHTS = 4 << 20
+FUSED_MIN_ROWS = 16
 
 
 def matrices(m: int, r: int):
@@ -304,73 +330,125 @@ def _at(alpha, m, f, o, step, g, d, dstep, C):
                          + half * (x5[c] + sign * x6[c]) + last * x7[c])
 
 
-@njit(**_PAR)
-def _input_transform(x, V, m, s, pt, pl, th, tw, Wp, r0, rows):
-    """For the tile rows ``r0 .. r0+rows-1`` (row ``r = n*th + ty``) of the input ``x`` (N, C, H, W):
-    ``V[t, a*alpha + b, :] = sum_{r,s} BT[a, r] BT[b, s] d_t[r, s, :]``, where ``d_t`` is the
-    alpha x alpha patch of tile ``t = (r - r0)*tw + tx`` in the padded, space-to-depth,
-    channels-last input (built one tile row at a time by ``_band``): rows first, then columns,
-    all channels at once. One task per tile row."""
+@njit(**_SER)
+def _input_row(x, V, k, r, m, s, pt, pl, th, tw, Wp):
+    """The input transform of tile row ``r = n*th + ty`` of ``x`` (N, C, H, W) into ``V[k*tw :
+    (k+1)*tw]``: ``V[t, a*alpha + b, :] = sum_{r,s} BT[a, r] BT[b, s] d_t[r, s, :]``, where ``d_t``
+    is the alpha x alpha patch of tile ``t = k*tw + tx`` in the padded, space-to-depth,
+    channels-last input (the row's band, built by ``_band``): rows first, then columns, all
+    channels at once."""
     C, A = V.shape[2], V.shape[1]
     alpha = 8 if A == 64 else 6
     vf = V.reshape(-1)
-    for k in prange(rows):
-        n, ty = (r0 + k) // th, (r0 + k) % th
-        band = np.empty((alpha, Wp, C), np.float32)
-        _band(x, band, n, ty * m, s, pt, pl)
-        bf = band.reshape(-1)
-        tmp = np.empty(A * C, np.float32)  # tmp[a, s, :] = sum_r BT[a, r] d[r, s, :]
-        for tx in range(tw):
-            t = k * tw + tx
-            if alpha == 6:
-                for s_ in range(6):
-                    _bt6(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
-                for a in range(6):
-                    _bt6(tmp, a * 6 * C, C, vf, (t * 36 + a * 6) * C, C, C)
-            else:
-                for s_ in range(8):
-                    _bt8(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 8 * C, C)
-                for a in range(8):
-                    _bt8(tmp, a * 8 * C, C, vf, (t * 64 + a * 8) * C, C, C)
+    n, ty = r // th, r % th
+    band = np.empty((alpha, Wp, C), np.float32)
+    _band(x, band, n, ty * m, s, pt, pl)
+    bf = band.reshape(-1)
+    tmp = np.empty(A * C, np.float32)  # tmp[a, s, :] = sum_r BT[a, r] d[r, s, :]
+    for tx in range(tw):
+        t = k * tw + tx
+        if alpha == 6:
+            for s_ in range(6):
+                _bt6(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
+            for a in range(6):
+                _bt6(tmp, a * 6 * C, C, vf, (t * 36 + a * 6) * C, C, C)
+        else:
+            for s_ in range(8):
+                _bt8(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 8 * C, C)
+            for a in range(8):
+                _bt8(tmp, a * 8 * C, C, vf, (t * 64 + a * 8) * C, C, C)
 
 
-@njit(**_PAR)
-def _output_transform(M, y, m, bias, relu, th, tw, r0, rows):
-    """For the tile rows ``r0 .. r0+rows-1``: ``y[n, :, ty*m + i, tx*m + j] = act(bias + sum_{a,b}
-    AT[i, a] M[t, a*alpha + b, :] AT[j, b])`` (``t = (r - r0)*tw + tx``), cropped to ``y`` (N, O, Ho, Wo).
-    A tile row goes through a channels-last band (m x Wo x O, in L1/L2), then into ``y``'s rows,
-    each written contiguously: NCHW out, without a pass over the whole output. One task per tile row."""
+@njit(**_SER)
+def _output_row(M, y, k, r, m, bias, relu, th, tw):
+    """The output transform of tile row ``r = n*th + ty`` from ``M[k*tw : (k+1)*tw]``:
+    ``y[n, :, ty*m + i, tx*m + j] = act(bias + sum_{a,b} AT[i, a] M[t, a*alpha + b, :] AT[j, b])``
+    (``t = k*tw + tx``), cropped to ``y`` (N, O, Ho, Wo). The row goes through a channels-last band
+    (m x Wo x O, in L1/L2), then into ``y``'s rows, each written contiguously: NCHW out,
+    without a pass over the whole output."""
     O, A = M.shape[2], M.shape[1]
     alpha = 8 if A == 64 else 6
     Ho, Wo = y.shape[2], y.shape[3]
     mf = M.reshape(-1)
+    n, ty = r // th, r % th
+    hi = min(m, Ho - ty * m)
+    band = np.empty((m, tw * m, O), np.float32)
+    tmp = np.empty(alpha * m * O, np.float32)  # tmp[b, i, :] = sum_a AT[i, a] M[a, b, :]
+    out = np.empty(m * O, np.float32)
+    for tx in range(tw):
+        t = k * tw + tx
+        for b in range(alpha):
+            _at(alpha, m, mf, (t * A + b) * O, alpha * O, tmp, b * m * O, O, O)
+        for i in range(hi):
+            _at(alpha, m, tmp, i * O, m * O, out, 0, O, O)
+            for j in range(m):
+                src = out[j * O:(j + 1) * O]
+                dst = band[i, tx * m + j]
+                if relu:
+                    for o in range(O):
+                        v = src[o] + bias[o]
+                        dst[o] = np.float32(0.0) if v < 0.0 else v
+                else:
+                    for o in range(O):
+                        dst[o] = src[o] + bias[o]
+    for o in range(O):
+        for i in range(hi):
+            row = y[n, o, ty * m + i]
+            for w in range(Wo):
+                row[w] = band[i, w, o]
+
+
+@njit(**_PAR)
+def _input_transform(x, V, m, s, pt, pl, th, tw, Wp, r0, rows):
+    """:func:`_input_row` for the tile rows ``r0 .. r0+rows-1`` (row ``r = n*th + ty``) into
+    ``V`` (rows*tw, alpha**2, C*s*s), one task per tile row."""
     for k in prange(rows):
-        n, ty = (r0 + k) // th, (r0 + k) % th
-        hi = min(m, Ho - ty * m)
-        band = np.empty((m, tw * m, O), np.float32)
-        tmp = np.empty(alpha * m * O, np.float32)  # tmp[b, i, :] = sum_a AT[i, a] M[a, b, :]
-        out = np.empty(m * O, np.float32)
-        for tx in range(tw):
-            t = k * tw + tx
-            for b in range(alpha):
-                _at(alpha, m, mf, (t * A + b) * O, alpha * O, tmp, b * m * O, O, O)
-            for i in range(hi):
-                _at(alpha, m, tmp, i * O, m * O, out, 0, O, O)
-                for j in range(m):
-                    src = out[j * O:(j + 1) * O]
-                    dst = band[i, tx * m + j]
-                    if relu:
-                        for o in range(O):
-                            v = src[o] + bias[o]
-                            dst[o] = np.float32(0.0) if v < 0.0 else v
-                    else:
-                        for o in range(O):
-                            dst[o] = src[o] + bias[o]
-        for o in range(O):
-            for i in range(hi):
-                row = y[n, o, ty * m + i]
-                for w in range(Wo):
-                    row[w] = band[i, w, o]
+        _input_row(x, V, k, r0 + k, m, s, pt, pl, th, tw, Wp)
+
+
+@njit(**_PAR)
+def _output_transform(M, y, m, bias, relu, th, tw, r0, rows):
+    """:func:`_output_row` for the tile rows ``r0 .. r0+rows-1`` from ``M`` (rows*tw, alpha**2, O),
+    one task per tile row."""
+    for k in prange(rows):
+        _output_row(M, y, k, r0 + k, m, bias, relu, th, tw)
+
+
+@njit(**_PAR)
+def _fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs):
+    """The whole convolution, one task per tile row (``N*th`` of them): the row's input
+    transform into its own ``V`` (tw, alpha**2, cs), its products with every group's packed
+    weights ``bp`` (G, alpha**2, P, K, 32) into its own ``M`` (tw, alpha**2, O), and its output
+    transform into ``y``. A task's ``V`` and ``M`` stay in its core's L2 from the transform that
+    writes them to the one that reads them, and the whole layer is one launch. Arguments
+    through :func:`checked_fused`."""
+    G, E, P, K = bp.shape[0], bp.shape[1], bp.shape[2], bp.shape[3]
+    O = y.shape[1]
+    bf = bp.reshape(-1)
+    for r in prange(x.shape[0] * th):
+        V = np.empty((tw, E, cs), np.float32)
+        M = np.empty((tw, E, O), np.float32)
+        _input_row(x, V, 0, r, m, s, pt, pl, th, tw, Wp)
+        vf, mf = V.reshape(-1), M.reshape(-1)
+        for g in range(G):
+            for e in range(E):
+                for p in range(P):
+                    _gemm._panel(vf, e * cs + g * K, E * cs, bf, ((g * E + e) * P + p) * K * _gemm.NR,
+                                 mf, e * O + g * P * _gemm.NR + p * _gemm.NR, E * O, tw, K)
+        _output_row(M, y, 0, r, m, bias, relu, th, tw)
+
+
+def checked_fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs):
+    """The arguments of :func:`_fused`, after checking that its products stay inside each task's
+    ``V`` (tw, alpha**2, cs) and ``M`` (tw, alpha**2, O): the micro-kernel addresses memory
+    directly. ``ValueError`` otherwise."""
+    G, E, P, K, nr = bp.shape
+    O = y.shape[1]
+    if not (bp.dtype == np.float32 and bp.flags.c_contiguous and nr == _gemm.NR and E in (36, 64)
+            and G * K == cs and G * P * _gemm.NR == O and tw >= 1):
+        raise ValueError(f"winograd: packed weights {bp.shape} do not fit {cs} input and {O} output "
+                         f"channels")
+    return x, bp, y, bias, bool(relu), m, s, pt, pl, th, tw, Wp, cs
 
 
 _local = threading.local()
@@ -391,6 +469,16 @@ def _workspace(name, shape):
     return buf[:size].reshape(shape)
 
 
+def _fuses(plan: Plan, rows: int) -> bool:
+    """Whether a convolution with ``rows`` tile rows runs :func:`_fused` (see
+    :data:`FUSED_MAX_WEIGHT_TRAFFIC` and :data:`FUSED_SMALL_WEIGHTS`)."""
+    if not plan.packed:
+        return False
+    size = plan.weights.nbytes
+    return (size * rows <= FUSED_MAX_WEIGHT_TRAFFIC
+            and (size <= FUSED_SMALL_WEIGHTS or rows >= FUSED_MIN_ROWS))
+
+
 def conv2d(x, plan: Plan, padding, relu, launch):
     """The convolution of ``x`` (N, C, H, W) by the prepared ``plan``; ``launch(kernel, *args)``
     runs a parallel kernel (the backend's launch lock)."""
@@ -403,6 +491,10 @@ def conv2d(x, plan: Plan, padding, relu, launch):
     Wp = tw * m + r - 1                           # band width in (space-to-depth) blocks
     Cs = C * s * s
     O = plan.out_channels
+    if _fuses(plan, N * th):
+        y = np.empty((N, O, ho, wo), np.float32)
+        launch(_fused, *checked_fused(x, plan.weights, y, plan.bias, relu, m, s, ph, pw, th, tw, Wp, Cs))
+        return y
     cg, og = Cs // plan.groups, O // plan.groups
     # whole tile rows in chunks whose transformed input and products (V, M) stay in the
     # last-level cache
