@@ -245,19 +245,16 @@ def test_batch_size_picks_the_algorithm(monkeypatch, out, winograd_at_1):
     assert calls[-1] == 2
 
 
-@pytest.mark.parametrize("batch, fused", [(1, False), (4, True), (16, True), (64, False)])
+@pytest.mark.parametrize("batch, fused", [(1, True), (16, True), (64, False)])
 def test_schedule_follows_the_weight_traffic(monkeypatch, batch, fused):
     """Fused (one launch) while the tile rows together read at most FUSED_MAX_WEIGHT_TRAFFIC
-    bytes of transformed weights and there are FUSED_MIN_ROWS rows for weights this large
-    (10 MB), else the chunked three launches; the same result either way."""
+    bytes of transformed weights (10 MB here, 4 rows per image), else the chunked three
+    launches; the same result either way."""
     w = _array(1, (384, 192, 3, 3)) * np.float32(0.03)   # torchvision's conv3: 10 MB transformed
     b = _array(2, (384,))
     x = np.abs(_array(3, (batch, 192, 13, 13)))
     plan = F.prepare_conv2d(w, b, 1, 1, 1, backend="numba")
-    size = plan.data.weights.nbytes
-    assert size > _winograd.FUSED_SMALL_WEIGHTS
-    assert fused == (size * batch * 4 <= _winograd.FUSED_MAX_WEIGHT_TRAFFIC
-                     and batch * 4 >= _winograd.FUSED_MIN_ROWS)
+    assert fused == (plan.data.weights.nbytes * batch * 4 <= _winograd.FUSED_MAX_WEIGHT_TRAFFIC)
     launched = []
     real = fast._launch
     monkeypatch.setattr(fast, "_launch", lambda kernel, *args: (launched.append(kernel), real(kernel, *args)))
@@ -266,19 +263,6 @@ def test_schedule_follows_the_weight_traffic(monkeypatch, batch, fused):
     if not fused:
         assert _winograd._fused not in launched and _gemm.batched_gemm in launched
     assert_agree(y[:2], F.conv2d(x[:2], w, b, 1, 1, 1, 1, "relu", backend="numpy"), f"batch {batch}")
-
-
-def test_small_weights_fuse_at_batch_1(monkeypatch):
-    """conv1-sized weights (under FUSED_SMALL_WEIGHTS) run fused even with few tile rows."""
-    w, b = _array(1, (64, 3, 11, 11)) * np.float32(0.05), _array(2, (64,))
-    x = _array(3, (1, 3, 67, 67))
-    plan = F.prepare_conv2d(w, b, 4, 1, 1, backend="numba")
-    launched = []
-    real = fast._launch
-    monkeypatch.setattr(fast, "_launch", lambda kernel, *args: (launched.append(kernel), real(kernel, *args)))
-    y = F.conv2d(x, w, b, 4, 2, 1, 1, "relu", backend="numba", plan=plan)
-    assert launched == [_winograd._fused]
-    assert_agree(y, F.conv2d(x, w, b, 4, 2, 1, 1, "relu", backend="numpy"), "small weights at batch 1")
 
 
 def test_fused_refuses_weights_that_do_not_fit():

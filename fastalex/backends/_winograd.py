@@ -46,12 +46,14 @@ Two schedules, the same arithmetic:
   tile row doing its input transform, its products (all of them, every group's) and its
   output transform, with ``V`` and ``M`` in the task's own scratch, which stays in the core's
   L2 between the three. Each task reads all the transformed weights, so this is used while
-  the tasks together read at most :data:`FUSED_MAX_WEIGHT_TRAFFIC` bytes of them.
+  the tasks together read at most :data:`FUSED_MAX_WEIGHT_TRAFFIC` bytes of them (every AlexNet
+  layer up to 12 images).
 * **Chunked**: three launches per chunk of tile rows (input transforms, the products by
   :func:`._gemm.batched_gemm`, output transforms) through scratch kept per Python thread,
   the chunk sized so that its ``V`` and ``M`` stay in the last-level cache; the products
-  read the weights once per chunk. For large batches of layers with large weights, and
-  when the products run on NumPy's sgemm.
+  read the weights once per chunk. For larger batches (from 13 images on the layers with the
+  largest weights, torchvision's conv4 and the 2012 conv3; from 119 on conv1), and when the
+  products run on NumPy's sgemm.
 
 The weights' transform ``U`` depends only on the weights: a :class:`Plan` computes it once (in
 float64) and packs it for the micro-kernel, the first time a convolution runs, and layers keep
@@ -85,15 +87,11 @@ CHUNK_BYTES = 8 << 20
 #: (each task reads all of them): then the chunked three-launch scheme, which reads them once
 #: per chunk. Measured here at batch 16, fused took 0.56-0.97x the time of the chunked scheme up
 #: to ~650 MB of such reads (every AlexNet layer but two), 0.98-1.07x at ~860 MB (13.5 MB of
-#: weights x 64 tile rows); at batch 1 it took 0.62-0.92x on every layer
+#: weights x 64 tile rows); at batch 1 it took 0.62-0.92x on every layer on its own. Inside a
+#: forward pass at batch 1 the 13x13 layers ran ~0.1 ms faster each chunked (their 10-14 MB of
+#: weights come from memory there, and two tasks at once stream them), but using both schedules
+#: in one pass means compiling both: the first run took 27 s instead of 18, so one schedule it is
 FUSED_MAX_WEIGHT_TRAFFIC = 700 << 20
-#: ... and as long as either its transformed weights are small (conv1, conv2: at most this many
-#: bytes) or it has at least :data:`FUSED_MIN_ROWS` tile rows. A few tasks that each stream
-#: 10-14 MB of weights from memory (the 13x13 layers at batch 1, right after the dense layers
-#: have flushed the caches) read them about twice over: the whole network took 12.2 ms fused
-#: against 11.2 chunked, torchvision at batch 1
-FUSED_SMALL_WEIGHTS = 4 << 20
-FUSED_MIN_ROWS = 16
 
 
 def matrices(m: int, r: int):
@@ -414,28 +412,35 @@ def _output_transform(M, y, m, bias, relu, th, tw, r0, rows):
         _output_row(M, y, k, r0 + k, m, bias, relu, th, tw)
 
 
+@njit(**_SER)
+def _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, r):
+    """One task of :func:`_fused`: tile row ``r`` through its input transform, its products
+    and its output transform, with its own ``V`` and ``M``."""
+    G, E, P, K = bp.shape[0], bp.shape[1], bp.shape[2], bp.shape[3]
+    O = y.shape[1]
+    bf = bp.reshape(-1)
+    V = np.empty((tw, E, cs), np.float32)
+    M = np.empty((tw, E, O), np.float32)
+    _input_row(x, V, 0, r, m, s, pt, pl, th, tw, Wp)
+    vf, mf = V.reshape(-1), M.reshape(-1)
+    for g in range(G):
+        for e in range(E):
+            for p in range(P):
+                _gemm._panel(vf, e * cs + g * K, E * cs, bf, ((g * E + e) * P + p) * K * _gemm.NR,
+                             mf, e * O + g * P * _gemm.NR + p * _gemm.NR, E * O, tw, K)
+    _output_row(M, y, 0, r, m, bias, relu, th, tw)
+
+
 @njit(**_PAR)
 def _fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs):
     """The whole convolution, one task per tile row (``N*th`` of them): the row's input
     transform into its own ``V`` (tw, alpha**2, cs), its products with every group's packed
     weights ``bp`` (G, alpha**2, P, K, 32) into its own ``M`` (tw, alpha**2, O), and its output
-    transform into ``y``. A task's ``V`` and ``M`` stay in its core's L2 from the transform that
-    writes them to the one that reads them, and the whole layer is one launch. Arguments
-    through :func:`checked_fused`."""
-    G, E, P, K = bp.shape[0], bp.shape[1], bp.shape[2], bp.shape[3]
-    O = y.shape[1]
-    bf = bp.reshape(-1)
+    transform into ``y`` (:func:`_fused_row`). A task's ``V`` and ``M`` stay in its core's L2
+    from the transform that writes them to the one that reads them, and the whole layer is one
+    launch. Arguments through :func:`checked_fused`."""
     for r in prange(x.shape[0] * th):
-        V = np.empty((tw, E, cs), np.float32)
-        M = np.empty((tw, E, O), np.float32)
-        _input_row(x, V, 0, r, m, s, pt, pl, th, tw, Wp)
-        vf, mf = V.reshape(-1), M.reshape(-1)
-        for g in range(G):
-            for e in range(E):
-                for p in range(P):
-                    _gemm._panel(vf, e * cs + g * K, E * cs, bf, ((g * E + e) * P + p) * K * _gemm.NR,
-                                 mf, e * O + g * P * _gemm.NR + p * _gemm.NR, E * O, tw, K)
-        _output_row(M, y, 0, r, m, bias, relu, th, tw)
+        _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, r)
 
 
 def checked_fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs):
@@ -471,12 +476,8 @@ def _workspace(name, shape):
 
 def _fuses(plan: Plan, rows: int) -> bool:
     """Whether a convolution with ``rows`` tile rows runs :func:`_fused` (see
-    :data:`FUSED_MAX_WEIGHT_TRAFFIC` and :data:`FUSED_SMALL_WEIGHTS`)."""
-    if not plan.packed:
-        return False
-    size = plan.weights.nbytes
-    return (size * rows <= FUSED_MAX_WEIGHT_TRAFFIC
-            and (size <= FUSED_SMALL_WEIGHTS or rows >= FUSED_MIN_ROWS))
+    :data:`FUSED_MAX_WEIGHT_TRAFFIC`)."""
+    return plan.packed and plan.weights.nbytes * rows <= FUSED_MAX_WEIGHT_TRAFFIC
 
 
 def conv2d(x, plan: Plan, padding, relu, launch):
