@@ -9,8 +9,9 @@ valid input and only do arithmetic, float32 throughout (adaptive pooling sums in
   runs the Winograd algorithm of :mod:`._winograd` where it applies (square kernels, any
   stride folded into channels, at least ``WINOGRAD_MIN_CHANNELS`` channels per group: every
   AlexNet layer): 4-6.25x fewer multiplies than any direct method, as 36 (or 64) products per
-  chunk of tiles. Where each group's output channels are a multiple of 32 (every AlexNet layer) the
-  products run on the register-blocked micro-kernel of :mod:`._gemm`, at any batch size;
+  tile. Where each group's output channels are a multiple of 32 (every AlexNet layer) the
+  products run on the register-blocked micro-kernel of :mod:`._gemm`, at any batch size,
+  usually in one launch per layer (one task per row of tiles: transforms and products);
   otherwise on NumPy's sgemm, from ``WINOGRAD_MIN_BATCH`` images. Otherwise, and for a
   plain functional call (transforming the weights on every call would cost more than it
   saves), it is im2col + sgemm. A parallel kernel packs the input windows of a chunk
