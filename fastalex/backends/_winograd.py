@@ -87,10 +87,10 @@ CHUNK_BYTES = 8 << 20
 #: (each task reads all of them): then the chunked three-launch scheme, which reads them once
 #: per chunk. Measured here at batch 16, fused took 0.56-0.97x the time of the chunked scheme up
 #: to ~650 MB of such reads (every AlexNet layer but two), 0.98-1.07x at ~860 MB (13.5 MB of
-#: weights x 64 tile rows); at batch 1 it took 0.62-0.92x on every layer on its own. Inside a
-#: forward pass at batch 1 the 13x13 layers ran ~0.1 ms faster each chunked (their 10-14 MB of
-#: weights come from memory there, and two tasks at once stream them), but using both schedules
-#: in one pass means compiling both: the first run took 27 s instead of 18, so one schedule it is
+#: weights x 64 tile rows); at batch 1, 0.58-1.04x on its own (two runs). Inside a forward
+#: pass at batch 1 the 13x13 layers ran ~0.1 ms faster each chunked (their 10-14 MB of weights
+#: come from memory there, and two tasks at once stream them), but using both schedules in one
+#: pass means compiling both: the first run took 27 s instead of 18, so one schedule it is
 FUSED_MAX_WEIGHT_TRAFFIC = 700 << 20
 
 
