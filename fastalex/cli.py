@@ -433,7 +433,11 @@ def _cluster(args):
     except ImportError as exc:
         raise UsageError(str(exc)) from None
     if args.workers:
-        return distributed.local_cluster(args.workers)
+        # Only CRITICAL logs from the workers: a failed image is reported by the command itself,
+        # and a heartbeat cut off while the cluster shuts down logged an ERROR with a traceback
+        # (a race in Dask's teardown, harmless: never a traceback from the command).
+        import logging
+        return distributed.local_cluster(args.workers, silence_logs=logging.CRITICAL)
     return distributed.connect(args.scheduler)
 
 

@@ -252,3 +252,19 @@ def test_cli_workers_and_resume_after_interruptions(tmp_path, env):
     proc2 = _cli("classify", photos, "--json", "--random-weights", "--top", "3", "--workers", "2", env=env)
     assert proc2.returncode == proc.returncode == 1, proc2.stderr
     assert proc2.stdout == proc.stdout and proc.stdout.count("\n") == n + 1
+
+
+def test_cli_local_cluster_shows_only_critical_worker_logs(monkeypatch):
+    """``--workers N``: the workers' logs below CRITICAL stay quiet (the command reports failed
+    images itself; Dask's teardown can log an ERROR with a traceback for a heartbeat cut off
+    by the shutdown, and the command never prints a traceback)."""
+    import argparse
+    import logging
+
+    import fastalex.distributed as D
+    from fastalex import cli
+
+    seen = {}
+    monkeypatch.setattr(D, "local_cluster", lambda workers, **kwargs: seen.update(workers=workers, **kwargs))
+    cli._cluster(argparse.Namespace(workers=2, scheduler=None))
+    assert seen == {"workers": 2, "silence_logs": logging.CRITICAL}
