@@ -155,6 +155,17 @@ def checked(a, bp, c, T, ak, cn, dk=0, dn=0):
     return a, bp, c, int(T), int(ak), int(cn), int(dk), int(dn)
 
 
+@njit(**_SER)
+def product_task(af, acols, ak, dk, bf, G, E, P, K, cf, ccols, cn, dn, T, task):
+    """Task ``task = (g*E + e)*P + p`` of a batch of products, on flat arrays: ``T`` rows of
+    ``A[:, e, ak + g*dk : +K]`` (``acols`` columns per vector) times panel ``p`` of the packed
+    ``B[g, e]`` into ``C[:, e, cn + g*dn + p*32 : +32]`` (``ccols`` columns per vector). The
+    offsets of :func:`batched_gemm` and of the Winograd layers' fused tasks, in one place."""
+    g, e, p = task // (E * P), (task // P) % E, task % P
+    _panel(af, e * acols + ak + g * dk, E * acols, bf, task * K * NR,
+           cf, e * ccols + cn + g * dn + p * NR, E * ccols, T, K)
+
+
 @njit(**_PAR)
 def batched_gemm(a, bp, c, T, ak, cn, dk, dn):
     """``c[:T, e, cn + g*dn : +P*32] = a[:T, e, ak + g*dk : +K] @ B[g, e]`` for every group ``g``
@@ -164,9 +175,6 @@ def batched_gemm(a, bp, c, T, ak, cn, dk, dn):
     products take a column slice of each (a group's channels). One launch for every group, one
     task per ``(g, e, panel)``. Pass the arguments through :func:`checked`."""
     G, E, P, K = bp.shape[0], bp.shape[1], bp.shape[2], bp.shape[3]
-    lda, ldc = E * a.shape[2], E * c.shape[2]
     af, bf, cf = a.reshape(-1), bp.reshape(-1), c.reshape(-1)
     for task in prange(G * E * P):
-        g, e, p = task // (E * P), (task // P) % E, task % P
-        _panel(af, e * a.shape[2] + ak + g * dk, lda, bf, ((g * E + e) * P + p) * K * NR,
-               cf, e * c.shape[2] + cn + g * dn + p * NR, ldc, T, K)
+        product_task(af, a.shape[2], ak, dk, bf, G, E, P, K, cf, c.shape[2], cn, dn, T, task)

@@ -423,11 +423,8 @@ def _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, r):
     M = np.empty((tw, E, O), np.float32)
     _input_row(x, V, 0, r, m, s, pt, pl, th, tw, Wp)
     vf, mf = V.reshape(-1), M.reshape(-1)
-    for g in range(G):
-        for e in range(E):
-            for p in range(P):
-                _gemm._panel(vf, e * cs + g * K, E * cs, bf, ((g * E + e) * P + p) * K * _gemm.NR,
-                             mf, e * O + g * P * _gemm.NR + p * _gemm.NR, E * O, tw, K)
+    for task in range(G * E * P):  # group g's columns: K of V's, P*32 of M's
+        _gemm.product_task(vf, cs, 0, K, bf, G, E, P, K, mf, O, 0, P * _gemm.NR, tw, task)
     _output_row(M, y, 0, r, m, bias, relu, th, tw)
 
 
