@@ -136,3 +136,24 @@ def test_a_forked_child_starts_afresh(enabled):
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_no_threads_where_sched_idle_is_refused(enabled, monkeypatch):
+    """A thread that cannot take SCHED_IDLE exits at once (spinning at normal priority would
+    compete with the workers); later passes start no new one to be refused again."""
+    import numba
+    if numba.get_num_threads() < 2:
+        pytest.skip("one Numba thread: no keep-awake threads to start")
+    monkeypatch.setattr(_awake, "_state", _awake._State())
+
+    def refuse(*args):
+        raise PermissionError("not here")
+
+    monkeypatch.setattr(_awake.os, "sched_setscheduler", refuse)
+    with _awake.keep_awake():
+        for t in list(_awake._state.threads):
+            t.join(5)
+    assert _awake._state.refused
+    with _awake.keep_awake():
+        assert not any(t.is_alive() for t in _awake._state.threads)
+    assert _awake._state.depth == 0

@@ -81,6 +81,7 @@ class _State:
         self.depth = 0                       # passes in progress in this process
         self.stop = np.ones(1, np.int64)     # 0 while a pass is in progress
         self.threads: list[threading.Thread] = []
+        self.refused = False                 # SCHED_IDLE refused here: no threads, ever
 
 
 _state = _State()
@@ -100,6 +101,8 @@ def _loop(state):
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (OSError, AttributeError):  # not allowed here: spinning at normal priority would hurt
+        with state.cond:
+            state.refused = True  # and no new thread on every pass, to be refused again
         return
     while True:
         with state.cond:
@@ -110,6 +113,8 @@ def _loop(state):
 
 def _start_threads(state):
     """Enough threads for the other cores of a kernel (called with ``state.cond`` held)."""
+    if state.refused:
+        return
     state.threads = [t for t in state.threads if t.is_alive()]
     for _ in range(numba.get_num_threads() - 1 - len(state.threads)):
         t = threading.Thread(target=_loop, args=(state,), name="fastalex-keep-awake", daemon=True)
