@@ -125,8 +125,8 @@ def _dot(w, x, r, n, y):
 @njit(**_PAR)
 def linear_lowp_kernel(x, w, scale, bias, relu, y):
     """``y = relu?(scale * (x @ widen(w).T) + bias)``; ``x`` ``(N, K)`` float32, ``w`` ``(O, K)``
-    uint16 (bfloat16 bits), int8 or float32, ``scale`` and ``bias`` float32 ``(O,)`` (``bias`` may be
-    empty: no bias), ``y`` float32 ``(N, O)``. One task per block of :data:`ROWS` rows."""
+    uint16 (bfloat16 bits), int8 or float32, ``scale`` and ``bias`` float32 ``(O,)`` (either may be
+    empty: all ones, no bias), ``y`` float32 ``(N, O)``. One task per block of :data:`ROWS` rows."""
     N = x.shape[0]
     O = w.shape[0]
     for b in prange((O + ROWS - 1) // ROWS):
@@ -145,7 +145,7 @@ def linear_lowp_kernel(x, w, scale, bias, relu, y):
                 for n in range(N):
                     _dot(w, x, r, n, y)
         for r in range(r0, r1):  # scale, bias, ReLU as the block is finished
-            s = scale[r]
+            s = scale[r] if scale.size else np.float32(1.0)
             b_r = bias[r] if bias.size else np.float32(0.0)
             for n in range(N):
                 v = y[n, r] * s + b_r

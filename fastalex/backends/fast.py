@@ -127,6 +127,7 @@ if hasattr(os, "register_at_fork"):
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 _NO_BIAS = np.zeros(0, np.float32)  # "no bias" as an array: one kernel signature, not two
+_NO_SCALE = _NO_BIAS                 # likewise "scale 1" for the dense kernel
 
 
 def _launch(kernel, *args):
@@ -591,9 +592,7 @@ def _linear_tiled(x, data, scale, bias, relu):
     """``relu?(scale * (x @ widen(data).T) + bias)`` by the register-tiled kernel of
     ``_dense_lowp``; ``data`` float32, bfloat16 bits or int8, ``scale`` None for all ones."""
     y = np.empty((x.shape[0], data.shape[0]), np.float32)
-    if scale is None:
-        scale = np.ones(data.shape[0], np.float32)
-    _launch(linear_lowp_kernel, _writable(x), _writable(data), scale,
+    _launch(linear_lowp_kernel, _writable(x), _writable(data), _NO_SCALE if scale is None else scale,
             _NO_BIAS if bias is None else _writable(bias), bool(relu), y)
     return y
 
