@@ -1,7 +1,7 @@
 """One ONNX file, two engines: ``fastalex.load_onnx`` (both backends) against ONNX Runtime on
 the very same file, batch 1 and 16.
 
-The file is the ONNX model zoo's bvlcalexnet structure at full size (``tests/onnx_graphs.py``:
+The file is the ONNX model zoo's bvlcalexnet structure at full size (``tests/support/onnx_graphs.py``:
 LRN, group=2, pads [0, 0, 1, 1], Reshape, Gemm transB=1, Softmax; random weights, a dynamic
 batch axis), written once per session. Every benchmark first checks its output against the
 NumPy backend's (and ONNX Runtime's) logits, then times; it skips without onnx/onnxruntime.
@@ -31,7 +31,7 @@ OUTPUT = "fc8_1"  # the logits (the graph ends in Softmax, which flattens differ
 def onnx_file(tmp_path_factory):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from onnx_graphs import caffe_alexnet
+    from support.onnx_graphs import caffe_alexnet
     proto = caffe_alexnet(batch="N", seed=0)
     proto.graph.output.append(onnx.helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT, ["N", 1000]))
     path = tmp_path_factory.mktemp("onnx") / "bvlcalexnet_like.onnx"

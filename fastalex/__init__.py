@@ -8,7 +8,8 @@ A readable NumPy reference path and a fast path of parallel Numba kernels behind
     probs, classes = model.predict(x, top=5)
 """
 
-from . import functional, layers
+from .errors import FastalexError
+from . import errors, functional, layers
 from .backends import configure_threads, get_backend_name, set_backend
 from .models import Model, Sequential, WeightsMismatchError, alexnet, build, detect_variant
 from .weights import IMAGENET1K_V1, WeightsFileError, WeightsUnavailableError, load_weights, save_weights
@@ -21,7 +22,7 @@ from . import viz  # pictures: viz.filters, viz.activations, viz.explain
 
 __version__ = "0.1.0"
 
-__all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend", "configure_threads",
+__all__ = ["FastalexError", "errors", "alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend", "configure_threads",
            "get_backend_name", "load_weights", "save_weights", "WeightsFileError", "WeightsUnavailableError",
            "WeightsMismatchError", "detect_variant", "IMAGENET1K_V1", "load_image", "load_images", "ImageError",
            "imagenet_labels", "classify", "embed", "load_onnx", "OnnxError", "viz", "__version__"]

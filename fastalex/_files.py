@@ -12,10 +12,12 @@ import errno
 import os
 import stat
 
+from .errors import FastalexError
+
 __all__ = ["FileProblem", "open_regular"]
 
 
-class FileProblem(Exception):
+class FileProblem(FastalexError):
     """Why a path cannot be read as a regular file: ``reason`` completes "<path> ..."
     (``"is a FIFO (named pipe), not a regular file"``); ``missing`` for a file that does
     not exist (or a dangling symlink)."""

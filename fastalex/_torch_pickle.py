@@ -47,12 +47,8 @@ MAX_EXPANDED = 1 << 26
 MAX_PICKLE_BYTES = 64 << 20
 
 
-class WeightsFileError(ValueError):
-    """A weights file that cannot be read: corrupt, truncated, or not weights at all."""
-
-
-class UnsafePickleError(WeightsFileError):
-    """A pickle that asks for something other than tensors and plain containers."""
+# the public exceptions live in fastalex.errors; importable from here as before
+from .errors import UnsafePickleError, WeightsFileError  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------- stand-ins

@@ -28,7 +28,7 @@ from .images import ImageError, _describe, get_preprocess, is_image_file, open_i
 from .labels import imagenet_labels, load_labels
 
 __all__ = ["Prediction", "classify", "iter_classify", "expand_inputs", "default_model", "SkippedFolderWarning",
-           "iter_results", "run_batch", "ClassifyTask", "is_url"]
+           "iter_results", "ClassifyTask", "is_url"]
 
 
 @dataclass
@@ -142,12 +142,8 @@ def is_url(path) -> bool:
 
 
 def _fsspec(url):
-    try:
-        import fsspec
-    except ImportError:
-        raise ImportError(f"reading {url} needs fsspec: pip install 'fastalex[dask]' "
-                          f"(or pip install fsspec)") from None
-    return fsspec
+    from ._optional import require
+    return require("fsspec", extra="dask", purpose=f"reading {url}", alternative="pip install fsspec")
 
 
 def _expand_url(url):
@@ -296,13 +292,6 @@ class ClassifyTask:
         p.indices = [int(c) for c in idx[row]]
         p.probabilities = [float(v) for v in probs[row]]
         p.labels = [None] * len(p.indices)
-
-
-def run_batch(model, task, batch, start, preprocess=None):
-    """Decode ``batch`` (a list of items) and run ``task`` on it: the results, one per item.
-    This is all a Dask worker does per batch."""
-    decoded, _ = _decode_batch(batch, preprocess or get_preprocess(model))
-    return _forward(task, model, batch, decoded, start)
 
 
 def _forward(task, model, batch, decoded, start):

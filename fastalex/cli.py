@@ -19,7 +19,7 @@ import time
 import warnings
 
 from . import __version__
-from ._torch_pickle import WeightsFileError
+from .errors import FastalexError, WeightsFileError
 
 PROG = "fastalex"
 PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images (and only on a terminal)
@@ -49,7 +49,7 @@ run ends, so an interruption never leaves a torn file: rerun with --resume to co
 exit status: 0 all images embedded, 1 some could not be read, 2 usage error, 130 interrupted."""
 
 
-class UsageError(Exception):
+class UsageError(FastalexError):
     """Bad options or missing/unavailable weights: exit status 2."""
 
 
@@ -221,22 +221,6 @@ def _err(message):
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
-_HOW_TO_CLI = ("To get them: run `fastalex weights download` where there is network access "
-               "(--url or FASTALEX_WEIGHTS_URL for a mirror, e.g. --url file:///path/to/alexnet-owt-7be5be79.pth), "
-               "or pass --weights FILE, or use --random-weights to test without them.")
-
-
-def _sentence(text):
-    text = text.strip()
-    return text if not text or text.endswith((".", "?", "!")) else text + "."
-
-
-def _cli_message(exc):
-    """An exception's message with the library's Python-syntax advice replaced by the CLI's."""
-    from . import weights as W
-    return _sentence(str(exc).replace(W._HOW_TO, "").strip())
-
-
 def _load_state(path):
     from .weights import WeightsFileNotFoundError, load_weights
     try:
@@ -299,8 +283,7 @@ def load_model(args):
         try:
             return alexnet("torchvision", weights="imagenet", backend=args.backend, weight_dtype=weight_dtype)
         except WeightsUnavailableError as exc:
-            raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: "
-                             f"{_cli_message(exc)} {_HOW_TO_CLI}") from None
+            raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: {exc}") from None
     return _model_from_state(args, _load_state(_local_weights(args.weights)))
 
 
@@ -365,8 +348,7 @@ def _model_recipe(args):
             try:
                 download_imagenet()
             except WeightsUnavailableError as exc:
-                raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: "
-                                 f"{_cli_message(exc)} {_HOW_TO_CLI}") from None
+                raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: {exc}") from None
         return {"spec": VARIANTS["torchvision"](1000), "seed": None, "weights": "imagenet",
                 "backend": args.backend}
     # read once here: the variant and classes come from the file, and it must fit before the
@@ -596,8 +578,7 @@ def cmd_weights_download(args):
     try:
         path = W.download_imagenet(url=args.url, progress=None, force=args.force)
     except W.WeightsUnavailableError as exc:  # the same failure as classify's: exit 2
-        raise UsageError(f"{_cli_message(exc)} To use a local copy instead, pass --weights FILE to "
-                         f"classify, or --url file:///path/to/alexnet-owt-7be5be79.pth here.") from None
+        raise UsageError(str(exc)) from None
     print(path)
     return 0
 

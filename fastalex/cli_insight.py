@@ -144,7 +144,7 @@ def _backend_ready(backend):
 
 
 def _bad_layer(exc):
-    return cli.UsageError(str(exc).replace("extract: ", "--layer: ").replace("filters: ", "--layer: "))
+    return cli.UsageError(str(exc))  # the library's message, as it is ("extract: unknown layer ...")
 
 
 # ----------------------------------------------------------------------------- commands

@@ -38,23 +38,20 @@ import threading
 import time
 import uuid
 
+from ._optional import install_hint, require
+
 __all__ = ["DASK_HINT", "require_dask", "recipe_of", "load_model", "skeleton", "iter_distributed",
            "local_cluster", "connect", "fetch_weights", "ModelLoadError", "loads"]
 
-DASK_HINT = "pip install 'fastalex[dask]'"
+DASK_HINT = install_hint("dask")
 
 
-class ModelLoadError(RuntimeError):
-    """A worker could not build the model from its recipe (weights missing or unreadable)."""
+from .errors import ModelLoadError  # noqa: E402  (defined with the other exceptions)
 
 
 def require_dask():
     """Import ``dask.distributed`` or raise ImportError naming the extra to install."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise ImportError(f"distributed runs need Dask: {DASK_HINT}") from None
-    return distributed
+    return require("distributed", extra="dask", purpose="a distributed run", package="Dask")
 
 
 # ----------------------------------------------------------------------------- recipes

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .backends import get_backend, get_backend_name
+from .backends.contract import hook
 from .lowp import LowpWeight
 from .shapes import INT64_MAX, check_allocatable, conv_output_size, padding_sides, pool_output_size
 
@@ -110,9 +111,6 @@ def check_padding(value, op, name="padding"):
     except TypeError:
         raise TypeError(f"{op}: {name} must be an int, a pair of ints or a 4-tuple "
                         f"(left, right, top, bottom), got {value!r}") from None
-
-
-_padding = check_padding
 
 
 def _split_padding(padding):
@@ -278,7 +276,7 @@ def prepare_conv2d(weight, bias=None, stride=1, dilation=1, groups=1, backend=No
     bias = _bias(bias, weight.shape[0], op)
     name = get_backend_name() if backend is None else backend
     impl = get_backend(name)
-    prepare = getattr(impl, "prepare_conv2d", None)
+    prepare = hook(impl, "prepare_conv2d")
     data = None if prepare is None else prepare(weight, bias, stride, dilation, groups)
     return ConvPlan(name, weight, bias, stride, dilation, groups, data)
 

@@ -59,13 +59,7 @@ MAX_ASPECT_RATIO = 1000
 _BOX_RESIZE_AREA = 16
 
 
-class ImageError(ValueError):
-    """An image could not be read or converted; ``path`` names it and ``reason`` says why."""
-
-    def __init__(self, path, reason):
-        self.path = None if path is None else str(path)
-        self.reason = str(reason)
-        super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
+from .errors import ImageError  # noqa: E402  (defined with the other exceptions)
 
 
 # ----------------------------------------------------------------------------- preprocessing spec

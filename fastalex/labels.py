@@ -10,13 +10,12 @@ import functools
 import os
 from importlib import resources
 
-__all__ = ["LabelsError", "imagenet_labels", "load_labels", "label_for"]
+__all__ = ["LabelsError", "imagenet_labels", "load_labels"]
 
 IMAGENET_NUM_CLASSES = 1000
 
 
-class LabelsError(ValueError):
-    """A labels file is missing, unreadable or has the wrong number of lines."""
+from .errors import LabelsError  # noqa: E402  (defined with the other exceptions)
 
 
 def _parse(text: str, source: str, num_classes: int | None) -> tuple[str, ...]:
@@ -52,8 +51,3 @@ def load_labels(path, num_classes: int | None = None) -> tuple[str, ...]:
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelsError(f"cannot read labels file {path}: {exc}") from None
     return _parse(text, path, num_classes)
-
-
-def label_for(labels, index: int) -> str | None:
-    """``labels[index]``, or None when there are no labels."""
-    return None if labels is None else labels[index]

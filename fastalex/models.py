@@ -175,14 +175,12 @@ class Sequential(L.Layer):
         return x
 
     def _awake(self):
-        """On the numba backend, :func:`fastalex.backends._awake.keep_awake` for the pass: the
-        other cores kept from halting between its kernels (a pass after an idle pause took 1.3-1.5x
-        as long without it, in a VM)."""
-        from .backends import get_backend_name
-        if (self.backend or get_backend_name()) != "numba":
-            return contextlib.nullcontext()
-        from .backends import _awake
-        return _awake.keep_awake()
+        """The backend's ``forward_pass`` hook around the pass, if it has one (the numba backend
+        keeps the other cores from halting between its kernels: see fastalex/backends/contract.py)."""
+        from .backends import get_backend
+        from .backends.contract import hook
+        forward_pass = hook(get_backend(self.backend), "forward_pass")
+        return contextlib.nullcontext() if forward_pass is None else forward_pass()
 
     # -- structure
     def __getitem__(self, key):
@@ -497,9 +495,10 @@ class Model(Sequential):
     def _plan_lines(self):
         """How the backend runs each convolution (its plan, made once), when it says."""
         from .backends import get_backend, get_backend_name
+        from .backends.contract import hook
         name = self.backend or get_backend_name()
         try:
-            describe = getattr(get_backend(name), "describe_plan", None)
+            describe = hook(get_backend(name), "describe_plan")
         except ImportError:
             return []
         if describe is None:
@@ -519,14 +518,7 @@ def build(spec, seed=0, backend=None, weight_dtype="float32") -> Model:
     return Model(spec, seed=seed, backend=backend, weight_dtype=weight_dtype)
 
 
-class WeightsMismatchError(ValueError):
-    """Weights that do not fit the AlexNet asked for. ``fits`` is ``(variant, num_classes)`` of
-    the AlexNet they do fit (None if none), ``source`` names the weights, ``detail`` lists the
-    missing/unexpected keys and shape mismatches when none fits."""
-
-    def __init__(self, message, source, fits=None, detail=None):
-        super().__init__(message)
-        self.source, self.fits, self.detail = source, fits, detail
+from .errors import WeightsMismatchError  # noqa: E402  (defined with the other exceptions)
 
 
 def param_shapes(variant, num_classes=1000) -> dict[str, tuple]:

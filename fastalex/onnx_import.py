@@ -32,6 +32,8 @@ import re
 
 import numpy as np
 
+from ._optional import install_hint, require
+
 __all__ = ["load_onnx", "read_onnx", "OnnxError", "SUPPORTED_OPS"]
 
 #: the operators a graph may use (``Constant`` nodes may hold weights and shapes)
@@ -39,27 +41,18 @@ SUPPORTED_OPS = ("Conv", "Relu", "LRN", "MaxPool", "AveragePool", "GlobalAverage
                  "MatMul", "Add", "Flatten", "Reshape", "Dropout", "Softmax", "Identity",
                  "BatchNormalization", "Constant")
 
-INSTALL_HINT = "pip install 'fastalex[onnx]'"
+INSTALL_HINT = install_hint("onnx")
 
 # ONNX TensorProto data types -> numpy (little-endian), for the tensors weights can be stored in
 _DTYPES = {1: "<f4", 2: "u1", 3: "i1", 5: "<i2", 6: "<i4", 7: "<i8", 10: "<f2", 11: "<f8"}
 _EXTERNAL = 1  # TensorProto.EXTERNAL
 
 
-class OnnxError(ValueError):
-    """An ONNX file that cannot be read or run: ``path`` names it, ``reason`` says why."""
-
-    def __init__(self, path, reason):
-        self.path, self.reason = str(path), str(reason)
-        super().__init__(f"{self.path}: {self.reason}")
+from .errors import OnnxError  # noqa: E402  (defined with the other exceptions)
 
 
 def _onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise ImportError(f"reading ONNX models needs the onnx package: {INSTALL_HINT}") from None
-    return onnx
+    return require("onnx", extra="onnx", purpose="reading ONNX models")
 
 
 # ----------------------------------------------------------------------------- public API

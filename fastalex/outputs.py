@@ -26,9 +26,11 @@ import time
 
 import numpy as np
 
+from ._optional import install_hint
+
 __all__ = ["JsonLinesOutput", "VectorOutput", "check_vector_path", "VECTOR_FORMATS", "PARQUET_HINT", "read_vectors"]
 
-PARQUET_HINT = "pip install 'fastalex[parquet]'"
+PARQUET_HINT = install_hint("parquet")
 VECTOR_FORMATS = (".npy", ".npz", ".parquet")
 FLUSH_SECONDS = 2.0
 
@@ -131,12 +133,9 @@ def _format(path):
 
 
 def _pyarrow():
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        raise ImportError(f"writing .parquet needs pyarrow: {PARQUET_HINT}") from None
-    return pyarrow
+    from ._optional import require
+    require("pyarrow.parquet", extra="parquet", purpose="writing .parquet")
+    return require("pyarrow", extra="parquet", purpose="writing .parquet")
 
 
 def paths_file(path) -> str:

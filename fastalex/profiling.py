@@ -22,9 +22,11 @@ import time
 
 import numpy as np
 
+from ._optional import install_hint, require
+
 __all__ = ["profile", "time_forward", "plot_profile", "step_name", "PLOT_INSTALL"]
 
-PLOT_INSTALL = "pip install 'fastalex[plot]'"
+PLOT_INSTALL = install_hint("plot")
 
 
 def step_name(names) -> str:
@@ -104,11 +106,7 @@ def time_forward(model, x, repeat=5, warmup=1) -> float:
 
 def _matplotlib_figure():
     """matplotlib's ``Figure`` class, or an ImportError that says how to install it."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(f"drawing the profile chart needs matplotlib: {PLOT_INSTALL}") from None
-    return Figure
+    return require("matplotlib.figure", extra="plot", purpose="drawing the profile chart").Figure
 
 
 def plot_profile(profiles: dict, path, title=None) -> None:

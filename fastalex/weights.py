@@ -57,8 +57,7 @@ _CHUNK = 1 << 20
 _TIMEOUT = 30
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Published weights could not be obtained (offline, HTTP error, interrupted, bad checksum)."""
+from .errors import CachedWeightsError, WeightsFileNotFoundError, WeightsUnavailableError  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- save / load
@@ -122,10 +121,6 @@ def save_weights(model_or_state_dict, path) -> Path:
     path = Path(os.fspath(path))
     _atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
-
-
-class WeightsFileNotFoundError(WeightsFileError, FileNotFoundError):
-    """The weights file does not exist (a :class:`WeightsFileError` and a ``FileNotFoundError``)."""
 
 
 def load_weights(path) -> dict[str, np.ndarray]:
@@ -300,12 +295,12 @@ def _sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
-_HOW_TO = ("To use a local copy instead, pass weights='path/to/alexnet-owt-7be5be79.pth' "
-           "(or --weights FILE on the command line), or set FASTALEX_WEIGHTS_URL to a mirror.")
-
-
-class CachedWeightsError(WeightsFileError):
-    """A cache entry that fails its check (damaged or replaced after it was written)."""
+#: the advice ending every WeightsUnavailableError: in words that fit Python and the command line,
+#: which prints these messages as they are
+_HOW_TO = ("To use a local copy instead, pass its path as the weights (weights=PATH in Python, "
+           "--weights FILE on the command line), or fill the cache from it with `fastalex weights download "
+           "--url file:///path/to/alexnet-owt-7be5be79.pth`; FASTALEX_WEIGHTS_URL names a mirror, "
+           "and --random-weights tests the pipeline without weights.")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import fastalex
 import fastalex.weights as W
 from fastalex import cli
 from fastalex.weights import CachedWeightsError, WeightsUnavailableError, load_weights, save_weights
-from test_download import PAYLOAD, SHA, TINY, Server, _closed_port, _expected, _files
+from support.download import PAYLOAD, SHA, TINY, Server
+from support.download import cache_files as _files, closed_port as _closed_port, expected_weights as _expected
 
 ROOT = Path(__file__).resolve().parents[1]
 

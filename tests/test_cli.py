@@ -335,7 +335,7 @@ def test_weight_dtype_on_classify_and_bench(env, photos, weights7):
 
 def test_weight_dtype_with_an_onnx_model(env, photos):
     pytest.importorskip("onnx")
-    from fixture_specs import FIXTURES
+    from support.fixture_specs import FIXTURES
     caffe = FIXTURES / "onnx" / "caffe_alexnet.onnx"
     probs = {}
     for dtype in ("float32", "int8"):

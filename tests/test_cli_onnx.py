@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fastalex import cli
-from fixture_specs import FIXTURES
+from support.fixture_specs import FIXTURES
 
 pytest.importorskip("onnx")
 

@@ -23,8 +23,8 @@ from fastalex.embedding import iter_embed  # noqa: E402
 from fastalex.models import build  # noqa: E402
 from fastalex.outputs import read_vectors, scan_jsonl  # noqa: E402
 
-from conftest import assert_agree  # noqa: E402
-from fixture_specs import reduced_spec  # noqa: E402
+from support import assert_agree  # noqa: E402
+from support.fixture_specs import reduced_spec  # noqa: E402
 
 N = 24
 

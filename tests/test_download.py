@@ -4,80 +4,14 @@ download.pytorch.org. Nothing here touches any other address."""
 from __future__ import annotations
 
 import hashlib
-import http.server
-import socket
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastalex.weights as W
 from fastalex.weights import WeightsUnavailableError, cache_dir, download_imagenet, load_weights, resolve_weights
-from fixture_specs import FIXTURES
-
-PAYLOAD = (FIXTURES / "torchvision_reduced_legacy.pth").read_bytes()
-SHA = hashlib.sha256(PAYLOAD).hexdigest()
-GOOD_NAME = f"alexnet-tiny-{SHA[:8]}.pth"
-#: published weights whose content is the small fixture (the real ones are 233 MB)
-TINY = W.PublishedWeights(name="TINY", url="http://127.0.0.1:9/unused.pth", file_name=GOOD_NAME,
-                          hash_prefix=SHA[:8])
-
-
-class Server:
-    """Serves ``routes[path] = (behaviour, body)``; counts requests."""
-
-    def __init__(self):
-        self.routes, self.requests = {}, []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append(self.path)
-                behaviour, body = server.routes.get(self.path, ("404", b""))
-                if behaviour == "404":
-                    self.send_error(404, "Not Found")
-                    return
-                self.send_response(200)
-                if behaviour == "no-length":  # close-delimited body, cut short
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(body[: len(body) // 2])
-                    self.close_connection = True
-                    return
-                self.send_header("Content-Length", str(len(body) + (1000 if behaviour == "short" else 0)))
-                self.end_headers()
-                if behaviour == "short":  # promises more than it sends, then hangs up
-                    self.wfile.write(body)
-                    self.wfile.flush()
-                    self.close_connection = True
-                elif behaviour == "abort":  # dies halfway through
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                else:
-                    self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, name):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
-
-    def serve(self, name, body=PAYLOAD, behaviour="ok"):
-        self.routes[f"/{name}"] = (behaviour, body)
-        return self.url(name)
-
-    def close(self):
-        if self.thread.is_alive():
-            self.httpd.shutdown()
-            self.httpd.server_close()
+from support.download import GOOD_NAME, PAYLOAD, SHA, TINY, Server
+from support.download import cache_files as _files, closed_port as _closed_port, expected_weights as _expected
 
 
 @pytest.fixture
@@ -94,15 +28,6 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTALEX_HOME", str(home))
     monkeypatch.delenv("FASTALEX_WEIGHTS_URL", raising=False)
     return home
-
-
-def _files(directory: Path):
-    """The cache's files, but for the (empty) lock files downloads take turns with."""
-    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock")) if directory.exists() else []
-
-
-def _expected():
-    return load_weights(FIXTURES / "torchvision_reduced_legacy.pth")
 
 
 # ----------------------------------------------------------------------------- the happy path
@@ -229,19 +154,13 @@ def test_http_error(server, isolated_cache):
     assert _files(isolated_cache) == []
 
 
-def _closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_offline_error_says_what_to_do(isolated_cache):
     url = f"http://127.0.0.1:{_closed_port()}/{GOOD_NAME}"
     with pytest.raises(WeightsUnavailableError) as info:
         TINY.download(url=url, progress=False)
     msg = str(info.value)
     assert url in msg and "offline" in msg
-    assert "weights='path/to/alexnet-owt-7be5be79.pth'" in msg and "--weights FILE" in msg
+    assert "weights=PATH" in msg and "--weights FILE" in msg and "fastalex weights download --url file://" in msg
     assert "FASTALEX_WEIGHTS_URL" in msg
     assert _files(isolated_cache) == []
     assert isinstance(info.value, RuntimeError)

@@ -1,6 +1,6 @@
 """fastalex.embed, the embed command, and the crash-safe outputs behind --output/--resume.
 
-Small reduced-width models (tests/fixture_specs.py) for the Python API; the CLI runs in-process
+Small reduced-width models (tests/support/fixture_specs.py) for the Python API; the CLI runs in-process
 with --random-weights on the numpy backend. Interruptions are simulated by a result stream that
 raises KeyboardInterrupt part-way, and a torn last record by appending half a line.
 """
@@ -19,8 +19,8 @@ from fastalex.embedding import Embedding, EmbedTask
 from fastalex.models import build
 from fastalex.outputs import JsonLinesOutput, VectorOutput, paths_file, read_vectors, scan_jsonl
 
-from conftest import assert_agree
-from fixture_specs import reduced_spec
+from support import assert_agree
+from support.fixture_specs import reduced_spec
 
 N_GOOD = 7
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_agree
+from support import assert_agree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

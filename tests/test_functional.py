@@ -5,8 +5,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import naive_ops as naive
-from conftest import assert_agree
+from support import naive_ops as naive
+from support import assert_agree
 from fastalex import functional as F
 from fastalex.shapes import conv_output_size, pool_output_size
 
@@ -252,7 +252,7 @@ def test_linear_matches_naive_loops(n, fin, fout, bias, relu, seed):
 
 
 def _backends():
-    from conftest import AVAILABLE_BACKENDS
+    from support import AVAILABLE_BACKENDS
     return AVAILABLE_BACKENDS
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import naive_ops as naive
+from support import naive_ops as naive
 from fastalex import functional as F
 
 # NaN/inf/huge inputs on purpose: NumPy's "overflow/invalid value encountered" warnings are expected.

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import assert_agree
+from support import assert_agree
 from fastalex import functional as F
 from fastalex import layers as L
 

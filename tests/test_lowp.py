@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_agree
+from support import assert_agree
 
 from fastalex import alexnet, functional as F, layers as L
 from fastalex.lowp import (WEIGHT_DTYPES, LowpWeight, check_weight_dtype, dequantize_int8, from_bfloat16,
@@ -188,7 +188,7 @@ def test_dense_stores_low_precision_and_exposes_float32(dtype, backend):
 
 def test_model_weight_dtype_state_dict_and_loading(tmp_path):
     from fastalex import build, load_weights, save_weights
-    from fixture_specs import reduced_spec
+    from support.fixture_specs import reduced_spec
     spec = reduced_spec("torchvision")
     m32 = build(spec, seed=6)
     m = build(spec, seed=6, weight_dtype="bfloat16")
@@ -248,7 +248,7 @@ def test_low_precision_layers_pickle():
 def test_onnx_models_take_a_weight_dtype():
     """An imported ONNX model is an ordinary fastalex model: its dense layers convert too."""
     pytest.importorskip("onnx")
-    from fixture_specs import FIXTURES
+    from support.fixture_specs import FIXTURES
     import fastalex
     m = fastalex.load_onnx(FIXTURES / "onnx" / "torchvision_reduced_op17.onnx")
     x = np.random.default_rng(10).standard_normal((2,) + m.input_shape, dtype=np.float32)

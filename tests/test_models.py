@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastalex
-from conftest import assert_agree
+from support import assert_agree
 from fastalex import layers as L
 from fastalex.models import Sequential, build, original_spec, torchvision_spec
 

@@ -17,9 +17,9 @@ onnx = pytest.importorskip("onnx")
 import fastalex  # noqa: E402
 from fastalex import layers as L  # noqa: E402
 from fastalex.onnx_import import SUPPORTED_OPS, OnnxError, read_onnx  # noqa: E402
-from conftest import assert_agree  # noqa: E402
-from fixture_specs import FIXTURES, fixture_input  # noqa: E402
-from onnx_graphs import caffe_alexnet, single_op  # noqa: E402
+from support import assert_agree  # noqa: E402
+from support.fixture_specs import FIXTURES, fixture_input  # noqa: E402
+from support.onnx_graphs import caffe_alexnet, single_op  # noqa: E402
 
 ONNX_DIR = FIXTURES / "onnx"
 STEMS = ["original_reduced_op9", "original_reduced_op17", "torchvision_reduced_op9",
@@ -335,7 +335,7 @@ def test_full_size_torchvision_export_matches_onnxruntime(tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     sys.path.insert(0, str(Path(__file__).parent))
-    from make_fixtures import torch_model
+    from tools.make_fixtures import torch_model
     from fastalex.models import torchvision_spec
     torch.manual_seed(0)
     net = torch_model(torchvision_spec())

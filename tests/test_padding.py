@@ -9,7 +9,7 @@ import pytest
 
 import fastalex.functional as F
 from fastalex import layers as L
-from conftest import assert_agree
+from support import assert_agree
 
 RNG = np.random.default_rng(7)
 

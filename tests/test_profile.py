@@ -16,7 +16,7 @@ from fastalex.models import alexnet, build
 from fastalex.profiling import plot_profile, step_name, time_forward
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fixture_specs import reduced_spec  # noqa: E402
+from support.fixture_specs import reduced_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -158,7 +158,7 @@ def test_set_num_threads_is_respected():
     """After ``numba.set_num_threads(1)`` the kernels still agree (the split of the work may
     change the rounding, not the values)."""
     import numba
-    from conftest import assert_agree
+    from support import assert_agree
 
     jobs = _jobs()
     expected = {name: job() for name, job in jobs.items()}

@@ -1,4 +1,4 @@
-"""Files written by real ``torch.save`` (committed fixtures, see make_fixtures.py) read without
+"""Files written by real ``torch.save`` (committed fixtures, see tools/make_fixtures.py) read without
 torch, and the reduced AlexNets they hold reproduce torch's logits on both backends.
 
 The checks at the end that need torch itself are skipped when it is not installed.
@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_agree
+from support import assert_agree
 from fastalex.models import alexnet, build
 from fastalex.weights import load_weights
-from fixture_specs import FIXTURES, REDUCED, fixture_input, reduced_spec
+from support.fixture_specs import FIXTURES, REDUCED, fixture_input, reduced_spec
 
 FORMATS = {"zip": "", "legacy": "_legacy"}
 

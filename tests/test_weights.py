@@ -18,7 +18,7 @@ import fastalex
 from fastalex.models import alexnet, build
 from fastalex.weights import (UnsafePickleError, WeightsFileError, load_weights, resolve_weights,
                               save_weights)
-from fixture_specs import (FIXTURES, LEGACY_MAGIC, Global, Storage, StorageSlice, Tensor, reduced_spec,
+from support.fixture_specs import (FIXTURES, LEGACY_MAGIC, Global, Storage, StorageSlice, Tensor, reduced_spec,
                            write_torch_file)
 
 
@@ -452,7 +452,7 @@ def test_legacy_wrong_protocol(tmp_path):
 def test_unknown_storage_type(tmp_path):
     s = Storage(np.ones(2, np.float32))
     s.dtype = "complex"
-    import fixture_specs
+    from support import fixture_specs
     fixture_specs._STORAGE_OF["complex"] = "ComplexFloatStorage"
     try:
         path = write_torch_file(tmp_path / "c.pth", {"w": Tensor(s, 0, (2,), (1,))}, "zip")

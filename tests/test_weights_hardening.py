@@ -15,7 +15,7 @@ import pytest
 import fastalex
 from fastalex.models import alexnet, build
 from fastalex.weights import WeightsFileError, load_weights, save_weights
-from fixture_specs import reduced_spec
+from support.fixture_specs import reduced_spec
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ import struct  # noqa: E402
 import zipfile  # noqa: E402
 import zlib  # noqa: E402
 
-from fixture_specs import LEGACY_MAGIC, Storage, Tensor, write_torch_file  # noqa: E402
+from support.fixture_specs import LEGACY_MAGIC, Storage, Tensor, write_torch_file  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

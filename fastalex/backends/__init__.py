@@ -1,6 +1,7 @@
 """The backend registry: the one place that maps a backend name to its implementation.
 
-Every backend is a module exposing the same functions with the same signatures:
+Every backend is a module exposing the same functions with the same signatures (the contract,
+with its optional hooks, is :mod:`fastalex.backends.contract`; a test checks every backend):
 
 ``conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None)``
 ``prepare_conv2d(weight, bias, stride, dilation, groups)`` (optional: weights transformed once,

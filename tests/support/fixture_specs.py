@@ -1,4 +1,4 @@
-"""Shared by ``make_fixtures.py`` (run by hand, with torch) and the tests (run without torch).
+"""Shared by ``tests/tools/make_fixtures.py`` (run by hand, with torch) and the tests (run without torch).
 
 * :func:`reduced_spec`: a narrow AlexNet of either variant, derived from the real spec in
   :mod:`fastalex.models` (same kernels, strides, padding, groups, LRN and pooling; channels and
@@ -20,7 +20,7 @@ import numpy as np
 
 from fastalex.models import VARIANTS
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 #: variant -> (channel divisor, hidden units, classes, input shapes (C, H, W) checked)
 REDUCED = {

@@ -1,12 +1,12 @@
 """Build the committed torch fixtures in ``tests/fixtures/``. Run by hand, with torch::
 
     pip install torch==2.13.0
-    python tests/make_fixtures.py
+    python tests/tools/make_fixtures.py
 
 fastalex never imports torch; the tests only read what this script wrote. It writes:
 
 * ``<variant>_reduced.pth`` (zip format) and ``<variant>_reduced_legacy.pth`` (legacy format):
-  the state dict of a narrow AlexNet of each variant (:func:`fixture_specs.reduced_spec`: the
+  the state dict of a narrow AlexNet of each variant (:func:`support.fixture_specs.reduced_spec`: the
   real kernels, strides, padding, groups, LRN and pooling, channels / 16, a 64-unit
   classifier, 10 classes), built in torch with a fixed seed;
 * ``<variant>_reduced_io.npz``: inputs (uint8 ``q_<C>x<H>x<W>``, the float input being
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fixture_specs import BATCH, FIXTURES, REDUCED, X_OFFSET, X_SCALE, fixture_input, reduced_spec  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/
+from support.fixture_specs import BATCH, FIXTURES, REDUCED, X_OFFSET, X_SCALE, fixture_input, reduced_spec  # noqa: E402
 
 
 def torch_layer(kind, kw):

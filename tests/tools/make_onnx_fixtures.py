@@ -1,22 +1,22 @@
 """Build the committed ONNX fixtures in ``tests/fixtures/onnx/``. Run by hand, with the peers::
 
     pip install torch==2.13.0 onnx onnxruntime
-    python tests/make_onnx_fixtures.py
+    python tests/tools/make_onnx_fixtures.py
 
 The tests only read what this script wrote (they need onnx, not torch or ONNX Runtime). It writes:
 
 * ``<variant>_reduced_op9.onnx`` / ``_op17.onnx``: the narrow AlexNets of
-  :func:`fixture_specs.reduced_spec` (both variants) built in torch and exported with
+  :func:`support.fixture_specs.reduced_spec` (both variants) built in torch and exported with
   ``torch.onnx.export`` (the TorchScript exporter, which covers opset 9) at opsets 9 and 17,
   LRN exported as one ``LRN`` node (:class:`ExportableLRN`; torch spells it out otherwise);
 * ``vgg_bn_op9.onnx`` / ``_op17.onnx``: a small VGG-style net with BatchNorm (folded on import),
   ceil-mode max pooling, average pooling with ``count_include_pad=False``, global average
   pooling and an odd 3x30x33 input (opset 9 has no ``ceil_mode``: torch spells it as pads);
-* ``caffe_alexnet.onnx``: :func:`onnx_graphs.caffe_alexnet` with conv widths / 16, 64 hidden units (the zoo's
+* ``caffe_alexnet.onnx``: :func:`support.onnx_graphs.caffe_alexnet` with conv widths / 16, 64 hidden units (the zoo's
   bvlcalexnet structure: LRN, group=2, pads [0,0,1,1], Reshape, Gemm transB=1, Softmax);
 * ``caffenet.onnx``: the same with CaffeNet's order (pooling before LRN);
 * ``expected.npz``: inputs (uint8 ``q_<H>x<W>``, for 227, 224 and 30x33, the float input is
-  ``fixture_specs.fixture_input(q)``) and ONNX Runtime's outputs on them: ``<stem>`` for the
+  ``support.fixture_specs.fixture_input(q)``) and ONNX Runtime's outputs on them: ``<stem>`` for the
   graph's output, ``<stem>.<tensor>`` for inner tensors (the Caffe graphs' ``fc8_1`` logits).
 """
 
@@ -32,10 +32,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fixture_specs import FIXTURES, fixture_input, reduced_spec  # noqa: E402
-from make_fixtures import torch_model  # noqa: E402
-from onnx_graphs import caffe_alexnet  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/
+from support.fixture_specs import FIXTURES, fixture_input, reduced_spec  # noqa: E402
+from tools.make_fixtures import torch_model  # noqa: E402
+from support.onnx_graphs import caffe_alexnet  # noqa: E402
 
 OUT = FIXTURES / "onnx"
 BATCH = 2
