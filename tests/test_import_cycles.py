@@ -1,0 +1,50 @@
+"""Import cycles in fastalex, counting imports inside functions (issue 20).
+
+KNOWN lists the imports that take part in a cycle today, for phase 2 to remove. The test fails
+when a new one appears (a module importing "up" again) and when one on the list is gone (then
+delete it here, so the list stays exact). ``python tests/support/import_graph.py`` prints
+each loop with the import statements and their lines.
+"""
+
+import pytest
+
+pytest.importorskip("grimp", reason="the import graph needs grimp (pip install import-linter)")
+
+from support.import_graph import cycle_imports, import_graph, simple_cycles, strongly_connected  # noqa: E402
+
+#: (importer, imported), without the "fastalex." prefix
+KNOWN = {
+    # the shared batch pipeline lives in classify; distributed reaches back for its private parts
+    ("classify", "distributed"), ("distributed", "classify"),
+    # the distributed runner builds models and reads weights; weights fetches URLs with it
+    ("distributed", "models"), ("distributed", "weights"), ("distributed", "images"),
+    ("weights", "distributed"),
+    # models resolves published weights; weights looks variants up in models
+    ("models", "weights"), ("weights", "models"),
+    # images finds a variant's preprocessing in models; classify builds the default model
+    ("images", "models"), ("classify", "images"), ("classify", "models"),
+    # the insight commands use cli's helpers; cli registers them
+    ("cli", "cli_insight"), ("cli_insight", "cli"),
+}
+
+
+def test_no_new_import_cycle_and_the_known_list_is_exact():
+    found = {(a.removeprefix("fastalex."), b.removeprefix("fastalex.")) for a, b in cycle_imports()}
+    new, gone = found - KNOWN, KNOWN - found
+    assert not new, f"new imports in a cycle (import only downwards, see docs/architecture.md): {sorted(new)}"
+    assert not gone, f"no longer in a cycle, delete from KNOWN: {sorted(gone)}"
+
+
+def test_imports_inside_functions_count():
+    edges, graph = import_graph()
+    # classify imports distributed only inside a function; it is an edge all the same
+    details = graph.get_import_details(importer="fastalex.classify", imported="fastalex.distributed")
+    assert details and all(d["line_contents"].startswith("from .distributed") for d in details)
+    assert "fastalex.distributed" in edges["fastalex.classify"]
+
+
+def test_cycle_finder_on_a_small_graph():
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
+    assert strongly_connected(edges) == [["a", "b", "c"], ["e"]]
+    assert simple_cycles(edges, ["a", "b", "c"]) == [["a", "b", "c", "a"]]
+    assert strongly_connected({"a": {"b"}, "b": set()}) == []
