@@ -1,4 +1,4 @@
-"""Markdown tables from one pytest-benchmark run (the README's tables are made with this).
+"""Markdown tables from one pytest-benchmark run (the tables of docs/benchmarks.md are made with this).
 
     python -m pytest benchmarks/ --benchmark-json=bench.json
     python benchmarks/report.py bench.json

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Remake the README's pictures in docs/ (run from the repository root).
+# Remake the pictures of docs/pictures.md (run from the repository root).
 # The photos are scikit-image's sample images; scikit-image is only needed to have them:
 #   pip install --no-deps --target /tmp/skimage scikit-image && PHOTOS=/tmp/skimage/skimage/data sh docs/make_pictures.sh
 # The weights are seeded random ones (--random-weights): no ImageNet weights were at hand.

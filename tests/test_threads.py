@@ -259,7 +259,7 @@ FORK_WHILE_BUSY = """
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_while_another_thread_runs_a_kernel():
     """On the workqueue layer (under TBB, a fork after kernels ran in several Python threads
-    may hang the child: TBB cannot stop its workers for the fork; see the README's "Threads").
+    may hang the child: TBB cannot stop its workers for the fork; see docs/threads.md).
     ``os.fork()`` waits for a launch in flight in another thread (up to ``fast.FORK_WAIT``),
     so the threading layer forks with idle workers (TBB's child could hang otherwise); past
     that wait, the child inherits the launch lock held by a thread that does not exist in the
