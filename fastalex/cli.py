@@ -331,7 +331,8 @@ def _local_weights(weights):
     try:
         return fetch_weights(weights)
     except (OSError, ValueError, ImportError, WeightsUnavailableError) as exc:
-        raise UsageError(f"cannot fetch the weights {weights}: {exc}") from None
+        message = _cli_message(exc)
+        raise UsageError(message if weights in message else f"cannot fetch the weights {weights}: {message}") from None
 
 
 def model_recipe(args):
@@ -425,20 +426,32 @@ def cmd_embed(args):
 def _cluster(args):
     """A context manager giving a Dask client (``--workers``/``--scheduler``) or None."""
     import contextlib
-    if not (args.workers or args.scheduler):
+    if not args.workers and args.scheduler is None:  # --scheduler "" is refused below, never local
         return contextlib.nullcontext(None)
     from . import distributed
     try:
         distributed.require_dask()
-    except ImportError as exc:
+        if args.scheduler is not None:
+            return _connect(distributed.check_address(args.scheduler))  # a bad address: before anything slow
+    except (ImportError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    if args.workers:
-        # Only CRITICAL logs from the workers: a failed image is reported by the command itself,
-        # and a heartbeat cut off while the cluster shuts down logged an ERROR with a traceback
-        # (a race in Dask's teardown, harmless: never a traceback from the command).
-        import logging
-        return distributed.local_cluster(args.workers, silence_logs=logging.CRITICAL)
-    return distributed.connect(args.scheduler)
+    # Only CRITICAL logs from the workers: a failed image is reported by the command itself,
+    # and a heartbeat cut off while the cluster shuts down logged an ERROR with a traceback
+    # (a race in Dask's teardown, harmless: never a traceback from the command).
+    import logging
+    return distributed.local_cluster(args.workers, silence_logs=logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def _connect(address):
+    """``distributed.connect(address)``, where no scheduler answering is a usage error (exit 2)."""
+    from . import distributed
+    with contextlib.ExitStack() as stack:
+        try:
+            client = stack.enter_context(distributed.connect(address))
+        except distributed.SchedulerError as exc:
+            raise UsageError(str(exc)) from None
+        yield client
 
 
 def _open_output(args, kind):
@@ -611,8 +624,11 @@ def cmd_weights_path(args):
         print(f"cached weights:  {found} ({found.stat().st_size / 2**20:.1f} MiB, verified)")
     else:
         paths = W.IMAGENET1K_V1.paths()
+        problem = W.IMAGENET1K_V1.raw_problem()  # a hand-copied .pth: checked as classify checks it
+        if problem is not None:
+            raise UsageError(f"{problem} (`{PROG} weights download`).")
         if paths["raw"].is_file():
-            hint = f"{paths['raw'].name} is there and will be converted on first use"
+            hint = f"{paths['raw'].name} is there (its hash checks out) and will be converted on first use"
         elif paths["npz"].is_file():
             hint = (f"{paths['npz'].name} has no recorded digest (an older fastalex?), so it cannot "
                     f"be verified; `{PROG} weights download` replaces it")
