@@ -175,7 +175,7 @@ def test_cli_scheduler_address_runs_on_that_cluster(photos, client, capsys, monk
     assert cli.main(args + ["--scheduler", client.scheduler.address]) == 0
     assert capsys.readouterr().out == want and want.count("\n") == 3
     monkeypatch.setattr(sys.modules["fastalex.distributed"], "CONNECT_TIMEOUT", 1)
-    assert cli.main(args + ["--scheduler", "tcp://127.0.0.1:1"]) == 1  # nobody there
+    assert cli.main(args + ["--scheduler", "tcp://127.0.0.1:1"]) == 2  # nobody there: a usage error
     assert "fastalex: error: cannot reach the Dask scheduler at tcp://127.0.0.1:1" in capsys.readouterr().err
 
 
