@@ -24,11 +24,10 @@ import os
 import socket
 import stat
 import threading
-import time
 import urllib.parse
 import urllib.request
 
-__all__ = ["FileProblem", "TooLarge", "DeadlineExceeded", "open_regular", "is_url", "local_path",
+__all__ = ["FileProblem", "TooLarge", "DeadlineExceeded", "open_regular", "is_url", "scheme_of", "local_path",
            "open_bounded", "read_bounded", "describe_size",
            "MAX_IMAGE_BYTES", "MAX_WEIGHTS_BYTES", "MAX_LABELS_BYTES", "IMAGE_DEADLINE",
            "WEIGHTS_DEADLINE", "READ_TIMEOUT"]
@@ -248,7 +247,6 @@ class BoundedReader:
         self.source, self.max_bytes, self.deadline = source, max_bytes, deadline
         self.size = None
         self._file = self._response = self._watchdog = None
-        self._start = time.monotonic()
         scheme = scheme_of(source) if is_url(source) else None
         if scheme is None or scheme == "file":
             path = os.fspath(source) if scheme is None else local_path(source)

@@ -377,8 +377,6 @@ def _deadline_client(timeout):
     """Dask's ``Client`` whose start (connection *and* handshake) ends within ``timeout`` + 1 s:
     Dask itself bounds only the TCP connection, and waits forever for the handshake of a
     server that accepts connections but says nothing."""
-    import asyncio
-
     from distributed import Client
 
     class DeadlineClient(Client):

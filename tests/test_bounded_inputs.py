@@ -14,7 +14,6 @@ import http.server
 import io
 import os
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
