@@ -595,7 +595,18 @@ def _header(meta, results, title) -> list[str]:
     failed = [f"{ENGINES[e]} ({r.get('error', '')})" for e, r in results.items() if r.get("status") == "error"]
     if failed:
         lines.append(f"- FAILED: {'; '.join(failed)}")
+    printed = [f"{ENGINES[e]}: `{_first_warning(r['stderr'])}`" for e, r in ok.items() if r.get("stderr")]
+    if printed:
+        lines.append(f"- printed on stderr (whole text in the JSON): {'; '.join(printed)}")
     return lines + [""]
+
+
+def _first_warning(text, width=110):
+    """The line of a worker's stderr worth showing: the first naming a warning, else the first."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [""]
+    line = next((line for line in lines if "Warning" in line), lines[0])
+    line = line[line.find(": ", line.find("Warning")) + 2:] if "Warning: " in line else line
+    return line if len(line) <= width else line[:width - 3] + "..."
 
 
 def _footer(results, names) -> list[str]:

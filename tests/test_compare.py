@@ -131,6 +131,7 @@ def test_table_from_made_up_results(compare):
     }
     results["numpy"]["cells"]["original_b16"]["check"] = dict(results["numpy"]["cells"]["original_b16"]["check"],
                                                                agree=False, max_abs_err=0.5)
+    results["numba"]["stderr"] = "/x/y.py:494: RuntimeWarning: fastalex: threads spin\n  warnings.warn(message)"
     table = compare.model_table(meta, results)
     rows = [line for line in table.splitlines() if line.startswith("|")]
     assert rows[0] == ("| model | batch | fastalex numba | fastalex bf16 | fastalex numpy | ONNX Runtime | "
@@ -143,3 +144,4 @@ def test_table_from_made_up_results(compare):
     assert "fastalex bf16: max |out - ref| / max|ref| = 0.004" in table
     assert "OpenVINO default: max |out - ref| / max|ref| = 0.006" in table
     assert "Test CPU (2 logical CPUs); ISA: avx2" in table and "commit: abc1234+dirty" in table
+    assert "- printed on stderr (whole text in the JSON): fastalex numba: `fastalex: threads spin`" in table
