@@ -505,10 +505,14 @@ class Model(Sequential):
             return []
         if describe is None:
             return []
-        lines = [f"Convolutions on the {name} backend (weights prepared once, when first used):"]
+        lines = [f"Convolutions on the {name} backend (weights prepared once, when first used; the "
+                 f"schedule for each batch size measured on its first pass):"]
         for layer_name, layer in self.named_layers():
             if isinstance(layer, L.Conv2D):
                 lines.append(f"  {layer_name:<12} {describe(layer.plan().data)}")
+        runtime = getattr(get_backend(name), "describe_runtime", None)
+        if runtime is not None:
+            lines += runtime().splitlines()
         return lines
 
     def extra_repr(self):
