@@ -201,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "input and number of threads, when they are installed; none: only fastalex")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("tune", help="measure the fastest schedule of every layer on this machine, ahead of time",
+                       description="Run the first forward passes now: the fast backend measures which schedule "
+                                   "runs each convolution and dense layer fastest on this machine at each batch "
+                                   "size, and keeps the winners on disk for every later run.")
+    p.add_argument("--variant", choices=_variants() + ["all"], default="all", help="model variant (default all)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 16), metavar="N,N,...",
+                   help="batch sizes to tune for (default 1,16)")
+    p.add_argument("--again", action="store_true", help="forget what was measured before and measure anew")
+    p.set_defaults(func=cmd_tune)
+
     from .cli_insight import add_commands
     add_commands(sub)  # show filters|activations, explain, profile
     return parser
@@ -662,6 +672,27 @@ def _bench_runners(model, names, peers):
             yield name, None, f"cannot run this model: {exc}"
 
 
+def _batch_sizes(text):
+    sizes = [part.strip() for part in text.split(",")]
+    if not sizes or not all(p.isdigit() and int(p) >= 1 for p in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return tuple(int(p) for p in sizes)
+
+
+def cmd_tune(args):
+    from .tuning import tune
+    variants = ["torchvision", "original"] if args.variant == "all" else [args.variant]
+    try:
+        result = tune(variants, args.batch_sizes, again=args.again)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{'variant':<12} {'batch':>5}  {'layer':<14} {'schedule':<34} origin")
+    for r in result["rows"]:
+        print(f"{r['variant']:<12} {r['batch']:>5}  {r['layer']:<14} {r['schedule'][:34]:<34} {r['origin']}")
+    print(f"kept in {result['wisdom']}")
+    return 0
+
+
 def cmd_bench(args):
     import numpy as np
 
@@ -719,6 +750,9 @@ def cmd_bench(args):
         if name != base:
             rel = float(np.abs(y - outputs[base]).max() / max(np.abs(outputs[base]).max(), 1e-30))
             print(f"agreement: max |{name} - {base}| / max |{base}| = {rel:.2e}")
+    if "numba" in medians:
+        from .backends import describe_runtime
+        print(describe_runtime())
     return 0
 
 

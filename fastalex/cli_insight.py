@@ -255,10 +255,21 @@ def cmd_profile(args):
         print(json.dumps(_profile_json(args, model, profiles, forward)))
     else:
         print(_profile_table(title, profiles, forward))
+        if "numba" in profiles:
+            from .backends import describe_runtime
+            print(describe_runtime())
     if args.plot:
         plot_profile(profiles, args.plot, title=f"AlexNet ({args.variant}), batch {args.batch_size}: "
                                                 f"time per step (median of {args.repeat})")
     return 0
+
+
+def _runtime_json(profiles):
+    """The threading layer, threads, CPU and ISA the numba rows ran with (None without them)."""
+    if "numba" not in profiles:
+        return None
+    from .backends import runtime_info
+    return runtime_info()
 
 
 def _profile_json(args, model, profiles, forward):
@@ -274,7 +285,7 @@ def _profile_json(args, model, profiles, forward):
         rows.append(row)
     return {"variant": args.variant, "batch_size": args.batch_size, "input_shape": list(model.input_shape),
             "repeat": args.repeat, "warmup": args.warmup, "backends": list(profiles), "note": PROFILE_NOTE,
-            "rows": rows,
+            "rows": rows, "runtime": _runtime_json(profiles),
             "total": {name: {"sum_ms": sum(r["seconds"] for r in prof) * 1e3, "forward_ms": forward[name] * 1e3}
                       for name, prof in profiles.items()}}
 
