@@ -289,7 +289,7 @@ def load_model(args):
     from .weights import WeightsUnavailableError
     weight_dtype = getattr(args, "weight_dtype", "float32")  # commands without --weight-dtype
     if not args.random_weights and is_onnx(args.weights):  # an .onnx file brings its architecture
-        return load_onnx_model(args).set_weight_dtype(weight_dtype)
+        return load_onnx_model(args).set_weight_dtype(weight_dtype, keep_float32=False)
     if args.random_weights:
         model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
                         backend=args.backend, seed=0, weight_dtype=weight_dtype)
@@ -716,7 +716,7 @@ def cmd_bench(args):
     if args.weights is not None:
         if not is_onnx(args.weights):
             raise UsageError(f"bench --weights takes an .onnx model, got {args.weights}")
-        model, title = load_onnx_model(args).set_weight_dtype(args.weight_dtype), args.weights
+        model, title = load_onnx_model(args).set_weight_dtype(args.weight_dtype, keep_float32=False), args.weights
     else:
         variant = args.variant or "torchvision"
         model, title = alexnet(variant, weight_dtype=args.weight_dtype), f"AlexNet ({variant})"

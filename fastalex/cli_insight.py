@@ -118,12 +118,20 @@ def add_commands(sub):
 
 def _check_output(path, option="-o"):
     """Fail early (exit 2) on an output file that cannot be written as an image."""
+    if os.path.isdir(path):
+        raise cli.UsageError(f"{option} {path}: is a directory; give a file name such as {option} out.png")
     ext = os.path.splitext(path)[1].lower()
     if ext not in Image.registered_extensions():
         raise cli.UsageError(f"{option} {path}: unknown image file extension {ext or '(none)'!r}; use .png")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise cli.UsageError(f"{option} {path}: the directory {parent} does not exist")
+
+
+def _save(img, path):
+    """Save the picture and say where (on stdout)."""
+    img.save(path)
+    print(f"wrote {cli._printable(path)}")
 
 
 def _photo(path):
@@ -157,7 +165,7 @@ def cmd_show_filters(args):
         img = viz.filters(model, args.layer, scale=args.scale, per_input=args.per_input)
     except (ValueError, TypeError) as exc:
         raise _bad_layer(exc) from None
-    img.save(args.output)
+    _save(img, args.output)
     return 0
 
 
@@ -175,7 +183,7 @@ def cmd_show_activations(args):
     _backend_ready(args.backend)
     img = viz.activations(model, photo, args.layer, scale=args.scale, max_channels=args.max_channels,
                           normalize=args.normalize, cmap=args.cmap)
-    img.save(args.output)
+    _save(img, args.output)
     return 0
 
 
@@ -217,8 +225,8 @@ def cmd_explain(args):
     finally:
         bar.close()
     label = viz.class_label(occ.target, labels)
-    viz.draw_occlusion(photo, occ, label=label).save(args.output)
     print(f"{label}: p = {occ.probability:.4f}")
+    _save(viz.draw_occlusion(photo, occ, label=label), args.output)
     return 0
 
 

@@ -279,13 +279,27 @@ class Sequential(L.Layer):
         kinds = {layer.weight_dtype for _, layer in self.named_layers() if isinstance(layer, L.Dense)}
         return kinds.pop() if len(kinds) == 1 else ("float32" if not kinds else "mixed")
 
-    def set_weight_dtype(self, dtype):
+    def set_weight_dtype(self, dtype, keep_float32=True):
         """Store every dense layer's weight as ``dtype`` (``"float32"``, ``"bfloat16"``,
-        ``"int8"``, see :mod:`fastalex.lowp`); convolutions stay float32. Returns ``self``."""
+        ``"int8"``, see :mod:`fastalex.lowp`); convolutions stay float32. Returns ``self``.
+
+        Converting float32 weights keeps them (``keep_float32=False`` frees that memory), so a
+        later ``set_weight_dtype("float32")`` restores them exactly. A model built with
+        ``weight_dtype="bfloat16"``/``"int8"`` (or converted with ``keep_float32=False``) has
+        no float32 weights to go back to: converting it raises ``ValueError`` (load the
+        weights again) and nothing is changed."""
         check_weight_dtype(dtype, "set_weight_dtype")
-        for _, layer in self.named_layers():
-            if isinstance(layer, L.Dense):
-                layer.set_weight_dtype(dtype)
+        dense = [(name, layer) for name, layer in self.named_layers() if isinstance(layer, L.Dense)]
+        lost = [name for name, layer in dense
+                if layer.weight_dtype not in ("float32", dtype) and not layer.keeps_float32]
+        if lost:
+            raise ValueError(f"set_weight_dtype: the dense weights of {', '.join(lost)} are stored as "
+                             f"{self.weight_dtype} and their float32 values were not kept (the model was built "
+                             f"with weight_dtype=, or converted with keep_float32=False), so they cannot become "
+                             f"{dtype} without their rounding; load the weights again, e.g. "
+                             f"alexnet(..., weights=..., weight_dtype={dtype!r})")
+        for _, layer in dense:
+            layer.set_weight_dtype(dtype, keep_float32=keep_float32)
         return self
 
     def extra_repr(self):
@@ -358,7 +372,7 @@ class Model(Sequential):
         self.preprocess = dict(spec.get("preprocess", {}))
         self.backend = backend
         self.num_classes = self.output_shape(self.input_shape)[0]
-        self.set_weight_dtype(weight_dtype)
+        self.set_weight_dtype(weight_dtype, keep_float32=False)  # built for that precision
         #: how to build this model again elsewhere (a Dask worker): spec, seed and weights
         #: source; None once its weights came from arrays (see fastalex.distributed.recipe_of)
         self.recipe = None if seed is None else {"spec": spec, "seed": seed, "weights": None}
@@ -617,7 +631,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
             raise WeightsMismatchError(
                 f"alexnet: {source} does not fit any AlexNet variant ({', '.join(map(repr, VARIANTS))}); "
                 f"against the {target!r} one: {exc}", source, detail=f"against the {target} AlexNet: {exc}") from None
-        return model.set_weight_dtype(weight_dtype)
+        return model.set_weight_dtype(weight_dtype, keep_float32=False)  # built for that precision
     fit_variant, fit_classes = fits
     if variant is not None and variant != fit_variant:
         raise WeightsMismatchError(
@@ -634,4 +648,4 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
         where = os.fspath(weights)
         model.recipe = {"spec": model.spec, "seed": None,
                         "weights": where if "://" in where else os.path.abspath(where)}
-    return model.set_weight_dtype(weight_dtype)
+    return model.set_weight_dtype(weight_dtype, keep_float32=False)  # built for that precision
