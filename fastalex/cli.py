@@ -720,6 +720,7 @@ def cmd_bench(args):
     else:
         variant = args.variant or "torchvision"
         model, title = alexnet(variant, weight_dtype=args.weight_dtype), f"AlexNet ({variant})"
+    _check_batch_memory(model, args.batch_size)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     print(f"{title}, batch {args.batch_size} x {model.input_shape}, {args.weight_dtype} dense weights, "
           f"median and min of {args.repeat} runs after {args.warmup} warm-up")
@@ -757,6 +758,15 @@ def cmd_bench(args):
             rel = float(np.abs(y - outputs[base]).max() / max(np.abs(outputs[base]).max(), 1e-30))
             print(f"agreement: max |{name} - {base}| / max |{base}| = {rel:.2e}")
     return 0
+
+
+def _check_batch_memory(model, batch_size):
+    """--batch-size too large for this machine's memory: exit 2 before allocating anything."""
+    from .profiling import check_batch_memory
+    try:
+        check_batch_memory(model, batch_size, "--batch-size")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _onnx_file_runners(model, names, path):
@@ -837,6 +847,9 @@ def main(argv=None) -> int:
         except (OSError, ValueError):
             pass
         return 141
+    except MemoryError:
+        _err("error: out of memory (a smaller --batch-size needs less)")
+        return 1
     except Exception as exc:  # never a traceback
         message = str(exc) or type(exc).__name__
         _err(f"error: {message}" if isinstance(exc, (ValueError, OSError)) else

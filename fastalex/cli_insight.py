@@ -251,6 +251,7 @@ def cmd_profile(args):
     if "numba" in names:
         _backend_ready("numba")
     model = alexnet(args.variant)
+    cli._check_batch_memory(model, args.batch_size)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     profiles, forward = {}, {}
     for name in names:

@@ -403,6 +403,8 @@ class Model(Sequential):
     def __call__(self, x):
         """Logits ``(N, num_classes)`` for a float32 batch ``(N, 3, H, W)`` or ``(num_classes,)`` for one image."""
         x, squeezed = self._batch(x)
+        if len(x) == 0:  # empty in, empty out
+            return np.zeros((0, *self.output_shape(x.shape[1:])), np.float32)
         y = self.forward(x)
         return y[0] if squeezed else y
 
@@ -441,6 +443,9 @@ class Model(Sequential):
             raise ValueError("extract: name at least one layer")
         wanted = {name: self.resolve_layer(name) for name in names}
         x, squeezed = self._batch(x)
+        if len(x) == 0:  # empty in, empty out: each layer's output shape with no rows
+            shapes = {r["name"]: r["output_shape"] for r in self.layer_table(x.shape[1:])}
+            return {name: np.zeros((0, *shapes[leaf]), np.float32) for name, leaf in wanted.items()}
         targets = set(wanted.values())
         found = {}
         with self._awake():
@@ -454,12 +459,18 @@ class Model(Sequential):
         return {name: (found[leaf][0] if squeezed else found[leaf]) for name, leaf in wanted.items()}
 
     def predict(self, x, top=5):
-        """``(probabilities, indices)``, each ``(N, top)`` (or ``(top,)`` for one image), best first."""
+        """``(probabilities, indices)``, each ``(N, top)`` (or ``(top,)`` for one image), best first.
+        ``top``: a positive int (more than the classes gives them all)."""
+        if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
+            raise ValueError(f"predict: top must be a positive int, got {top!r}")
         logits = self(x)
+        if logits.ndim == 2 and len(logits) == 0:
+            k = min(int(top), self.num_classes)
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.intp)
         last = list(self.named_layers())[-1][1]
         ends_in_softmax = isinstance(last, L.Softmax)  # e.g. an ONNX zoo graph: already probabilities
         probs = logits if ends_in_softmax else F.softmax(logits, axis=-1)
-        top = max(1, min(int(top), self.num_classes))
+        top = min(int(top), self.num_classes)
         idx = np.argsort(-probs, axis=-1, kind="stable")[..., :top]
         return np.take_along_axis(probs, idx, axis=-1), idx
 

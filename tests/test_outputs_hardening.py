@@ -448,3 +448,49 @@ def test_missing_inputs_are_a_usage_error_before_the_weights(tmp_path, monkeypat
         assert paths[-1] in err
     assert cli.main([kind, str(empty), *out, "--random-weights"]) == 2  # an empty folder: the same status
     assert "no images found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 19, 20: sizes
+
+@pytest.mark.parametrize("command", [["profile"], ["bench", "--backend", "numpy", "--peers", "none"]])
+def test_a_batch_that_cannot_fit_is_refused_up_front(command, monkeypatch, capsys):
+    from fastalex import profiling
+    model = __import__("fastalex").alexnet("torchvision")
+    per_image = profiling.forward_bytes(model, 1)
+    assert per_image >= 4 * (3 * 224 * 224 + 64 * 55 * 55)  # at least the input and conv1's output
+    assert profiling.forward_bytes(model, 10) == 10 * per_image
+    monkeypatch.setattr(profiling, "available_memory", lambda: 50 * per_image)
+    assert cli.main([*command, "--batch-size", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastalex: error: --batch-size 100000: a forward pass needs at least") and "below 50" in err
+    assert err.count("\n") == 1
+    monkeypatch.undo()
+    have = profiling.available_memory()
+    if have is None or have > profiling.forward_bytes(model, 100000):
+        pytest.skip("this machine has the memory for 100000 images")
+    assert cli.main([*command, "--batch-size", "100000"]) == 2  # the real estimate, the real machine
+
+
+def test_empty_batches_give_empty_results(backend):
+    import fastalex
+    from fixture_specs import reduced_spec
+    from fastalex.models import build
+    for variant in ("torchvision", "original"):
+        m = build(reduced_spec(variant), seed=1, backend=backend)
+        x = np.zeros((0, *m.input_shape), np.float32)
+        y = m(x)
+        assert y.shape == (0, m.num_classes) and y.dtype == np.float32
+        feats = m.extract(x, ["pool5", "fc7", "features.1", "logits"])
+        full = m.extract(np.zeros((1, *m.input_shape), np.float32), ["pool5", "fc7", "features.1", "logits"])
+        for name, value in feats.items():
+            assert value.shape == (0, *full[name].shape[1:]) and value.dtype == np.float32, name
+        probs, idx = m.predict(x, top=3)
+        assert probs.shape == idx.shape == (0, 3) and np.issubdtype(idx.dtype, np.integer)
+        probs, idx = m.predict(x, top=10**6)  # more than the classes: all of them, as for a real batch
+        assert probs.shape == (0, m.num_classes)
+    assert m.predict(np.zeros((2, *m.input_shape), np.float32), top=10**6)[0].shape == (2, m.num_classes)
+    for bad in (0, -1, True, 1.5, "3"):
+        with pytest.raises(ValueError, match=r"predict: top must be a positive int"):
+            m.predict(np.zeros((1, *m.input_shape), np.float32), top=bad)
+    with pytest.raises(ValueError, match=r"classify: top must be a positive int"):
+        fastalex.classify([], model=m, top=0)
