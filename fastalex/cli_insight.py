@@ -137,6 +137,8 @@ def _save(img, path):
 def _photo(path):
     """The decoded photo, or None after one line on stderr (the command then exits 1)."""
     from .images import ImageError, open_image
+    if not os.path.exists(path):  # as for classify: a PATH that does not exist is a usage error
+        raise cli.UsageError(f"no such file or directory: {cli._printable(path)}")
     try:
         return open_image(path)
     except ImageError as exc:
