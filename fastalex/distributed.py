@@ -144,7 +144,7 @@ def _build(recipe):
         if recipe.get("preprocess"):  # e.g. --preprocess caffe
             model.preprocess = dict(recipe["preprocess"])
         if recipe.get("weight_dtype", "float32") != "float32":  # e.g. --weight-dtype bfloat16
-            model.set_weight_dtype(recipe["weight_dtype"])
+            model.set_weight_dtype(recipe["weight_dtype"], keep_float32=False)
         return model
     except Exception as exc:
         reason = str(exc) or type(exc).__name__

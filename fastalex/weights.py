@@ -105,6 +105,12 @@ def save_weights(model_or_state_dict, path) -> Path:
     renamed, so ``path`` is never left half-written. Returns ``path`` as a :class:`Path`
     (exactly as given: no ``.npz`` suffix is appended).
     """
+    stored = getattr(model_or_state_dict, "weight_dtype", "float32")
+    if hasattr(model_or_state_dict, "state_dict") and stored != "float32":
+        raise ValueError(f"save_weights: the model's dense weights are stored as {stored}, so its state_dict() "
+                         f"holds their rounded values; call model.set_weight_dtype('float32') first (it restores "
+                         f"the float32 weights a conversion kept), or pass model.state_dict() to save the "
+                         f"rounded values on purpose")
     sd = model_or_state_dict.state_dict() if hasattr(model_or_state_dict, "state_dict") else model_or_state_dict
     if not isinstance(sd, Mapping):
         raise TypeError(f"save_weights: expected a model or a state dict, got {type(sd).__name__}")
