@@ -1,9 +1,17 @@
 """Fixtures for every test. Helpers to import live in ``tests/support/`` (``from support import assert_agree``)."""
 
+import os
+import tempfile
+
 import pytest
 
 import fastalex
 from support import AVAILABLE_BACKENDS, assert_agree  # noqa: F401  (assert_agree: for old imports)
+
+# Schedules by the deterministic heuristics (no measuring, no wisdom file) unless a test asks
+# for the tuner (tests/test_tune.py); subprocesses inherit both.
+os.environ.setdefault("FASTALEX_TUNE", "0")
+os.environ.setdefault("FASTALEX_TUNE_DIR", tempfile.mkdtemp(prefix="fastalex-tune-"))
 
 # This process forks (multiprocessing pools, the fork tests): Numba's fork-safe layer, chosen
 # explicitly as the command line does (the library itself leaves the choice to Numba).

@@ -27,7 +27,7 @@ from support.fixture_specs import FIXTURES
 
 PAGES = pages()
 #: blocks marked ``<!-- docs-test: skip (why) -->``: raise this only with a reason in the page
-SKIPPED = 7
+SKIPPED = 11
 OFFLINE_URL = "http://127.0.0.1:9/alexnet-owt-7be5be79.pth"  # the discard port: refused, offline
 
 
@@ -128,8 +128,20 @@ def _run_shell(block):
             raise AssertionError(f"{block.where}: `{command}` exited {status}:\n{tail}")
 
 
+@pytest.fixture
+def restored_settings():
+    """A page may change module-level settings (``fastalex._files.MAX_WEIGHTS_BYTES = ...``):
+    they are put back after it, so other tests see the defaults."""
+    saved = {name: {k: v for k, v in vars(m).items() if k.isupper()}
+             for name, m in list(sys.modules.items()) if name.startswith("fastalex")}
+    yield
+    for name, values in saved.items():
+        for k, v in values.items():
+            setattr(sys.modules[name], k, v)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
-def test_page_runs_as_written(page, workdir):
+def test_page_runs_as_written(page, workdir, restored_settings):
     namespace = {"__name__": "__docs__"}
     ran = 0
     for block in blocks(page):

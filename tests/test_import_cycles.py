@@ -23,6 +23,10 @@ KNOWN = {
     ("models", "weights"), ("weights", "models"),
     # images finds a variant's preprocessing in models; classify builds the default model
     ("images", "models"), ("classify", "images"), ("classify", "models"),
+    # _files (bounded reads of paths and URLs) opens URLs with classify's fsspec helper, which
+    # pulls every module that reads files into the cycle (merged from main, December 2026)
+    ("_files", "classify"), ("classify", "_files"), ("distributed", "_files"), ("images", "_files"),
+    ("labels", "_files"), ("weights", "_files"), ("classify", "labels"), ("weights", "labels"),
     # the insight commands use cli's helpers; cli registers them
     ("cli", "cli_insight"), ("cli_insight", "cli"),
 }
