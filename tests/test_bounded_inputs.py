@@ -28,7 +28,7 @@ from fastalex import weights as W
 from fastalex.images import ImageError, load_image
 from fastalex.labels import LabelsError, load_labels
 from fastalex.models import build
-from fixture_specs import reduced_spec
+from support.fixture_specs import reduced_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")

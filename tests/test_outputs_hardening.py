@@ -473,7 +473,7 @@ def test_a_batch_that_cannot_fit_is_refused_up_front(command, monkeypatch, capsy
 
 def test_empty_batches_give_empty_results(backend):
     import fastalex
-    from fixture_specs import reduced_spec
+    from support.fixture_specs import reduced_spec
     from fastalex.models import build
     for variant in ("torchvision", "original"):
         m = build(reduced_spec(variant), seed=1, backend=backend)

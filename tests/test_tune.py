@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_agree
+from support import assert_agree
 
 import fastalex
 from fastalex import functional as F
