@@ -326,7 +326,7 @@ def _local_weights(weights):
     try:
         return fetch_weights(weights)
     except (OSError, ValueError, ImportError, WeightsUnavailableError) as exc:
-        message = _cli_message(exc)
+        message = str(exc)  # the library message, as it is
         raise UsageError(message if weights in message else f"cannot fetch the weights {weights}: {message}") from None
 
 

@@ -270,7 +270,7 @@ def test_set_weight_dtype_back_to_float32_is_exact(backend, tmp_path):
     """Issue 19 item 7: int8 (or bfloat16) and back gives the very float32 weights and logits,
     so save_weights never writes rounded weights without being asked to."""
     from fastalex import build, load_weights, save_weights
-    from fixture_specs import reduced_spec
+    from support.fixture_specs import reduced_spec
     m = build(reduced_spec("torchvision"), seed=2, backend=backend)
     state = {k: v.copy() for k, v in m.state_dict().items()}
     x = np.random.default_rng(3).standard_normal((2, *m.input_shape), dtype=np.float32)
