@@ -532,3 +532,26 @@ def test_batcher_skips_requests_whose_client_left():
 
     assert asyncio.run(main()) == 1.0
     assert seen == [1]
+
+
+@needs_serve
+def test_long_jobs_are_bounded():
+    from fastalex.serve.app import ApiError, Server, ServeOptions
+    release = threading.Event()
+
+    async def main():
+        server = Server(lambda: None, ServeOptions(max_heavy=2))
+        server.model_pool = ThreadPoolExecutor(1)
+        try:
+            jobs = [asyncio.ensure_future(server._heavy(lambda k=k: release.wait(30) and k)) for k in range(2)]
+            await asyncio.sleep(0.05)
+            with pytest.raises(ApiError) as refused:
+                await server._heavy(lambda: "third")
+            release.set()
+            return refused.value.status, await asyncio.gather(*jobs), await server._heavy(lambda: "after")
+        finally:
+            release.set()
+            server.model_pool.shutdown()
+
+    status, done, after = asyncio.run(main())
+    assert status == 503 and done == [0, 1] and after == "after"

@@ -90,6 +90,7 @@ class ServeOptions:
     body_timeout: float = 30.0      # seconds to receive a whole request body (408 after)
     max_pixels: int = 50_000_000    # decoded pixels per image (422 above: a decompression bomb)
     max_queue: int = 1024           # images waiting for a forward pass (503 above)
+    max_heavy: int = 8              # explain/activations/profile jobs waiting or running (503 above)
     decode_threads: int = 2
     labels: object = None           # class names (default: ImageNet's for 1000 classes)
     info: dict = field(default_factory=dict)  # shown by /v1/model (weights, random_weights, ...)
@@ -122,9 +123,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
                                     f"{img.height} = {img.width * img.height:,} pixels, more than the "
                                     f"server's limit of {max_pixels:,})")
             _bomb_check(img, None)
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # animated: the first frame
-            img.load()
+            img.load()  # an animated image: its first frame (counting frames would read them all)
             return open_image(img)
     except ApiError:
         raise
@@ -198,6 +197,7 @@ class Server:
         self.batcher = None
         self._profiles: dict = {}   # backend -> asyncio.Future of the profile
         self._filters: dict = {}    # layer -> PNG bytes
+        self._heavy_jobs = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -255,6 +255,18 @@ class Server:
 
     async def _in_model_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.model_pool, fn, *args)
+
+    async def _heavy(self, fn):
+        """A long job (occlusion, feature maps, timings) in the model thread, where it waits its
+        turn with the batches; at most ``max_heavy`` at a time, so they cannot starve the rest."""
+        if self._heavy_jobs >= self.options.max_heavy:
+            raise ApiError(503, f"the server is busy ({self._heavy_jobs} long jobs queued); try again",
+                           headers={"Retry-After": "2"})
+        self._heavy_jobs += 1
+        try:
+            return await self._in_model_thread(fn)
+        finally:
+            self._heavy_jobs -= 1
 
     async def _in_decode_pool(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
@@ -411,7 +423,7 @@ class Server:
             overlay = picture.crop((0, 0, seen.width, seen.height))  # without the caption
             return occ, label, _png(picture), _png(overlay)
 
-        occ, label, picture, overlay = await self._in_model_thread(run)
+        occ, label, picture, overlay = await self._heavy(run)
         if fmt == "png":
             return Response(picture, media_type="image/png")
         step = max(1, min(occ.heatmap.shape) // 56)
@@ -435,7 +447,7 @@ class Server:
         def run():
             return _png(viz.activations(self.model, photo, layer, normalize=normalize, cmap=cmap))
 
-        return Response(await self._in_model_thread(run), media_type="image/png")
+        return Response(await self._heavy(run), media_type="image/png")
 
     async def filters(self, request):
         from .. import viz
@@ -456,7 +468,7 @@ class Server:
         backend = _choice_param(request, "backend", get_backend_name(), tuple(BACKENDS))
         future = self._profiles.get(backend)
         if future is None:  # computed once per backend; requests meanwhile share it
-            future = asyncio.ensure_future(self._in_model_thread(self._profile, backend))
+            future = asyncio.ensure_future(self._heavy(lambda: self._profile(backend)))
             self._profiles[backend] = future
         try:
             return JSONResponse(await asyncio.shield(future))
