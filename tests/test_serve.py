@@ -555,3 +555,13 @@ def test_long_jobs_are_bounded():
 
     status, done, after = asyncio.run(main())
     assert status == 503 and done == [0, 1] and after == "after"
+
+
+@pytest.mark.parametrize("option,value,message", [("--max-wait-ms", "-1", "expected a number 0 or more"),
+                                                   ("--max-body-mb", "0", "expected a positive number"),
+                                                   ("--port", "-5", "expected an integer 0 or more"),
+                                                   ("--max-batch", "0", "expected a positive integer")])
+def test_bad_options_are_usage_errors(capsys, option, value, message):
+    from fastalex import cli
+    assert cli.main(["serve", "--random-weights", option, value]) == 2
+    assert message in capsys.readouterr().err

@@ -73,9 +73,13 @@ def _positive_float(text):
 
 
 def _non_negative_float(text):
-    if text.strip() in ("0", "0.0"):
-        return 0.0
-    return _positive_float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise cli.argparse.ArgumentTypeError(f"expected a number 0 or more, got {text!r}")
+    return value
 
 
 def add_command(sub):
