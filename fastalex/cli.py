@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_insight import add_commands
     add_commands(sub)  # show filters|activations, explain, profile
+    from .serve.command import add_command as add_serve
+    add_serve(sub)  # serve: the HTTP API and the page (fastalex[serve])
     return parser
 
 
