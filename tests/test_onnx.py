@@ -92,10 +92,10 @@ def test_batchnorm_is_folded_and_weights_round_trip(tmp_path):
 def test_preprocess_presets_take_the_graph_input_size():
     path = ONNX_DIR / "vgg_bn_op9.onnx"
     caffe = fastalex.load_onnx(path, preprocess="caffe").preprocess
-    assert caffe["channel_order"] == "BGR" and caffe["pixel_max"] == 255.0 and caffe["crop"] == 30
+    assert caffe["channel_order"] == "BGR" and caffe["pixel_max"] == 255.0 and caffe["crop"] == (30, 33)
     assert tuple(caffe["mean"]) == (104.0, 117.0, 123.0)
     torchvision = fastalex.load_onnx(path).preprocess
-    assert torchvision.get("channel_order", "RGB") == "RGB" and torchvision["crop"] == 30
+    assert torchvision.get("channel_order", "RGB") == "RGB" and torchvision["crop"] == (30, 33)
     spec, state = read_onnx(ONNX_DIR / "caffe_alexnet.onnx", preprocess="caffe")
     assert spec["preprocess"]["crop"] == 224 and spec["preprocess"]["resize"] == 256
     with pytest.raises(ValueError, match="caffe"):
@@ -347,3 +347,157 @@ def test_full_size_torchvision_export_matches_onnxruntime(tmp_path):
     for backend in ("numpy", "numba"):
         m.backend = backend
         assert_agree(m(x), ref, f"torchvision AlexNet via ONNX on {backend}")
+
+
+# ----------------------------------------------------------------------------- issue 19: folded names, sizes, bad numbers
+
+def _conv_bn_graph(path, var=(0.5, 2.0), epsilon=1e-5, scale=(3.0, -0.5)):
+    """x (1, 3, 6, 7) -> Conv 'conv' (output 'conv_out') -> BatchNormalization 'bn' ('bn_out')
+    -> Relu ('act') -> Flatten ('z')."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(19)
+    arrays = {"w": rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "b": np.array([0.5, -1.0], np.float32),
+              "s": np.array(scale, np.float32), "sh": np.array([10.0, -7.0], np.float32),
+              "m": np.array([4.0, -3.0], np.float32), "v": np.array(var, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv_out"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("BatchNormalization", ["conv_out", "s", "sh", "m", "v"], ["bn_out"], name="bn",
+                              epsilon=epsilon),
+             helper.make_node("Relu", ["bn_out"], ["act"]), helper.make_node("Flatten", ["act"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 7])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 40])],
+                              [numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path), arrays
+
+
+def test_extract_refuses_the_tensor_before_a_folded_batchnorm(tmp_path, backend):
+    """Item 5: the Conv's own output 'conv_out' (and its node's name 'conv') is not computed
+    once the BatchNorm is folded into the weights: extract() refuses it, naming the BN tensor to
+    take instead, which is ONNX Runtime's value of that tensor."""
+    path, a = _conv_bn_graph(tmp_path / "conv_bn.onnx")
+    m = fastalex.load_onnx(path, backend=backend)
+    x = np.random.default_rng(5).standard_normal((1, 3, 6, 7)).astype(np.float32) * 3
+    for name in ("conv_out", "conv"):
+        with pytest.raises(ValueError, match=rf"'{name}' is the output of a Conv2D layer before the "
+                                             r"BatchNormalization 'bn'.*extract 'bn'"):
+            m.extract(x, [name])
+    conv = fastalex.functional.conv2d(x, a["w"], a["b"], backend="numpy")
+    bn = ((conv - a["m"][:, None, None]) / np.sqrt(a["v"][:, None, None] + 1e-5) * a["s"][:, None, None]
+          + a["sh"][:, None, None])
+    out = m.extract(x, ["bn_out", "bn", "act"])
+    assert_agree(out["bn_out"], bn, "after the folded BatchNorm")
+    assert_agree(out["bn"], bn, "the BatchNorm node's name")
+    assert_agree(out["act"], np.maximum(bn, 0), "after the ReLU")
+    assert [name for name, _ in m.named_layers()] == ["bn", "act", "z"]
+    assert sorted(m.state_dict()) == ["bn.bias", "bn.weight"]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    proto = onnx.load(str(path))
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("bn_out", onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert_agree(out["bn_out"], session.run(["bn_out"], {"x": x})[0], "bn_out vs ONNX Runtime")
+
+
+def test_non_square_graph_input_gives_a_non_square_crop(tmp_path):
+    """Item 6: a graph declaring (3, 32, 48) gets 32x48 images from load_image/classify (the
+    shorter side resized to cover the crop, the centre cropped), and the model refuses inputs of
+    another size, as ONNX Runtime does."""
+    from PIL import Image
+    w = np.random.default_rng(6).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    proto = _then_flatten(single_op("Conv", (1, 3, 32, 48), inits=[("w", w)], kernel_shape=[3, 3], strides=[2, 2]))
+    m = fastalex.load_onnx(_save(proto, tmp_path / "wide.onnx"))
+    assert m.input_shape == (3, 32, 48) and m.preprocess["crop"] == (32, 48)
+    pixels = np.random.default_rng(7).integers(0, 256, (100, 60, 3), dtype=np.uint8)  # a tall photo
+    photo = tmp_path / "tall.png"
+    Image.fromarray(pixels).save(photo)
+    x = fastalex.load_image(photo, m)
+    assert x.shape == (3, 32, 48)
+    # the same numbers as torchvision's Resize(55) then CenterCrop((32, 48)) on this photo
+    small = Image.fromarray(pixels).resize((55, 91), Image.BILINEAR).crop((4, 30, 52, 62))  # round(3.5), round(29.5)
+    mean, std = np.array(m.preprocess["mean"], np.float32), np.array(m.preprocess["std"], np.float32)
+    ref = ((np.asarray(small).astype(np.float32) / np.float32(255) - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(x, ref, atol=1e-5)
+    assert fastalex.load_images([photo, photo], m).shape == (2, 3, 32, 48)
+    assert fastalex.load_images([], m).shape == (0, 3, 32, 48)
+    [pred] = fastalex.classify(str(photo), model=m, labels=False, top=3)
+    assert pred.error is None
+    np.testing.assert_allclose(pred.probabilities, m.predict(x, top=3)[0], rtol=1e-5)
+    for bad in ((1, 3, 32, 32), (1, 3, 48, 32)):
+        with pytest.raises(ValueError, match=r"must be 32x48"):
+            m(np.zeros(bad, np.float32))
+    caffe = fastalex.load_onnx(tmp_path / "wide.onnx", preprocess="caffe")
+    assert fastalex.load_image(photo, caffe).shape == (3, 32, 48)
+
+
+def _bad_number_graphs(tmp_path):
+    """Item 14: {case: (path, message)} for the files whose numbers cannot be folded or read."""
+    from onnx import helper, numpy_helper
+    cases = {}
+    path, _ = _conv_bn_graph(tmp_path / "bn_var0.onnx", var=(0.0, 1.0), epsilon=0.0)
+    cases["bn_var0"] = (path, r"var \+ epsilon must be positive, got var\[0\] = 0 with epsilon = 0")
+    path, _ = _conv_bn_graph(tmp_path / "bn_overflow.onnx", scale=(3e38, 1.0), var=(1e-30, 1.0))
+    cases["bn_overflow"] = (path, r"'bn' \(BatchNormalization\): the weight of 'bn' folded with it overflows float32")
+    proto = _then_flatten(single_op("Conv", (1, 3, 4, 4), inits=[("w", np.ones((2, 3, 3, 3), np.float32))],
+                                    kernel_shape=[3, 3]))
+    proto.graph.node.append(helper.make_node("Gemm", ["z", "B"], ["g"], name="fc", alpha=1e30))
+    proto.graph.initializer.append(numpy_helper.from_array(np.full((8, 2), 1e20, np.float32), "B"))
+    proto.graph.output[0].name = "g"
+    cases["gemm_alpha"] = (_save(proto, tmp_path / "gemm_alpha.onnx"), r"'fc' \(Gemm\): B \* alpha \(alpha=1e\+30\) overflows")
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    raw, _ = _external(folder / "nul.onnx", "w\0.bin")
+    (folder / "w").write_bytes(raw)
+    cases["nul"] = (folder / "nul.onnx", r"external data 'w\\x00.bin' contains a NUL byte")
+    (folder / "w.bin").write_bytes(raw)
+    _external(folder / "dims.onnx", "w.bin")
+    proto = onnx.load(str(folder / "dims.onnx"), load_external_data=False)
+    del proto.graph.initializer[0].dims[:]
+    proto.graph.initializer[0].dims.extend([2 ** 62, 2 ** 62, 3, 3])
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "length":
+            entry.value = "0"
+    cases["dims"] = (_save(proto, folder / "dims.onnx"), r"whose product overflows int64")
+    return cases
+
+
+def test_bad_numbers_are_onnx_errors_naming_the_file(tmp_path, recwarn):
+    """Item 14: BatchNorm var = epsilon = 0, folding that overflows, a Gemm alpha that overflows,
+    a NUL byte in an external location, dims whose product overflows int64: each an OnnxError
+    naming the file and the cause, and no numpy RuntimeWarning."""
+    import warnings
+    warnings.simplefilter("always")
+    for case, (path, message) in _bad_number_graphs(tmp_path).items():
+        with pytest.raises(OnnxError, match=message) as info:
+            fastalex.load_onnx(path)
+        assert info.value.path == str(path), case
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+
+
+def test_constant_with_external_data_is_read_from_the_model_folder(tmp_path, monkeypatch):
+    """Item 15: a Constant node's external data is found in the model's folder, whatever the
+    working directory (the checker used to look in the working directory and refuse the file)."""
+    from onnx import TensorProto, helper
+    folder = tmp_path / "model"
+    folder.mkdir()
+    w = np.arange(2 * 3 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 3) / 50
+    value = onnx.numpy_helper.from_array(w, "w")
+    raw = value.raw_data
+    value.ClearField("raw_data")
+    value.data_location = TensorProto.EXTERNAL
+    for key, v in (("location", "const.bin"), ("offset", "0"), ("length", str(len(raw)))):
+        entry = value.external_data.add()
+        entry.key, entry.value = key, v
+    (folder / "const.bin").write_bytes(raw)
+    proto = _then_flatten(single_op("Conv", (1, 3, 5, 5), extra_inputs=["w"], kernel_shape=[3, 3]))
+    proto.graph.node.insert(0, helper.make_node("Constant", [], ["w"], value=value))
+    path = _save(proto, folder / "m.onnx")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    m = fastalex.load_onnx(path)
+    np.testing.assert_array_equal(m.state_dict()["y.weight"], w)
+    (folder / "const.bin").write_bytes(raw[:-4])  # still checked: a short file is refused, naming the model
+    with pytest.raises(OnnxError, match="too short") as info:
+        fastalex.load_onnx(path)
+    assert str(path) in str(info.value)
