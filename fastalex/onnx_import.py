@@ -15,9 +15,17 @@ turned into what every fastalex model is: a spec (data: a list of named layer sp
 Supported graphs are a chain (each node feeds the next; weights are initializers or
 ``Constant`` nodes) of :data:`SUPPORTED_OPS`. ``BatchNormalization`` and ``Add`` of a
 constant are folded into the convolution or dense layer before them; ``Identity`` disappears;
-``Gemm``'s ``alpha``/``beta``/``transB`` are folded into the dense weight and bias. Layers are
-named after their ONNX nodes (or output tensors); the names of the tensors in the graph are
-aliases for :meth:`~fastalex.models.Model.extract`.
+``Gemm``'s ``alpha``/``beta``/``transB`` are folded into the dense weight and bias. The
+``LocalResponseNorm`` that ``torch.onnx.export`` spells out as primitive ops (TorchScript
+exporter at opsets 9 to 17 and later, dynamo exporter) is recognized as one LRN when every step
+matches torch's formula (see :mod:`fastalex._onnx_lrn`); anything else of that shape is refused
+with the step that differs. Layers are named after their ONNX nodes (or output tensors); the
+names of the tensors in the graph are aliases for :meth:`~fastalex.models.Model.extract`. A
+tensor the model never computes (a convolution's output before the BatchNorm folded into it,
+the inside of a spelled-out LRN) is refused by ``extract()``, naming the one to take instead.
+
+The graph's declared input ``(C, H, W)`` is the model's: the preprocessing crops ``H x W``
+(non-square too) and the model refuses other sizes, as ONNX Runtime does.
 
 External data (weights kept next to the ``.onnx`` file) are read only from regular files inside
 the model's own folder (no absolute paths, no ``..``, no symlinks leading out), and only after
@@ -256,7 +264,10 @@ class _Converter:
                 if value is None:
                     self.fail("only tensor-valued Constant nodes are supported", node)
                 self.consts[node.output[0]] = value
-        for node in g.node:  # every op checked first: the error names what is not supported
+        self.nodes = self._recognize_lrns(list(g.node))
+        for node in self.nodes:  # every op checked first: the error names what is not supported
+            if node.domain == "fastalex" and node.op_type == "TorchLRN":
+                continue
             if node.op_type not in SUPPORTED_OPS or node.domain not in ("", "ai.onnx"):
                 self.fail(f"operator {node.domain + '.' if node.domain else ''}{node.op_type} is not "
                           f"supported; supported: {', '.join(SUPPORTED_OPS)}", node)
@@ -264,10 +275,10 @@ class _Converter:
         input_shape = self.shape
         outputs = [o.name for o in g.output]
         uses, seen = {}, {current}
-        for node in g.node:
+        for node in self.nodes:
             for name in node.input:
                 uses[name] = uses.get(name, 0) + 1
-        for node in g.node:
+        for node in self.nodes:
             if node.op_type == "Constant":
                 continue
             data = [i for i in node.input if i and i not in self.consts]
@@ -305,6 +316,32 @@ class _Converter:
                 "aliases": aliases, "unavailable": dict(self.unavailable), "layers": self.entries, "source": os.path.abspath(self.path),
                 "opset": self.opset, "fixed_input_size": True}
         return spec, self.state
+
+    def _recognize_lrns(self, nodes):
+        """``nodes`` with each LocalResponseNorm that torch spelled out (see :mod:`._onnx_lrn`)
+        replaced by one ``fastalex.TorchLRN`` node, checked when the walk reaches it."""
+        from onnx import helper
+
+        from . import _onnx_lrn
+        try:
+            regions, taken = _onnx_lrn.find(nodes, lambda name: name in self.consts,
+                                            {o.name for o in self.graph.output})
+        except _onnx_lrn.PatternError as exc:
+            self.fail(f"looks like torch's spelled-out LocalResponseNorm, but {exc}", exc.node)
+        self.lrns = {}
+        at = {r.index: r for r in regions}
+        out = []
+        for i, node in enumerate(nodes):
+            region = at.get(i)
+            if region is not None:
+                scope = re.match(r"^(.*)/[^/]*$", region.div.name or "")
+                name = scope.group(1) if scope and scope.group(1) else region.div.name
+                out.append(helper.make_node("TorchLRN", [region.x], [region.div.output[0]], name=name,
+                                            domain="fastalex"))
+                self.lrns[region.div.output[0]] = region
+            elif i not in taken:
+                out.append(node)
+        return out
 
     def _input(self):
         inputs = [i for i in self.graph.input if i.name not in self.consts]
@@ -467,6 +504,30 @@ class _Converter:
             self.fail(f"LRN with an even size ({size}) is not supported", node)
         self.add(node, "LocalResponseNorm", dict(size=size, alpha=_f32(a.get("alpha", 1e-4)),
                                                  beta=_f32(a.get("beta", 0.75)), k=_f32(a.get("bias", 1.0))))
+
+    def op_TorchLRN(self, node, a):
+        from . import _onnx_lrn
+        c, h, w = self.image(node)
+        region = self.lrns[node.output[0]]
+        batches = [self.batch] if isinstance(self.batch, int) and self.batch > 0 else [1, 2]
+
+        def constant(name):
+            return self.const(name, node, "constant") if name in self.consts else None
+        try:  # the shape computations are evaluated per batch size: the same LRN for each
+            found = {_onnx_lrn.match(region, constant, (n, c, h, w)) for n in batches}
+        except _onnx_lrn.Mismatch as exc:
+            self.fail(f"looks like torch's spelled-out LocalResponseNorm (Mul, Reshape, Pad, AveragePool, "
+                      f"Squeeze, Mul, Add, Pow, Div), but {exc}; only that exact pattern is read as an LRN",
+                      region.div)
+        if len(found) != 1:
+            self.fail(f"a spelled-out LocalResponseNorm whose constants depend on the batch size {found}", region.div)
+        size, alpha, beta, k = found.pop()
+        name = self.add(node, "LocalResponseNorm", dict(size=size, alpha=_f32(alpha), beta=_f32(beta), k=_f32(k)))
+        why = (f"is inside the LocalResponseNorm that torch spelled out as primitive ops; fastalex runs it "
+               f"as the one layer {name!r}, so this tensor is never computed: extract {name!r} (its output)")
+        for inner in region.nodes:
+            for key in [o for o in inner.output if o] + ([inner.name] if inner.name else []):
+                self.unavailable.setdefault(key, why)
 
     def op_Relu(self, node, a):
         self.add(node, "ReLU", {})

@@ -19,7 +19,8 @@ from fastalex import layers as L  # noqa: E402
 from fastalex.onnx_import import SUPPORTED_OPS, OnnxError, read_onnx  # noqa: E402
 from conftest import assert_agree  # noqa: E402
 from fixture_specs import FIXTURES, fixture_input  # noqa: E402
-from onnx_graphs import caffe_alexnet, single_op  # noqa: E402
+from onnx_graphs import (TORCH_LRN, TORCH_LRN_INPUT, TORCH_LRN_NETS, TORCH_LRN_STEMS,  # noqa: E402
+                         caffe_alexnet, single_op)
 
 ONNX_DIR = FIXTURES / "onnx"
 STEMS = ["original_reduced_op9", "original_reduced_op17", "torchvision_reduced_op9",
@@ -501,3 +502,226 @@ def test_constant_with_external_data_is_read_from_the_model_folder(tmp_path, mon
     with pytest.raises(OnnxError, match="too short") as info:
         fastalex.load_onnx(path)
     assert str(path) in str(info.value)
+
+
+# ----------------------------------------------------------------------------- issue 19 item 25: LRN as torch exports it
+
+@pytest.mark.parametrize("stem", TORCH_LRN_STEMS)
+def test_torch_spelled_out_lrn_is_one_layer_matching_onnxruntime(stem, backend):
+    """torch.onnx.export writes nn.LocalResponseNorm as Mul/Reshape/Pad/AveragePool/Squeeze/Mul/
+    Add/Pow/Div plus shape computations (each opset and exporter its own way): read as one
+    LocalResponseNorm with the module's size, alpha, beta and k, giving ONNX Runtime's output."""
+    m = fastalex.load_onnx(ONNX_DIR / f"{stem}.onnx", backend=backend)
+    layers = [layer for _, layer in m.named_layers()]
+    assert [type(layer).__name__ for layer in layers] == ["LocalResponseNorm", "Flatten"]
+    size = 4 if "size4" in stem else TORCH_LRN["size"]
+    assert (layers[0].size, layers[0].alpha, layers[0].beta, layers[0].k) == (
+        size, TORCH_LRN["alpha"], TORCH_LRN["beta"], TORCH_LRN["k"])
+    x = expected()["lrn_input"]
+    assert x.shape == TORCH_LRN_INPUT
+    assert_agree(m(x), expected()[stem], f"{stem} on {backend}")
+    if "static" not in stem:  # a dynamic batch: any batch size
+        assert_agree(m(x[:1]), expected()[stem][:1], f"{stem}, batch 1, on {backend}")
+
+
+@pytest.mark.parametrize("stem", TORCH_LRN_NETS)
+def test_torch_exported_2012_alexnet_matches_onnxruntime(stem, backend):
+    """The 2012 AlexNet (narrow) exported with torch's own LRN, TorchScript (opsets 9, 17) and
+    dynamo: both LRNs recognized, the whole network agrees with ONNX Runtime."""
+    m = model(stem)
+    lrns = [layer for _, layer in m.named_layers() if isinstance(layer, L.LocalResponseNorm)]
+    assert [(n.size, n.alpha, n.beta, n.k) for n in lrns] == [(5, 1e-4, 0.75, 2.0)] * 2
+    kinds = [type(layer).__name__ for _, layer in m.named_layers()]
+    assert kinds[:4] == ["Conv2D", "ReLU", "LocalResponseNorm", "MaxPool2D"] and kinds.count("Dense") == 3
+    ref = expected()[stem]
+    m.backend = backend
+    try:
+        assert_agree(m(inputs(m, len(ref))), ref, f"{stem} on {backend}")
+    finally:
+        m.backend = None
+
+
+def test_tensors_inside_a_spelled_out_lrn_are_refused_by_extract():
+    m = model("original_torchlrn_op17")
+    proto = onnx.load(str(ONNX_DIR / "original_torchlrn_op17.onnx"))
+    inner = next(n.output[0] for n in proto.graph.node if n.op_type == "Pow")
+    lrn = next(name for name, layer in m.named_layers() if isinstance(layer, L.LocalResponseNorm))
+    with pytest.raises(ValueError, match=rf"is inside the LocalResponseNorm .* extract '{lrn}'"):
+        m.extract(inputs(m, 1), [inner])
+    div = next(n.output[0] for n in proto.graph.node if n.op_type == "Div")
+    assert m.extract(inputs(m, 1), [div])[div].shape[1] == 6  # the LRN's own output is there
+
+
+def _lrn_graph(stem="lrn_dynamo_static"):
+    return onnx.load(str(ONNX_DIR / f"{stem}.onnx"))
+
+
+def _node(proto, op, k=0):
+    return [n for n in proto.graph.node if n.op_type == op][k]
+
+
+def _set_init(proto, name, array):
+    from onnx import numpy_helper
+    for i, t in enumerate(proto.graph.initializer):
+        if t.name == name:
+            proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.asarray(array), name))
+            return
+    raise KeyError(name)
+
+
+def _set_attr(node, name, value):
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def _mutations():
+    """(what, mutate(proto) -> proto, the reason in the error): graphs that are not torch's LRN."""
+    def kernel(p):
+        _set_attr(_node(p, "AveragePool"), "kernel_shape", [5, 1, 1])
+        return p
+
+    def placement(p):
+        _set_init(p, _node(p, "Pad").input[1], np.array([0, 0, 2, 0, 0, 0, 0, 0, 0, 0], np.int64))
+        return p
+
+    def other_axis(p):
+        _set_init(p, _node(p, "Pad").input[1], np.array([0, 0, 1, 1, 0, 0, 0, 1, 0, 0], np.int64))
+        return p
+
+    def per_channel_alpha(p):
+        _set_init(p, _node(p, "Mul", 1).input[1], np.full((6, 1, 1), 0.05, np.float32))
+        return p
+
+    def not_a_square(p):
+        _set_init(p, _node(p, "Mul", 1).input[1], np.array(0.05, np.float32))
+        sq = _node(p, "Mul", 0)
+        sq.input[1] = _node(p, "Mul", 1).input[1]
+        return p
+
+    def subtract(p):
+        _node(p, "Add").op_type = "Sub"
+        return p
+
+    def strides(p):
+        _set_attr(_node(p, "AveragePool"), "strides", [1, 2, 1])
+        return p
+
+    def used_outside(p):
+        p.graph.output.append(onnx.helper.make_tensor_value_info(_node(p, "Pow").output[0], onnx.TensorProto.FLOAT,
+                                                                 list(TORCH_LRN_INPUT)))
+        return p
+
+    def squeeze_axis(p):
+        _set_init(p, _node(p, "Squeeze").input[1], np.array([0], np.int64))
+        return p
+
+    def order(p):  # k added before alpha multiplies
+        mul, add = _node(p, "Mul", 1), _node(p, "Add")
+        sq_in, mul_out, add_out = mul.input[0], mul.output[0], add.output[0]
+        add.input[0], add.output[0] = sq_in, mul_out
+        mul.input[0], mul.output[0] = mul_out, add_out
+        nodes = list(p.graph.node)
+        i, j = nodes.index(mul), nodes.index(add)
+        nodes[i], nodes[j] = nodes[j], nodes[i]
+        del p.graph.node[:]
+        p.graph.node.extend(nodes)
+        return p
+
+    return [("kernel", kernel, r"kernel \[5, 1, 1\] is not \(3, 1, 1\)"),
+            ("placement", placement, r"spans 2 channels before and 0 after; torch's LocalResponseNorm\(3\) spans 1 and 1"),
+            ("other axis", other_axis, r"pad more than the channel axis"),
+            ("per-channel alpha", per_channel_alpha, r"the Mul's constant is not a floating-point scalar"),
+            ("not a square", not_a_square, r"the square is Mul"),
+            ("subtract", subtract, r"its denominator also uses Sub"),
+            ("strides", strides, r"strides, pads or dilations"),
+            ("used outside", used_outside, r"is also used outside it"),
+            ("squeeze axis", squeeze_axis, r"Squeeze of axes \[0\]"),
+            ("order", order, r"comes where torch's LRN has no")]
+
+
+@pytest.mark.parametrize("what, mutate, reason", _mutations(), ids=[m[0] for m in _mutations()])
+def test_lrn_lookalikes_are_refused_with_the_reason(tmp_path, what, mutate, reason):
+    """Each step's operator, attributes and constants are checked: a graph that differs from
+    torch's LRN in any of them is refused (never run as an LRN it is not)."""
+    path = _save(mutate(_lrn_graph()), tmp_path / "lookalike.onnx")
+    with pytest.raises(OnnxError, match="looks like torch's spelled-out LocalResponseNorm") as info:
+        fastalex.load_onnx(path)
+    assert str(path) in str(info.value)
+    assert __import__("re").search(reason, str(info.value)), str(info.value)
+
+
+def test_lrn_lookalike_with_dynamic_shapes_is_refused(tmp_path):
+    """Opset 13's If(shape[1] == 1, Squeeze, Identity) is evaluated, not assumed: with the
+    condition's constant changed the Identity branch is taken, which is not torch's LRN; a
+    reshape target computed from the input's shape is evaluated too."""
+    proto = _lrn_graph("lrn_op13")
+    equal = _node(proto, "Equal")
+    const = next(n for n in proto.graph.node if n.output[0] == equal.input[1])
+    _set_attr(const, "value", onnx.numpy_helper.from_array(np.array([2], np.int64)))
+    with pytest.raises(OnnxError, match=r"Reshape .* comes where torch's LRN has no Reshape \(after the pooled step\)"):
+        fastalex.load_onnx(_save(proto, tmp_path / "if.onnx"))
+    proto = _lrn_graph("lrn_op13")
+    concat = _node(proto, "Concat")  # (N, 1, C, H, -1) -> (N, 2, C, H, -1)
+    const = next(n for n in proto.graph.node if n.output[0] == concat.input[1])
+    _set_attr(const, "value", onnx.numpy_helper.from_array(np.array([2], np.int64)))
+    with pytest.raises(OnnxError, match=r"Reshape target .* does not fit|is reshaped to"):
+        fastalex.load_onnx(_save(proto, tmp_path / "view.onnx"))
+
+
+def test_torch_exports_at_every_opset_match_torch(tmp_path, backend):
+    """With torch installed: nn.LocalResponseNorm exported live at opsets 9 to 17 (dynamic and
+    fixed batch) and by the dynamo exporter, recognized and equal to torch's output."""
+    torch = pytest.importorskip("torch")
+    import logging
+    import warnings
+    logging.disable(logging.WARNING)
+    try:
+        net = torch.nn.Sequential(torch.nn.LocalResponseNorm(5, 1e-3, 0.75, 2.0), torch.nn.Flatten()).eval()
+        x = np.random.default_rng(25).standard_normal((2, 7, 4, 3)).astype(np.float32) * 10
+        with torch.no_grad():
+            ref = net(torch.from_numpy(x)).numpy()
+        for opset in [*range(9, 18), "dynamo"]:
+            for dynamic in (True, False):
+                path = tmp_path / f"lrn_{opset}_{dynamic}.onnx"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if opset == "dynamo":
+                        pytest.importorskip("onnxscript")
+                        kw = dict(dynamic_shapes=({0: torch.export.Dim("N")},)) if dynamic else {}
+                        torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=True, external_data=False, **kw)
+                    else:
+                        kw = dict(dynamic_axes={"x": {0: "N"}}) if dynamic else {}
+                        torch.onnx.export(net, (torch.from_numpy(x),), str(path), opset_version=opset, dynamo=False,
+                                          input_names=["x"], **kw)
+                m = fastalex.load_onnx(path, backend=backend)
+                assert [type(layer).__name__ for _, layer in m.named_layers()] == ["LocalResponseNorm", "Flatten"]
+                assert_agree(m(x), ref, f"opset {opset}, dynamic batch {dynamic}")
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@full_size
+def test_full_size_torch_exported_2012_alexnet_matches_onnxruntime(tmp_path):
+    """The 2012 AlexNet built in torch (nn.LocalResponseNorm) and exported as torch does, at
+    opset 17: fastalex reads both spelled-out LRNs and agrees with ONNX Runtime."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_fixtures import torch_model
+    from fastalex.models import original_spec
+    torch.manual_seed(0)
+    net = torch_model(original_spec())
+    path = tmp_path / "alexnet2012.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 227, 227),), str(path), opset_version=17, dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    x = np.random.default_rng(7).standard_normal((2, 3, 227, 227)).astype(np.float32)
+    ref = _ort_run(path, x)
+    m = fastalex.load_onnx(path)
+    assert m.num_params == 60_965_224
+    assert sum(isinstance(layer, L.LocalResponseNorm) for _, layer in m.named_layers()) == 2
+    for backend in ("numpy", "numba"):
+        m.backend = backend
+        assert_agree(m(x), ref, f"the 2012 AlexNet exported by torch, on {backend}")
