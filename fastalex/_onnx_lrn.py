@@ -106,12 +106,15 @@ def find(nodes, is_const, graph_outputs):
             raise PatternError(div, f"its denominator also uses {', '.join(unknown)}")
         if outside:
             raise PatternError(div, f"its denominator also reads {sorted(outside)}, not only {x!r}")
+        shared = set()  # Constant nodes other nodes read too: they stay in the graph
         for i in region:
             for o in nodes[i].output:
                 if o and ((users.get(o, set()) - region - {index}) or o in graph_outputs):
-                    raise PatternError(div, f"its inner tensor {o!r} is also used outside it")
+                    if nodes[i].op_type != "Constant":
+                        raise PatternError(div, f"its inner tensor {o!r} is also used outside it")
+                    shared.add(i)
         regions.append(Region(x=x, div=div, nodes=[nodes[i] for i in sorted(region)], index=index))
-        taken |= region | {index}
+        taken |= (region - shared) | {index}
     return regions, taken
 
 

@@ -725,3 +725,23 @@ def test_full_size_torch_exported_2012_alexnet_matches_onnxruntime(tmp_path):
     for backend in ("numpy", "numba"):
         m.backend = backend
         assert_agree(m(x), ref, f"the 2012 AlexNet exported by torch, on {backend}")
+
+
+def test_a_constant_shared_with_the_rest_of_the_graph_stays(tmp_path):
+    """A Constant node the LRN shares with a later node (here its k, as a Gemm's bias) is read by
+    both: the LRN is still recognized and the constant still feeds the Gemm."""
+    from onnx import helper, numpy_helper
+    proto = _lrn_graph("lrn_op13")
+    k_const = _node(proto, "Add").input[1]
+    assert any(n.op_type == "Constant" and n.output[0] == k_const for n in proto.graph.node)
+    flat = proto.graph.output[0].name
+    features = int(np.prod(TORCH_LRN_INPUT[1:]))
+    b = np.random.default_rng(26).standard_normal((features, 3)).astype(np.float32) / 10
+    proto.graph.initializer.append(numpy_helper.from_array(b, "B"))
+    proto.graph.node.append(helper.make_node("Gemm", [flat, "B", k_const], ["scores"]))
+    del proto.graph.output[:]
+    proto.graph.output.append(helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", 3]))
+    m = fastalex.load_onnx(_save(proto, tmp_path / "shared.onnx"))
+    assert [type(layer).__name__ for _, layer in m.named_layers()] == ["LocalResponseNorm", "Flatten", "Dense"]
+    x = expected()["lrn_input"]
+    assert_agree(m(x), expected()["lrn_op13"] @ b + TORCH_LRN["k"], "LRN, then a Gemm sharing the LRN's k")
