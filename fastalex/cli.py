@@ -291,7 +291,7 @@ def _apply_preprocess(model, args):
     preset = getattr(args, "preprocess", None)
     if preset:
         from .images import preprocess_preset
-        model.preprocess = preprocess_preset(preset, crop=model.input_shape[1])
+        model.preprocess = preprocess_preset(preset, crop=model.input_shape[1:])
     return model
 
 
@@ -362,7 +362,7 @@ def model_recipe(args):
     recipe["weight_dtype"] = getattr(args, "weight_dtype", "float32")
     if getattr(args, "preprocess", None):
         from .images import preprocess_preset
-        recipe["preprocess"] = preprocess_preset(args.preprocess, crop=recipe["spec"]["input_shape"][1])
+        recipe["preprocess"] = preprocess_preset(args.preprocess, crop=recipe["spec"]["input_shape"][1:])
     return recipe
 
 
