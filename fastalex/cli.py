@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_insight import add_commands
     add_commands(sub)  # show filters|activations, explain, profile
+    from .serve.command import add_command as add_serve
+    add_serve(sub)  # serve: the HTTP API and the page (fastalex[serve])
     return parser
 
 
@@ -273,7 +275,7 @@ def _apply_preprocess(model, args):
     preset = getattr(args, "preprocess", None)
     if preset:
         from .images import preprocess_preset
-        model.preprocess = preprocess_preset(preset, crop=model.input_shape[1])
+        model.preprocess = preprocess_preset(preset, crop=model.input_shape[1:])
     return model
 
 
@@ -343,7 +345,7 @@ def model_recipe(args):
     recipe["weight_dtype"] = getattr(args, "weight_dtype", "float32")
     if getattr(args, "preprocess", None):
         from .images import preprocess_preset
-        recipe["preprocess"] = preprocess_preset(args.preprocess, crop=recipe["spec"]["input_shape"][1])
+        recipe["preprocess"] = preprocess_preset(args.preprocess, crop=recipe["spec"]["input_shape"][1:])
     return recipe
 
 

@@ -76,14 +76,26 @@ PRESETS = {
 
 def preprocess_preset(name, crop=224) -> dict:
     """The preprocess dict of preset ``name`` (``"torchvision"`` or ``"caffe"``) for ``crop`` x
-    ``crop`` inputs: the shorter side resized to 256 (``crop * 256 / 224`` outside 224..256),
-    the centre cropped, then the preset's channel order, scale and normalization."""
+    ``crop`` inputs (or ``crop = (height, width)``, a non-square input): the shorter side resized
+    to 256 (``side * 256 / 224`` outside 224..256, for the longer side of the crop), the centre
+    cropped, then the preset's channel order, scale and normalization."""
     if name not in PRESETS:
         raise ValueError(f"unknown preprocess preset {name!r}; valid presets are "
                          + ", ".join(repr(p) for p in PRESETS))
-    crop = int(crop)
-    resize = 256 if 224 <= crop <= 256 else int(round(crop * 256 / 224))
+    height, width = crop_size(crop)
+    side = max(height, width)  # the resized image must cover the crop both ways
+    resize = 256 if 224 <= side <= 256 else int(round(side * 256 / 224))
+    crop = height if height == width else (height, width)
     return {"resize": resize, "crop": crop, **PRESETS[name], "preset": name}
+
+
+def crop_size(crop) -> tuple[int, int]:
+    """A preprocess dict's ``crop`` (an int for a square, or ``(height, width)``) as ``(height, width)``."""
+    if isinstance(crop, (list, tuple)):
+        if len(crop) != 2:
+            raise ValueError(f"preprocess: crop must be a size or (height, width), got {crop!r}")
+        return int(crop[0]), int(crop[1])
+    return int(crop), int(crop)
 
 
 def get_preprocess(variant="torchvision") -> dict:
@@ -271,35 +283,37 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
-    """torchvision's ``CenterCrop`` box ``(left, top, right, bottom)`` (``round`` as Python's)."""
-    top = int(round((height - crop) / 2.0))
-    left = int(round((width - crop) / 2.0))
-    return left, top, left + crop, top + crop
+def center_crop_box(width: int, height: int, crop) -> tuple[int, int, int, int]:
+    """torchvision's ``CenterCrop`` box ``(left, top, right, bottom)`` (``round`` as Python's);
+    ``crop`` is a size or ``(height, width)``."""
+    ch, cw = crop_size(crop)
+    top = int(round((height - ch) / 2.0))
+    left = int(round((width - cw) / 2.0))
+    return left, top, left + cw, top + ch
 
 
 def preprocess_image(img: Image.Image, preprocess: dict, out: np.ndarray | None = None) -> np.ndarray:
-    """An RGB PIL image -> float32 ``(3, crop, crop)`` per ``preprocess``; writes into ``out``
-    when given."""
+    """An RGB PIL image -> float32 ``(3, crop, crop)`` (or ``(3, height, width)`` for a crop
+    ``(height, width)``) per ``preprocess``; writes into ``out`` when given."""
     resize, crop = preprocess.get("resize"), preprocess.get("crop")
     if resize and crop:
         size = resized_size(img.width, img.height, int(resize))
-        crop = int(crop)
-        if size[0] >= crop and size[1] >= crop and size[0] * size[1] > _BOX_RESIZE_AREA * crop * crop:
+        ch, cw = crop_size(crop)
+        if size[0] >= cw and size[1] >= ch and size[0] * size[1] > _BOX_RESIZE_AREA * ch * cw:
             # a long strip: resample just the centre crop's part of the source (the same filter,
             # scale and sample positions as resize-then-crop, up to float rounding: +-1 level)
             left, top, right, bottom = center_crop_box(size[0], size[1], crop)
             sx, sy = img.width / size[0], img.height / size[1]
-            img = img.resize((crop, crop), Image.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy))
+            img = img.resize((cw, ch), Image.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy))
             resize = None
     if resize:
         size = resized_size(img.width, img.height, int(resize))
         if size != img.size:
             img = img.resize(size, Image.BILINEAR)
     if crop:
-        crop = int(crop)
-        if img.width < crop or img.height < crop:  # only without resize: torchvision pads with 0
-            padded = Image.new("RGB", (max(crop, img.width), max(crop, img.height)))
+        ch, cw = crop_size(crop)
+        if img.width < cw or img.height < ch:  # torchvision pads with 0
+            padded = Image.new("RGB", (max(cw, img.width), max(ch, img.height)))
             padded.paste(img, ((padded.width - img.width) // 2, (padded.height - img.height) // 2))
             img = padded
         box = center_crop_box(img.width, img.height, crop)
@@ -336,8 +350,8 @@ def load_images(images, variant="torchvision") -> np.ndarray:
     preprocess = get_preprocess(variant)
     arrays = [preprocess_image(open_image(image), preprocess) for image in images]
     if not arrays:
-        crop = int(preprocess.get("crop") or 0)
-        return np.empty((0, 3, crop, crop), dtype=np.float32)
+        ch, cw = crop_size(preprocess.get("crop") or 0)
+        return np.empty((0, 3, ch, cw), dtype=np.float32)
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"load_images: the images have different sizes {sorted(shapes)}; "

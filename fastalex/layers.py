@@ -117,10 +117,12 @@ class _Parametric(Layer):
         if weight is None and rng is None:
             object.__setattr__(self, "weight", np.zeros(self.weight_shape, np.float32))
         else:
-            if weight is None:
+            if weight is None:  # a fresh, finite array of the right shape: no copy, no check
                 weight = _rng(rng).standard_normal(self.weight_shape, dtype=np.float32)
                 weight *= np.float32(math.sqrt(2.0 / fan_in))
-            self.weight = weight
+                object.__setattr__(self, "weight", weight)
+            else:
+                self.weight = weight
         if bias is None and use_bias:
             bias = np.zeros(self.weight_shape[0], np.float32)
         self.bias = bias

@@ -392,6 +392,10 @@ class Model(Sequential):
         if x.shape[-3] != self.input_shape[0]:
             raise ValueError(f"{self.variant} AlexNet: input must have {self.input_shape[0]} channels, "
                              f"got shape {x.shape}")
+        if self.spec.get("fixed_input_size") and tuple(x.shape[-2:]) != tuple(self.input_shape[1:]):
+            h, w = self.input_shape[1:]  # e.g. an ONNX graph's declared input, as ONNX Runtime refuses others
+            raise ValueError(f"{self.variant}: input must be {h}x{w} (the size the model declares), "
+                             f"got shape {x.shape}")
         try:
             self.output_shape(x.shape[-3:])
         except ValueError as exc:
@@ -424,6 +428,9 @@ class Model(Sequential):
         inside = [n for n in leaves if n.startswith(name + ".")]
         if inside:
             return inside[-1]
+        unavailable = self.spec.get("unavailable", {})  # e.g. an ONNX tensor before a folded BatchNorm
+        if name in unavailable:
+            raise ValueError(f"extract: {name!r} {unavailable[name]}")
         raise ValueError(f"extract: unknown layer {name!r}; valid names are the aliases "
                          f"{', '.join(self.aliases) or '(none)'} and the layers {', '.join(leaves)}")
 

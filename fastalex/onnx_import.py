@@ -15,9 +15,17 @@ turned into what every fastalex model is: a spec (data: a list of named layer sp
 Supported graphs are a chain (each node feeds the next; weights are initializers or
 ``Constant`` nodes) of :data:`SUPPORTED_OPS`. ``BatchNormalization`` and ``Add`` of a
 constant are folded into the convolution or dense layer before them; ``Identity`` disappears;
-``Gemm``'s ``alpha``/``beta``/``transB`` are folded into the dense weight and bias. Layers are
-named after their ONNX nodes (or output tensors); the names of the tensors in the graph are
-aliases for :meth:`~fastalex.models.Model.extract`.
+``Gemm``'s ``alpha``/``beta``/``transB`` are folded into the dense weight and bias. The
+``LocalResponseNorm`` that ``torch.onnx.export`` spells out as primitive ops (TorchScript
+exporter at opsets 9 to 17 and later, dynamo exporter) is recognized as one LRN when every step
+matches torch's formula (see :mod:`fastalex._onnx_lrn`); anything else of that shape is refused
+with the step that differs. Layers are named after their ONNX nodes (or output tensors); the
+names of the tensors in the graph are aliases for :meth:`~fastalex.models.Model.extract`. A
+tensor the model never computes (a convolution's output before the BatchNorm folded into it,
+the inside of a spelled-out LRN) is refused by ``extract()``, naming the one to take instead.
+
+The graph's declared input ``(C, H, W)`` is the model's: the preprocessing crops ``H x W``
+(non-square too) and the model refuses other sizes, as ONNX Runtime does.
 
 External data (weights kept next to the ``.onnx`` file) are read only from regular files inside
 the model's own folder (no absolute paths, no ``..``, no symlinks leading out), and only after
@@ -27,6 +35,7 @@ their sizes were checked against the tensors' shapes. Every problem with a file 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -64,7 +73,8 @@ def load_onnx(path, backend=None, preprocess="torchvision"):
     preprocessing :func:`fastalex.load_image` and ``classify`` apply for this model, a preset
     name (``"torchvision"``: RGB, [0, 1], ImageNet mean/std; ``"caffe"``: BGR, [0, 255], mean
     (104, 117, 123) subtracted, as the ONNX zoo's bvlcalexnet and caffenet expect) or a dict;
-    the crop is the graph's input size. Raises :class:`OnnxError` for unreadable, unsupported
+    the crop is the graph's input size (height x width: a non-square input gets a non-square
+    crop, and the model refuses inputs of another size, as ONNX Runtime does). Raises :class:`OnnxError` for unreadable, unsupported
     or unsafe files and ``ImportError`` (naming ``pip install 'fastalex[onnx]'``) without onnx.
     """
     from .models import build
@@ -84,7 +94,8 @@ def read_onnx(path, preprocess="torchvision"):
     except Exception as exc:  # ValidationError, and whatever a broken proto makes the checker raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OnnxError(path, f"not a valid ONNX model ({first})") from None
-    return _Converter(path, proto).convert(preprocess)
+    with np.errstate(all="ignore"):  # folding checks its results (Converter.finite): no RuntimeWarnings
+        return _Converter(path, proto).convert(preprocess)
 
 
 def _parse(onnx, path):
@@ -108,15 +119,25 @@ def _parse(onnx, path):
     return proto
 
 
+def _external_tensors(graph):
+    """The graph's tensors that may hold external data: initializers and ``Constant`` values."""
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        if node.op_type == "Constant":
+            tensors += [a.t for a in node.attribute if a.name == "value" and a.HasField("t")]
+    return tensors
+
+
 def _without_external_data(onnx, proto):
-    """What the checker sees: ``proto``, or a copy whose external tensors are empty placeholders
-    (the checker would look for their files relative to the working directory; we read them
-    ourselves, from the model's folder only, see :func:`_read_external`)."""
-    if not any(t.data_location == _EXTERNAL for t in proto.graph.initializer):
+    """What the checker sees: ``proto``, or a copy whose external tensors (initializers and
+    ``Constant`` values) are empty placeholders (the checker would look for their files relative
+    to the working directory; we read them ourselves, from the model's folder only, see
+    :func:`_read_external`)."""
+    if not any(t.data_location == _EXTERNAL for t in _external_tensors(proto.graph)):
         return proto
     light = onnx.ModelProto()
     light.CopyFrom(proto)
-    for tensor in light.graph.initializer:
+    for tensor in _external_tensors(light.graph):
         if tensor.data_location == _EXTERNAL:
             tensor.ClearField("external_data")
             tensor.ClearField("data_location")
@@ -134,8 +155,11 @@ def _tensor_to_array(path, tensor):
     dims = tuple(int(d) for d in tensor.dims)
     if min(dims, default=1) < 0:
         raise OnnxError(path, f"tensor {name!r} has negative dimensions {dims}")
+    count = math.prod(dims)  # Python ints: no int64 overflow
+    if count >= 2 ** 63:
+        raise OnnxError(path, f"tensor {name!r} has dimensions {dims} whose product overflows int64")
     dtype = _DTYPES.get(tensor.data_type)
-    expected = None if dtype is None else int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize
+    expected = None if dtype is None else count * np.dtype(dtype).itemsize
     if tensor.data_location == _EXTERNAL:
         if dtype is None:
             raise OnnxError(path, f"tensor {name!r}: external data of type {tensor.data_type} is not supported")
@@ -154,6 +178,8 @@ def _read_external(path, name, tensor, expected):
     info = {e.key: e.value for e in tensor.external_data}
     location = info.get("location", "")
     where = f"tensor {name!r}: external data {location!r}"
+    if "\0" in location:
+        raise OnnxError(path, f"{where} contains a NUL byte")
     parts = re.split(r"[\\/]", location)
     if (not location or os.path.isabs(location) or location.startswith(("/", "\\"))
             or re.match(r"^[A-Za-z]:", location) or ".." in parts):
@@ -212,6 +238,7 @@ class _Converter:
         self.path, self.proto, self.graph = path, proto, proto.graph
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.entries, self.state, self.aliases, self.names = [], {}, {}, set()
+        self.unavailable = {}  # tensor/node name -> why extract() cannot give it (see _refold)
         self.last = None  # (name, kind) of the conv/dense layer producing the current tensor, if any
 
     def fail(self, reason, node=None):
@@ -230,7 +257,10 @@ class _Converter:
                 if value is None:
                     self.fail("only tensor-valued Constant nodes are supported", node)
                 self.consts[node.output[0]] = value
-        for node in g.node:  # every op checked first: the error names what is not supported
+        self.nodes = self._recognize_lrns(list(g.node))
+        for node in self.nodes:  # every op checked first: the error names what is not supported
+            if node.domain == "fastalex" and node.op_type == "TorchLRN":
+                continue
             if node.op_type not in SUPPORTED_OPS or node.domain not in ("", "ai.onnx"):
                 self.fail(f"operator {node.domain + '.' if node.domain else ''}{node.op_type} is not "
                           f"supported; supported: {', '.join(SUPPORTED_OPS)}", node)
@@ -238,10 +268,10 @@ class _Converter:
         input_shape = self.shape
         outputs = [o.name for o in g.output]
         uses, seen = {}, {current}
-        for node in g.node:
+        for node in self.nodes:
             for name in node.input:
                 uses[name] = uses.get(name, 0) + 1
-        for node in g.node:
+        for node in self.nodes:
             if node.op_type == "Constant":
                 continue
             data = [i for i in node.input if i and i not in self.consts]
@@ -272,13 +302,39 @@ class _Converter:
             self.aliases.setdefault("logits", logits[-1])
         aliases = {k: v for k, v in self.aliases.items() if k != v}
         if preprocess is None or isinstance(preprocess, str):
-            preprocess = preprocess_preset(preprocess or "torchvision", crop=input_shape[1])
+            preprocess = preprocess_preset(preprocess or "torchvision", crop=input_shape[1:])
         stem = os.path.splitext(os.path.basename(self.path))[0]
         spec = {"variant": f"onnx:{stem}", "title": f"ONNX model {os.path.basename(self.path)} (opset {self.opset})",
                 "input_shape": input_shape, "preprocess": dict(preprocess),
-                "aliases": aliases, "layers": self.entries, "source": os.path.abspath(self.path),
-                "opset": self.opset}
+                "aliases": aliases, "unavailable": dict(self.unavailable), "layers": self.entries, "source": os.path.abspath(self.path),
+                "opset": self.opset, "fixed_input_size": True}
         return spec, self.state
+
+    def _recognize_lrns(self, nodes):
+        """``nodes`` with each LocalResponseNorm that torch spelled out (see :mod:`._onnx_lrn`)
+        replaced by one ``fastalex.TorchLRN`` node, checked when the walk reaches it."""
+        from onnx import helper
+
+        from . import _onnx_lrn
+        try:
+            regions, taken = _onnx_lrn.find(nodes, lambda name: name in self.consts,
+                                            {o.name for o in self.graph.output})
+        except _onnx_lrn.PatternError as exc:
+            self.fail(f"looks like torch's spelled-out LocalResponseNorm, but {exc}", exc.node)
+        self.lrns = {}
+        at = {r.index: r for r in regions}
+        out = []
+        for i, node in enumerate(nodes):
+            region = at.get(i)
+            if region is not None:
+                scope = re.match(r"^(.*)/[^/]*$", region.div.name or "")
+                name = scope.group(1) if scope and scope.group(1) else region.div.name
+                out.append(helper.make_node("TorchLRN", [region.x], [region.div.output[0]], name=name,
+                                            domain="fastalex"))
+                self.lrns[region.div.output[0]] = region
+            elif i not in taken:
+                out.append(node)
+        return out
 
     def _input(self):
         inputs = [i for i in self.graph.input if i.name not in self.consts]
@@ -315,14 +371,19 @@ class _Converter:
             self.fail(f"{what} {name!r} contains NaN/inf values", node)
         return arr
 
+    def finite(self, arr, node, what):
+        """``arr`` as float32 if every value is finite there, else an error naming ``what``
+        (folding constants must not overflow float32)."""
+        with np.errstate(all="ignore"):
+            arr = np.asarray(arr).astype(np.float32)
+        if not np.isfinite(arr).all():
+            self.fail(f"{what} overflows float32 (inf or NaN values)", node)
+        return arr
+
     # -- adding layers
     def add(self, node, kind, kwargs, params=None):
         from .models import LAYER_TYPES
-        base = _sanitize(node.name or node.output[0]) or f"{node.op_type.lower()}{len(self.entries)}"
-        name, k = base, 2
-        while name in self.names:
-            name, k = f"{base}_{k}", k + 1
-        self.names.add(name)
+        name = self._unique(_sanitize(node.name or node.output[0]) or f"{node.op_type.lower()}{len(self.entries)}")
         entry = (name, (kind, kwargs))
         try:
             extra = {"rng": None} if kind in ("Conv2D", "Dense") else {}  # zero placeholders: only the shape is wanted
@@ -437,6 +498,30 @@ class _Converter:
         self.add(node, "LocalResponseNorm", dict(size=size, alpha=_f32(a.get("alpha", 1e-4)),
                                                  beta=_f32(a.get("beta", 0.75)), k=_f32(a.get("bias", 1.0))))
 
+    def op_TorchLRN(self, node, a):
+        from . import _onnx_lrn
+        c, h, w = self.image(node)
+        region = self.lrns[node.output[0]]
+        batches = [self.batch] if isinstance(self.batch, int) and self.batch > 0 else [1, 2]
+
+        def constant(name):
+            return self.const(name, node, "constant") if name in self.consts else None
+        try:  # the shape computations are evaluated per batch size: the same LRN for each
+            found = {_onnx_lrn.match(region, constant, (n, c, h, w)) for n in batches}
+        except _onnx_lrn.Mismatch as exc:
+            self.fail(f"looks like torch's spelled-out LocalResponseNorm (Mul, Reshape, Pad, AveragePool, "
+                      f"Squeeze, Mul, Add, Pow, Div), but {exc}; only that exact pattern is read as an LRN",
+                      region.div)
+        if len(found) != 1:
+            self.fail(f"a spelled-out LocalResponseNorm whose constants depend on the batch size {found}", region.div)
+        size, alpha, beta, k = found.pop()
+        name = self.add(node, "LocalResponseNorm", dict(size=size, alpha=_f32(alpha), beta=_f32(beta), k=_f32(k)))
+        why = (f"is inside the LocalResponseNorm that torch spelled out as primitive ops; fastalex runs it "
+               f"as the one layer {name!r}, so this tensor is never computed: extract {name!r} (its output)")
+        for inner in region.nodes:
+            for key in [o for o in inner.output if o] + ([inner.name] if inner.name else []):
+                self.unavailable.setdefault(key, why)
+
     def op_Relu(self, node, a):
         self.add(node, "ReLU", {})
 
@@ -499,13 +584,15 @@ class _Converter:
         w = b if int(a.get("transB", 0)) else b.T
         if w.shape[1] != k:
             self.fail(f"B {b.shape} (transB={int(a.get('transB', 0))}) does not take {k} features", node)
-        w = w * np.float32(a.get("alpha", 1.0))
+        alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)
+        w = self.finite(w * np.float32(alpha), node, f"B * alpha (alpha={_f32(alpha):g})")
         bias = None
         if len(node.input) > 2 and node.input[2]:
             c = self.weight(node.input[2], node, "C")
             if c.size not in (1, w.shape[0]) or (c.ndim == 2 and c.shape[0] != 1) or c.ndim > 2:
                 self.fail(f"C of shape {c.shape} is not a bias of {w.shape[0]} outputs", node)
-            bias = np.broadcast_to(c.reshape(-1), (w.shape[0],)) * np.float32(a.get("beta", 1.0))
+            bias = self.finite(np.broadcast_to(c.reshape(-1), (w.shape[0],)) * np.float32(beta), node,
+                               f"C * beta (beta={_f32(beta):g})")
         self._dense(node, w, bias)
 
     def op_MatMul(self, node, a):
@@ -516,10 +603,36 @@ class _Converter:
         self._dense(node, b.T, None)
 
     def _folded_into(self, node, what):
-        """The conv/dense layer this node's constant is folded into (it must come right before)."""
+        """The conv/dense layer this node's constant is folded into (it must come right before).
+
+        The layer then computes this node's output, not its own node's: it is renamed after this
+        node, and the names of the tensor before the fold (the layer's old name, its node's name
+        and output tensors) become :attr:`unavailable`, so ``extract()`` refuses them instead of
+        giving values after the fold (ONNX Runtime's value of that tensor is the one before)."""
         if self.last is None:
             self.fail(f"{what} is only supported right after a Conv, Gemm or MatMul", node)
+        old, kind = self.last
+        new = self._unique(_sanitize(node.name or node.output[0]) or f"{node.op_type.lower()}{len(self.entries)}")
+        stale = [old] + [k for k, v in self.aliases.items() if v == old]
+        for key in stale:
+            self.aliases.pop(key, None)
+            self.unavailable[key] = (
+                f"is the output of a {kind} layer before the {node.op_type} {node.name or node.output[0]!r} "
+                f"that was folded into its weights: fastalex never computes that tensor; "
+                f"extract {new!r} (after the {node.op_type}) instead")
+        self.names.discard(old)
+        self.entries = [(new if n == old else n, body) for n, body in self.entries]
+        self.state = {(f"{new}.{k.split('.', 1)[1]}" if k.split(".", 1)[0] == old else k): v
+                      for k, v in self.state.items()}
+        self.last = (new, kind)
         return self.last
+
+    def _unique(self, base):
+        name, k = base, 2
+        while name in self.names:
+            name, k = f"{base}_{k}", k + 1
+        self.names.add(name)
+        return name
 
     def op_Add(self, node, a):
         name, kind = self._folded_into(node, "adding a constant")
@@ -530,7 +643,8 @@ class _Converter:
                        "Conv2D": [(), (1,), (out, 1, 1), (1, out, 1, 1)]}[kind]
         if value.shape not in per_channel:
             self.fail(f"only a bias per output channel can be added, got shape {value.shape}", node)
-        self._set_bias(name, self.state.get(f"{name}.bias", 0.0) + np.broadcast_to(value.reshape(-1), (out,)))
+        bias = self.state.get(f"{name}.bias", 0.0) + np.broadcast_to(value.reshape(-1), (out,))
+        self._set_bias(name, self.finite(bias, node, f"the bias of {name!r} plus the addend"))
 
     def op_BatchNormalization(self, node, a):
         name, kind = self._folded_into(node, "BatchNormalization")
@@ -544,11 +658,17 @@ class _Converter:
         for arr, what in ((scale, "scale"), (shift, "B"), (mean, "mean"), (var, "var")):
             if arr.shape != (out,):
                 self.fail(f"{what} must have shape ({out},), got {arr.shape}", node)
-        factor = scale / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+        epsilon = float(a.get("epsilon", 1e-5))
+        if not (var + epsilon > 0).all():  # var >= 0 in any trained model; epsilon keeps var = 0 finite
+            bad = int(np.argmin(var + epsilon))
+            self.fail(f"var + epsilon must be positive, got var[{bad}] = {var[bad]:g} with epsilon = "
+                      f"{epsilon:g} (division by zero or the root of a negative number)", node)
+        factor = scale / np.sqrt(var + epsilon)
         w = self.state[f"{name}.weight"].astype(np.float64)
-        self.state[f"{name}.weight"] = (w * factor.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+        folded = (w * factor.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+        self.state[f"{name}.weight"] = self.finite(folded, node, f"the weight of {name!r} folded with it")
         bias = self.state.get(f"{name}.bias", np.zeros(out, np.float32)).astype(np.float64)
-        self._set_bias(name, (bias - mean) * factor + shift)
+        self._set_bias(name, self.finite((bias - mean) * factor + shift, node, f"the bias of {name!r} folded with it"))
 
     def _set_bias(self, name, bias):
         self.state[f"{name}.bias"] = np.ascontiguousarray(bias, dtype=np.float32)

@@ -19,7 +19,8 @@ from fastalex import layers as L  # noqa: E402
 from fastalex.onnx_import import SUPPORTED_OPS, OnnxError, read_onnx  # noqa: E402
 from support import assert_agree  # noqa: E402
 from support.fixture_specs import FIXTURES, fixture_input  # noqa: E402
-from support.onnx_graphs import caffe_alexnet, single_op  # noqa: E402
+from support.onnx_graphs import (TORCH_LRN, TORCH_LRN_INPUT, TORCH_LRN_NETS, TORCH_LRN_STEMS,  # noqa: E402
+                         caffe_alexnet, single_op)
 
 ONNX_DIR = FIXTURES / "onnx"
 STEMS = ["original_reduced_op9", "original_reduced_op17", "torchvision_reduced_op9",
@@ -92,10 +93,10 @@ def test_batchnorm_is_folded_and_weights_round_trip(tmp_path):
 def test_preprocess_presets_take_the_graph_input_size():
     path = ONNX_DIR / "vgg_bn_op9.onnx"
     caffe = fastalex.load_onnx(path, preprocess="caffe").preprocess
-    assert caffe["channel_order"] == "BGR" and caffe["pixel_max"] == 255.0 and caffe["crop"] == 30
+    assert caffe["channel_order"] == "BGR" and caffe["pixel_max"] == 255.0 and caffe["crop"] == (30, 33)
     assert tuple(caffe["mean"]) == (104.0, 117.0, 123.0)
     torchvision = fastalex.load_onnx(path).preprocess
-    assert torchvision.get("channel_order", "RGB") == "RGB" and torchvision["crop"] == 30
+    assert torchvision.get("channel_order", "RGB") == "RGB" and torchvision["crop"] == (30, 33)
     spec, state = read_onnx(ONNX_DIR / "caffe_alexnet.onnx", preprocess="caffe")
     assert spec["preprocess"]["crop"] == 224 and spec["preprocess"]["resize"] == 256
     with pytest.raises(ValueError, match="caffe"):
@@ -347,3 +348,400 @@ def test_full_size_torchvision_export_matches_onnxruntime(tmp_path):
     for backend in ("numpy", "numba"):
         m.backend = backend
         assert_agree(m(x), ref, f"torchvision AlexNet via ONNX on {backend}")
+
+
+# ----------------------------------------------------------------------------- issue 19: folded names, sizes, bad numbers
+
+def _conv_bn_graph(path, var=(0.5, 2.0), epsilon=1e-5, scale=(3.0, -0.5)):
+    """x (1, 3, 6, 7) -> Conv 'conv' (output 'conv_out') -> BatchNormalization 'bn' ('bn_out')
+    -> Relu ('act') -> Flatten ('z')."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(19)
+    arrays = {"w": rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "b": np.array([0.5, -1.0], np.float32),
+              "s": np.array(scale, np.float32), "sh": np.array([10.0, -7.0], np.float32),
+              "m": np.array([4.0, -3.0], np.float32), "v": np.array(var, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv_out"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("BatchNormalization", ["conv_out", "s", "sh", "m", "v"], ["bn_out"], name="bn",
+                              epsilon=epsilon),
+             helper.make_node("Relu", ["bn_out"], ["act"]), helper.make_node("Flatten", ["act"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 7])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 40])],
+                              [numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path), arrays
+
+
+def test_extract_refuses_the_tensor_before_a_folded_batchnorm(tmp_path, backend):
+    """Item 5: the Conv's own output 'conv_out' (and its node's name 'conv') is not computed
+    once the BatchNorm is folded into the weights: extract() refuses it, naming the BN tensor to
+    take instead, which is ONNX Runtime's value of that tensor."""
+    path, a = _conv_bn_graph(tmp_path / "conv_bn.onnx")
+    m = fastalex.load_onnx(path, backend=backend)
+    x = np.random.default_rng(5).standard_normal((1, 3, 6, 7)).astype(np.float32) * 3
+    for name in ("conv_out", "conv"):
+        with pytest.raises(ValueError, match=rf"'{name}' is the output of a Conv2D layer before the "
+                                             r"BatchNormalization 'bn'.*extract 'bn'"):
+            m.extract(x, [name])
+    conv = fastalex.functional.conv2d(x, a["w"], a["b"], backend="numpy")
+    bn = ((conv - a["m"][:, None, None]) / np.sqrt(a["v"][:, None, None] + 1e-5) * a["s"][:, None, None]
+          + a["sh"][:, None, None])
+    out = m.extract(x, ["bn_out", "bn", "act"])
+    assert_agree(out["bn_out"], bn, "after the folded BatchNorm")
+    assert_agree(out["bn"], bn, "the BatchNorm node's name")
+    assert_agree(out["act"], np.maximum(bn, 0), "after the ReLU")
+    assert [name for name, _ in m.named_layers()] == ["bn", "act", "z"]
+    assert sorted(m.state_dict()) == ["bn.bias", "bn.weight"]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    proto = onnx.load(str(path))
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("bn_out", onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert_agree(out["bn_out"], session.run(["bn_out"], {"x": x})[0], "bn_out vs ONNX Runtime")
+
+
+def test_non_square_graph_input_gives_a_non_square_crop(tmp_path):
+    """Item 6: a graph declaring (3, 32, 48) gets 32x48 images from load_image/classify (the
+    shorter side resized to cover the crop, the centre cropped), and the model refuses inputs of
+    another size, as ONNX Runtime does."""
+    from PIL import Image
+    w = np.random.default_rng(6).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    proto = _then_flatten(single_op("Conv", (1, 3, 32, 48), inits=[("w", w)], kernel_shape=[3, 3], strides=[2, 2]))
+    m = fastalex.load_onnx(_save(proto, tmp_path / "wide.onnx"))
+    assert m.input_shape == (3, 32, 48) and m.preprocess["crop"] == (32, 48)
+    pixels = np.random.default_rng(7).integers(0, 256, (100, 60, 3), dtype=np.uint8)  # a tall photo
+    photo = tmp_path / "tall.png"
+    Image.fromarray(pixels).save(photo)
+    x = fastalex.load_image(photo, m)
+    assert x.shape == (3, 32, 48)
+    # the same numbers as torchvision's Resize(55) then CenterCrop((32, 48)) on this photo
+    small = Image.fromarray(pixels).resize((55, 91), Image.BILINEAR).crop((4, 30, 52, 62))  # round(3.5), round(29.5)
+    mean, std = np.array(m.preprocess["mean"], np.float32), np.array(m.preprocess["std"], np.float32)
+    ref = ((np.asarray(small).astype(np.float32) / np.float32(255) - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(x, ref, atol=1e-5)
+    assert fastalex.load_images([photo, photo], m).shape == (2, 3, 32, 48)
+    assert fastalex.load_images([], m).shape == (0, 3, 32, 48)
+    [pred] = fastalex.classify(str(photo), model=m, labels=False, top=3)
+    assert pred.error is None
+    np.testing.assert_allclose(pred.probabilities, m.predict(x, top=3)[0], rtol=1e-5)
+    for bad in ((1, 3, 32, 32), (1, 3, 48, 32)):
+        with pytest.raises(ValueError, match=r"must be 32x48"):
+            m(np.zeros(bad, np.float32))
+    caffe = fastalex.load_onnx(tmp_path / "wide.onnx", preprocess="caffe")
+    assert fastalex.load_image(photo, caffe).shape == (3, 32, 48)
+
+
+def _bad_number_graphs(tmp_path):
+    """Item 14: {case: (path, message)} for the files whose numbers cannot be folded or read."""
+    from onnx import helper, numpy_helper
+    cases = {}
+    path, _ = _conv_bn_graph(tmp_path / "bn_var0.onnx", var=(0.0, 1.0), epsilon=0.0)
+    cases["bn_var0"] = (path, r"var \+ epsilon must be positive, got var\[0\] = 0 with epsilon = 0")
+    path, _ = _conv_bn_graph(tmp_path / "bn_overflow.onnx", scale=(3e38, 1.0), var=(1e-30, 1.0))
+    cases["bn_overflow"] = (path, r"'bn' \(BatchNormalization\): the weight of 'bn' folded with it overflows float32")
+    proto = _then_flatten(single_op("Conv", (1, 3, 4, 4), inits=[("w", np.ones((2, 3, 3, 3), np.float32))],
+                                    kernel_shape=[3, 3]))
+    proto.graph.node.append(helper.make_node("Gemm", ["z", "B"], ["g"], name="fc", alpha=1e30))
+    proto.graph.initializer.append(numpy_helper.from_array(np.full((8, 2), 1e20, np.float32), "B"))
+    proto.graph.output[0].name = "g"
+    cases["gemm_alpha"] = (_save(proto, tmp_path / "gemm_alpha.onnx"), r"'fc' \(Gemm\): B \* alpha \(alpha=1e\+30\) overflows")
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    raw, _ = _external(folder / "nul.onnx", "w\0.bin")
+    (folder / "w").write_bytes(raw)
+    cases["nul"] = (folder / "nul.onnx", r"external data 'w\\x00.bin' contains a NUL byte")
+    (folder / "w.bin").write_bytes(raw)
+    _external(folder / "dims.onnx", "w.bin")
+    proto = onnx.load(str(folder / "dims.onnx"), load_external_data=False)
+    del proto.graph.initializer[0].dims[:]
+    proto.graph.initializer[0].dims.extend([2 ** 62, 2 ** 62, 3, 3])
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "length":
+            entry.value = "0"
+    cases["dims"] = (_save(proto, folder / "dims.onnx"), r"whose product overflows int64")
+    return cases
+
+
+def test_bad_numbers_are_onnx_errors_naming_the_file(tmp_path, recwarn):
+    """Item 14: BatchNorm var = epsilon = 0, folding that overflows, a Gemm alpha that overflows,
+    a NUL byte in an external location, dims whose product overflows int64: each an OnnxError
+    naming the file and the cause, and no numpy RuntimeWarning."""
+    import warnings
+    warnings.simplefilter("always")
+    for case, (path, message) in _bad_number_graphs(tmp_path).items():
+        with pytest.raises(OnnxError, match=message) as info:
+            fastalex.load_onnx(path)
+        assert info.value.path == str(path), case
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+
+
+def test_constant_with_external_data_is_read_from_the_model_folder(tmp_path, monkeypatch):
+    """Item 15: a Constant node's external data is found in the model's folder, whatever the
+    working directory (the checker used to look in the working directory and refuse the file)."""
+    from onnx import TensorProto, helper
+    folder = tmp_path / "model"
+    folder.mkdir()
+    w = np.arange(2 * 3 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 3) / 50
+    value = onnx.numpy_helper.from_array(w, "w")
+    raw = value.raw_data
+    value.ClearField("raw_data")
+    value.data_location = TensorProto.EXTERNAL
+    for key, v in (("location", "const.bin"), ("offset", "0"), ("length", str(len(raw)))):
+        entry = value.external_data.add()
+        entry.key, entry.value = key, v
+    (folder / "const.bin").write_bytes(raw)
+    proto = _then_flatten(single_op("Conv", (1, 3, 5, 5), extra_inputs=["w"], kernel_shape=[3, 3]))
+    proto.graph.node.insert(0, helper.make_node("Constant", [], ["w"], value=value))
+    path = _save(proto, folder / "m.onnx")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    m = fastalex.load_onnx(path)
+    np.testing.assert_array_equal(m.state_dict()["y.weight"], w)
+    (folder / "const.bin").write_bytes(raw[:-4])  # still checked: a short file is refused, naming the model
+    with pytest.raises(OnnxError, match="too short") as info:
+        fastalex.load_onnx(path)
+    assert str(path) in str(info.value)
+
+
+# ----------------------------------------------------------------------------- issue 19 item 25: LRN as torch exports it
+
+@pytest.mark.parametrize("stem", TORCH_LRN_STEMS)
+def test_torch_spelled_out_lrn_is_one_layer_matching_onnxruntime(stem, backend):
+    """torch.onnx.export writes nn.LocalResponseNorm as Mul/Reshape/Pad/AveragePool/Squeeze/Mul/
+    Add/Pow/Div plus shape computations (each opset and exporter its own way): read as one
+    LocalResponseNorm with the module's size, alpha, beta and k, giving ONNX Runtime's output."""
+    m = fastalex.load_onnx(ONNX_DIR / f"{stem}.onnx", backend=backend)
+    layers = [layer for _, layer in m.named_layers()]
+    assert [type(layer).__name__ for layer in layers] == ["LocalResponseNorm", "Flatten"]
+    size = 4 if "size4" in stem else TORCH_LRN["size"]
+    assert (layers[0].size, layers[0].alpha, layers[0].beta, layers[0].k) == (
+        size, TORCH_LRN["alpha"], TORCH_LRN["beta"], TORCH_LRN["k"])
+    x = expected()["lrn_input"]
+    assert x.shape == TORCH_LRN_INPUT
+    assert_agree(m(x), expected()[stem], f"{stem} on {backend}")
+    if "static" not in stem:  # a dynamic batch: any batch size
+        assert_agree(m(x[:1]), expected()[stem][:1], f"{stem}, batch 1, on {backend}")
+
+
+@pytest.mark.parametrize("stem", TORCH_LRN_NETS)
+def test_torch_exported_2012_alexnet_matches_onnxruntime(stem, backend):
+    """The 2012 AlexNet (narrow) exported with torch's own LRN, TorchScript (opsets 9, 17) and
+    dynamo: both LRNs recognized, the whole network agrees with ONNX Runtime."""
+    m = model(stem)
+    lrns = [layer for _, layer in m.named_layers() if isinstance(layer, L.LocalResponseNorm)]
+    assert [(n.size, n.alpha, n.beta, n.k) for n in lrns] == [(5, 1e-4, 0.75, 2.0)] * 2
+    kinds = [type(layer).__name__ for _, layer in m.named_layers()]
+    assert kinds[:4] == ["Conv2D", "ReLU", "LocalResponseNorm", "MaxPool2D"] and kinds.count("Dense") == 3
+    ref = expected()[stem]
+    m.backend = backend
+    try:
+        assert_agree(m(inputs(m, len(ref))), ref, f"{stem} on {backend}")
+    finally:
+        m.backend = None
+
+
+def test_tensors_inside_a_spelled_out_lrn_are_refused_by_extract():
+    m = model("original_torchlrn_op17")
+    proto = onnx.load(str(ONNX_DIR / "original_torchlrn_op17.onnx"))
+    inner = next(n.output[0] for n in proto.graph.node if n.op_type == "Pow")
+    lrn = next(name for name, layer in m.named_layers() if isinstance(layer, L.LocalResponseNorm))
+    with pytest.raises(ValueError, match=rf"is inside the LocalResponseNorm .* extract '{lrn}'"):
+        m.extract(inputs(m, 1), [inner])
+    div = next(n.output[0] for n in proto.graph.node if n.op_type == "Div")
+    assert m.extract(inputs(m, 1), [div])[div].shape[1] == 6  # the LRN's own output is there
+
+
+def _lrn_graph(stem="lrn_dynamo_static"):
+    return onnx.load(str(ONNX_DIR / f"{stem}.onnx"))
+
+
+def _node(proto, op, k=0):
+    return [n for n in proto.graph.node if n.op_type == op][k]
+
+
+def _set_init(proto, name, array):
+    from onnx import numpy_helper
+    for i, t in enumerate(proto.graph.initializer):
+        if t.name == name:
+            proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.asarray(array), name))
+            return
+    raise KeyError(name)
+
+
+def _set_attr(node, name, value):
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def _mutations():
+    """(what, mutate(proto) -> proto, the reason in the error): graphs that are not torch's LRN."""
+    def kernel(p):
+        _set_attr(_node(p, "AveragePool"), "kernel_shape", [5, 1, 1])
+        return p
+
+    def placement(p):
+        _set_init(p, _node(p, "Pad").input[1], np.array([0, 0, 2, 0, 0, 0, 0, 0, 0, 0], np.int64))
+        return p
+
+    def other_axis(p):
+        _set_init(p, _node(p, "Pad").input[1], np.array([0, 0, 1, 1, 0, 0, 0, 1, 0, 0], np.int64))
+        return p
+
+    def per_channel_alpha(p):
+        _set_init(p, _node(p, "Mul", 1).input[1], np.full((6, 1, 1), 0.05, np.float32))
+        return p
+
+    def not_a_square(p):
+        _set_init(p, _node(p, "Mul", 1).input[1], np.array(0.05, np.float32))
+        sq = _node(p, "Mul", 0)
+        sq.input[1] = _node(p, "Mul", 1).input[1]
+        return p
+
+    def subtract(p):
+        _node(p, "Add").op_type = "Sub"
+        return p
+
+    def strides(p):
+        _set_attr(_node(p, "AveragePool"), "strides", [1, 2, 1])
+        return p
+
+    def used_outside(p):
+        p.graph.output.append(onnx.helper.make_tensor_value_info(_node(p, "Pow").output[0], onnx.TensorProto.FLOAT,
+                                                                 list(TORCH_LRN_INPUT)))
+        return p
+
+    def squeeze_axis(p):
+        _set_init(p, _node(p, "Squeeze").input[1], np.array([0], np.int64))
+        return p
+
+    def order(p):  # k added before alpha multiplies
+        mul, add = _node(p, "Mul", 1), _node(p, "Add")
+        sq_in, mul_out, add_out = mul.input[0], mul.output[0], add.output[0]
+        add.input[0], add.output[0] = sq_in, mul_out
+        mul.input[0], mul.output[0] = mul_out, add_out
+        nodes = list(p.graph.node)
+        i, j = nodes.index(mul), nodes.index(add)
+        nodes[i], nodes[j] = nodes[j], nodes[i]
+        del p.graph.node[:]
+        p.graph.node.extend(nodes)
+        return p
+
+    return [("kernel", kernel, r"kernel \[5, 1, 1\] is not \(3, 1, 1\)"),
+            ("placement", placement, r"spans 2 channels before and 0 after; torch's LocalResponseNorm\(3\) spans 1 and 1"),
+            ("other axis", other_axis, r"pad more than the channel axis"),
+            ("per-channel alpha", per_channel_alpha, r"the Mul's constant is not a floating-point scalar"),
+            ("not a square", not_a_square, r"the square is Mul"),
+            ("subtract", subtract, r"its denominator also uses Sub"),
+            ("strides", strides, r"strides, pads or dilations"),
+            ("used outside", used_outside, r"is also used outside it"),
+            ("squeeze axis", squeeze_axis, r"Squeeze of axes \[0\]"),
+            ("order", order, r"comes where torch's LRN has no")]
+
+
+@pytest.mark.parametrize("what, mutate, reason", _mutations(), ids=[m[0] for m in _mutations()])
+def test_lrn_lookalikes_are_refused_with_the_reason(tmp_path, what, mutate, reason):
+    """Each step's operator, attributes and constants are checked: a graph that differs from
+    torch's LRN in any of them is refused (never run as an LRN it is not)."""
+    path = _save(mutate(_lrn_graph()), tmp_path / "lookalike.onnx")
+    with pytest.raises(OnnxError, match="looks like torch's spelled-out LocalResponseNorm") as info:
+        fastalex.load_onnx(path)
+    assert str(path) in str(info.value)
+    assert __import__("re").search(reason, str(info.value)), str(info.value)
+
+
+def test_lrn_lookalike_with_dynamic_shapes_is_refused(tmp_path):
+    """Opset 13's If(shape[1] == 1, Squeeze, Identity) is evaluated, not assumed: with the
+    condition's constant changed the Identity branch is taken, which is not torch's LRN; a
+    reshape target computed from the input's shape is evaluated too."""
+    proto = _lrn_graph("lrn_op13")
+    equal = _node(proto, "Equal")
+    const = next(n for n in proto.graph.node if n.output[0] == equal.input[1])
+    _set_attr(const, "value", onnx.numpy_helper.from_array(np.array([2], np.int64)))
+    with pytest.raises(OnnxError, match=r"Reshape .* comes where torch's LRN has no Reshape \(after the pooled step\)"):
+        fastalex.load_onnx(_save(proto, tmp_path / "if.onnx"))
+    proto = _lrn_graph("lrn_op13")
+    concat = _node(proto, "Concat")  # (N, 1, C, H, -1) -> (N, 2, C, H, -1)
+    const = next(n for n in proto.graph.node if n.output[0] == concat.input[1])
+    _set_attr(const, "value", onnx.numpy_helper.from_array(np.array([2], np.int64)))
+    with pytest.raises(OnnxError, match=r"Reshape target .* does not fit|is reshaped to"):
+        fastalex.load_onnx(_save(proto, tmp_path / "view.onnx"))
+
+
+def test_torch_exports_at_every_opset_match_torch(tmp_path, backend):
+    """With torch installed: nn.LocalResponseNorm exported live at opsets 9 to 17 (dynamic and
+    fixed batch) and by the dynamo exporter, recognized and equal to torch's output."""
+    torch = pytest.importorskip("torch")
+    import logging
+    import warnings
+    logging.disable(logging.WARNING)
+    try:
+        net = torch.nn.Sequential(torch.nn.LocalResponseNorm(5, 1e-3, 0.75, 2.0), torch.nn.Flatten()).eval()
+        x = np.random.default_rng(25).standard_normal((2, 7, 4, 3)).astype(np.float32) * 10
+        with torch.no_grad():
+            ref = net(torch.from_numpy(x)).numpy()
+        for opset in [*range(9, 18), "dynamo"]:
+            for dynamic in (True, False):
+                path = tmp_path / f"lrn_{opset}_{dynamic}.onnx"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if opset == "dynamo":
+                        pytest.importorskip("onnxscript")
+                        kw = dict(dynamic_shapes=({0: torch.export.Dim("N")},)) if dynamic else {}
+                        torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=True, external_data=False, **kw)
+                    else:
+                        kw = dict(dynamic_axes={"x": {0: "N"}}) if dynamic else {}
+                        torch.onnx.export(net, (torch.from_numpy(x),), str(path), opset_version=opset, dynamo=False,
+                                          input_names=["x"], **kw)
+                m = fastalex.load_onnx(path, backend=backend)
+                assert [type(layer).__name__ for _, layer in m.named_layers()] == ["LocalResponseNorm", "Flatten"]
+                assert_agree(m(x), ref, f"opset {opset}, dynamic batch {dynamic}")
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@full_size
+def test_full_size_torch_exported_2012_alexnet_matches_onnxruntime(tmp_path):
+    """The 2012 AlexNet built in torch (nn.LocalResponseNorm) and exported as torch does, at
+    opset 17: fastalex reads both spelled-out LRNs and agrees with ONNX Runtime."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_fixtures import torch_model
+    from fastalex.models import original_spec
+    torch.manual_seed(0)
+    net = torch_model(original_spec())
+    path = tmp_path / "alexnet2012.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 227, 227),), str(path), opset_version=17, dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    x = np.random.default_rng(7).standard_normal((2, 3, 227, 227)).astype(np.float32)
+    ref = _ort_run(path, x)
+    m = fastalex.load_onnx(path)
+    assert m.num_params == 60_965_224
+    assert sum(isinstance(layer, L.LocalResponseNorm) for _, layer in m.named_layers()) == 2
+    for backend in ("numpy", "numba"):
+        m.backend = backend
+        assert_agree(m(x), ref, f"the 2012 AlexNet exported by torch, on {backend}")
+
+
+def test_a_constant_shared_with_the_rest_of_the_graph_stays(tmp_path):
+    """A Constant node the LRN shares with a later node (here its k, as a Gemm's bias) is read by
+    both: the LRN is still recognized and the constant still feeds the Gemm."""
+    from onnx import helper, numpy_helper
+    proto = _lrn_graph("lrn_op13")
+    k_const = _node(proto, "Add").input[1]
+    assert any(n.op_type == "Constant" and n.output[0] == k_const for n in proto.graph.node)
+    flat = proto.graph.output[0].name
+    features = int(np.prod(TORCH_LRN_INPUT[1:]))
+    b = np.random.default_rng(26).standard_normal((features, 3)).astype(np.float32) / 10
+    proto.graph.initializer.append(numpy_helper.from_array(b, "B"))
+    proto.graph.node.append(helper.make_node("Gemm", [flat, "B", k_const], ["scores"]))
+    del proto.graph.output[:]
+    proto.graph.output.append(helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", 3]))
+    m = fastalex.load_onnx(_save(proto, tmp_path / "shared.onnx"))
+    assert [type(layer).__name__ for _, layer in m.named_layers()] == ["LocalResponseNorm", "Flatten", "Dense"]
+    x = expected()["lrn_input"]
+    assert_agree(m(x), expected()["lrn_op13"] @ b + TORCH_LRN["k"], "LRN, then a Gemm sharing the LRN's k")

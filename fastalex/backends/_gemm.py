@@ -213,7 +213,7 @@ def batched_gemm(a, bp, c, T, ak, cn, dk, dn):
     G, E, P, K = bp.shape[0], bp.shape[1], bp.shape[2], bp.shape[3]
     af, bf, cf = a.reshape(-1), bp.reshape(-1), c.reshape(-1)
     for task in prange(G * E * P):
-        product_task(af, a.shape[2], ak, dk, bf, G, E, P, K, cf, c.shape[2], cn, dn, T, task)
+        product_task(af, a.shape[2], ak, dk, bf, G, E, P, K, cf, c.shape[2], cn, dn, T, np.int64(task))
 
 
 # ----------------------------------------------------------------------------- dense layers

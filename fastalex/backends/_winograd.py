@@ -71,6 +71,9 @@ from ..shapes import conv_output_size
 from . import _gemm, tunables
 
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
+# _I64: the serial helpers are called with int64 indices everywhere (prange's index may be
+# uint64, a constant 0 a literal): each distinct argument type is one more compilation of the
+# whole helper, and a cold start compiled _input_row and _output_row four times each
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 
 #: output tile size ``m`` used for each (effective, stride-1) kernel size ``r``, and the
@@ -387,7 +390,7 @@ def _input_transform(x, V, m, s, pt, pl, th, tw, Wp, r0, rows):
     """:func:`_input_row` for the tile rows ``r0 .. r0+rows-1`` (row ``r = n*th + ty``) into
     ``V`` (rows*tw, alpha**2, C*s*s), one task per tile row."""
     for k in prange(rows):
-        _input_row(x, V, k, r0 + k, m, s, pt, pl, th, tw, Wp)
+        _input_row(x, V, np.int64(k), np.int64(r0 + k), m, s, pt, pl, th, tw, Wp)
 
 
 @njit(**_PAR)
@@ -395,7 +398,7 @@ def _output_transform(M, y, m, bias, relu, th, tw, r0, rows):
     """:func:`_output_row` for the tile rows ``r0 .. r0+rows-1`` from ``M`` (rows*tw, alpha**2, O),
     one task per tile row."""
     for k in prange(rows):
-        _output_row(M, y, k, r0 + k, m, bias, relu, th, tw)
+        _output_row(M, y, np.int64(k), np.int64(r0 + k), m, bias, relu, th, tw)
 
 
 @njit(**_SER)
@@ -407,11 +410,12 @@ def _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, r):
     bf = bp.reshape(-1)
     V = np.empty((tw, E, cs), np.float32)
     M = np.empty((tw, E, O), np.float32)
-    _input_row(x, V, 0, r, m, s, pt, pl, th, tw, Wp)
+    zero, row = np.int64(0), np.int64(r)  # one signature for every caller (see _I64)
+    _input_row(x, V, zero, row, m, s, pt, pl, th, tw, Wp)
     vf, mf = V.reshape(-1), M.reshape(-1)
     for task in range(G * E * P):  # group g's columns: K of V's, P*32 of M's
-        _gemm.product_task(vf, cs, 0, K, bf, G, E, P, K, mf, O, 0, P * _gemm.NR, tw, task)
-    _output_row(M, y, 0, r, m, bias, relu, th, tw)
+        _gemm.product_task(vf, cs, zero, K, bf, G, E, P, K, mf, O, zero, P * _gemm.NR, tw, np.int64(task))
+    _output_row(M, y, zero, row, m, bias, relu, th, tw)
 
 
 @njit(**_PAR)
@@ -423,7 +427,7 @@ def _fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs):
     from the transform that writes them to the one that reads them, and the whole layer is one
     launch. Arguments through :func:`checked_fused`."""
     for r in prange(x.shape[0] * th):
-        _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, r)
+        _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, np.int64(r))
 
 
 def checked_fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs):

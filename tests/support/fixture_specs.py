@@ -32,9 +32,10 @@ BATCH = 2
 X_SCALE, X_OFFSET = 1.0 / 32.0, -4.0
 
 
-def reduced_spec(variant: str) -> dict:
-    """The ``variant`` spec with conv channels divided by ``div`` and a small classifier."""
-    cfg = REDUCED[variant]
+def reduced_spec(variant: str, **overrides) -> dict:
+    """The ``variant`` spec with conv channels divided by ``div`` and a small classifier
+    (``overrides``: other ``div``/``hidden``/``num_classes`` than :data:`REDUCED`'s)."""
+    cfg = {**REDUCED[variant], **overrides}
     div, hidden, classes = cfg["div"], cfg["hidden"], cfg["num_classes"]
     spec = VARIANTS[variant](classes)
     last_conv, dense_seen, layers = None, 0, []

@@ -18,6 +18,21 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 
+#: the LocalResponseNorm of the committed ``lrn_*.onnx`` fixtures (torch spells it out as primitive
+#: ops on export): a window, alpha and k far enough from the defaults that a wrong one shows
+TORCH_LRN = dict(size=3, alpha=0.05, beta=0.6, k=1.5)
+#: and its input ``(N, C, H, W)`` (non-square, so H and W cannot be swapped unnoticed)
+TORCH_LRN_INPUT = (2, 6, 5, 7)
+#: the stems of the ``lrn_*.onnx`` fixtures: TorchScript exporter at opsets 9 to 17 with a
+#: dynamic batch (shapes computed with Shape/Gather/Unsqueeze/Concat, opset 11+ pads computed and
+#: squeeze spelled as If), with a fixed batch (shapes as constants), the dynamo exporter (both),
+#: and an even window (torch places it differently from ONNX's LRN)
+TORCH_LRN_STEMS = ["lrn_op9", "lrn_op11", "lrn_op13", "lrn_op17", "lrn_op17_static", "lrn_dynamo",
+                   "lrn_dynamo_static", "lrn_size4_op13"]
+#: the 2012 AlexNet (``reduced_spec("original", hidden=16)``) exported with torch's own LRN
+TORCH_LRN_NETS = ["original_torchlrn_op9", "original_torchlrn_op17", "original_torchlrn_dynamo"]
+
+
 def _he(rng, shape):
     fan_in = int(np.prod(shape[1:]))
     return (rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))).astype(np.float32)

@@ -1,0 +1,25 @@
+"""``fastalex serve``: an HTTP API with dynamic batching, and a page to look inside AlexNet.
+
+Needs the optional extra ``fastalex[serve]`` (Starlette, uvicorn, python-multipart)::
+
+    from fastalex.serve import create_app       # an ASGI app, for any ASGI server
+    app = create_app(fastalex.alexnet("torchvision", weights="imagenet"))
+
+The command line is ``fastalex serve`` (:mod:`fastalex.serve.command`); the API and the page
+are described in docs/serve.md.
+"""
+
+from .command import SERVE_INSTALL, require_serve
+
+__all__ = ["create_app", "ServeOptions", "require_serve", "SERVE_INSTALL"]
+
+
+def __getattr__(name):
+    if name in ("create_app", "ServeOptions"):
+        try:
+            require_serve()
+        except ImportError as exc:
+            raise ImportError(str(exc)) from None
+        from . import app
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
