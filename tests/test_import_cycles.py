@@ -29,6 +29,8 @@ KNOWN = {
     ("labels", "_files"), ("weights", "_files"), ("classify", "labels"), ("weights", "labels"),
     # the insight commands use cli's helpers; cli registers them
     ("cli", "cli_insight"), ("cli_insight", "cli"),
+    # the serve command (merged from main) is registered by cli and uses its helpers
+    ("cli", "serve.command"), ("serve.command", "cli"),
 }
 
 
