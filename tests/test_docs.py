@@ -27,7 +27,7 @@ from support.fixture_specs import FIXTURES
 
 PAGES = pages()
 #: blocks marked ``<!-- docs-test: skip (why) -->``: raise this only with a reason in the page
-SKIPPED = 11
+SKIPPED = 15
 OFFLINE_URL = "http://127.0.0.1:9/alexnet-owt-7be5be79.pth"  # the discard port: refused, offline
 
 
