@@ -273,6 +273,10 @@ class Dense(_Parametric):
         """Compute in ``precision`` (``"float32"`` or ``"bfloat16"``) from now on. Returns ``self``."""
         check_precision_and_weights(precision, self._weight_dtype, "Dense")
         self.precision = precision
+        if precision == "float32":  # writable again where the bf16 plan froze them
+            for arr in self.__dict__.pop("_frozen", ()):
+                arr.flags.writeable = True
+            self.__dict__.pop("_plans", None)
         return self
 
     def plan(self):
@@ -286,9 +290,11 @@ class Dense(_Parametric):
         plans = self.__dict__.setdefault("_plans", {})
         plan = plans.get((name, self.precision))
         if plan is None or plan.weight is not self.stored_weight or plan.bias is not self.bias:
+            frozen = self.__dict__["_frozen"] = []
             for arr in (self.stored_weight, self.bias):  # as Conv2D.plan: no change behind its back
-                if isinstance(arr, np.ndarray):
-                    arr.flags.writeable = False
+                if isinstance(arr, np.ndarray) and arr.flags.writeable:
+                    arr.flags.writeable = False  # (writable again with precision float32)
+                    frozen.append(arr)
             plan = plans[(name, self.precision)] = F.prepare_linear(
                 self.stored_weight, self.bias, self.precision, backend=name)
         return plan
