@@ -121,6 +121,26 @@ def test_dense_paths_match_the_bf16_reference(path, n, k, o):
         assert_bf16_close(y, np.maximum(ref, 0) if relu else ref, mag, k, f"{path} dense {n}x{k}->{o}")
 
 
+@pytest.mark.parametrize("groups,m,k,n", [(1, 40, 70, 50), (3, 32, 64, 17), (2, 5, 33, 1)])
+def test_unfused_products_match(path, groups, m, k, n):
+    """``_bf16.gemm`` (a whole ``C``, for a tuner timing products alone) on each path."""
+    rng = np.random.default_rng(m + k + n)
+    w = rng.standard_normal((groups, m, k), dtype=np.float32)
+    b = rng.standard_normal((groups, k, n), dtype=np.float32)
+    a = _bf16.pack_weight(w)
+    NP = -(-n // _bf16.NR)
+    bp = np.zeros((groups, NP, a.shape[2] // 2, _bf16.NR, 2), np.uint16)
+    for g in range(groups):  # B[g][k, col] -> panel col // 32, pair k // 2, lane col % 32, k % 2
+        padded = np.zeros((a.shape[2], NP * _bf16.NR), np.float32)
+        padded[:k, :n] = b[g]
+        bp[g] = to_bfloat16(padded).reshape(a.shape[2] // 2, 2, NP, _bf16.NR).transpose(2, 0, 3, 1)
+    c = np.zeros((groups, a.shape[1], NP * _bf16.NR), np.float32)
+    _bf16.gemm(path, a, bp, c, m, n)
+    ref = np.einsum("gmk,gkn->gmn", rb(w), rb(b))
+    mag = np.einsum("gmk,gkn->gmn", np.abs(rb(w)), np.abs(rb(b)))
+    assert_bf16_close(c[:, :m, :n], ref, mag, k, f"{path} gemm")
+
+
 def test_the_bound_catches_unrounded_inputs():
     """The tolerance is tight enough to tell bfloat16 products from float32 ones."""
     rng = np.random.default_rng(1)

@@ -198,39 +198,56 @@ def pack_weight(w3):
     return a
 
 
+@njit(**_SER)
+def _tap(k, cin_g, kh, kw):
+    """``(c, u, v)`` of row ``k`` of a group's im2col matrix (the weight's ``(c, u, v)`` order)."""
+    return k // (kh * kw), (k // kw) % kh, k % kw
+
+
 @njit(**_PAR)
 def _pack_windows(x16, n0, nb, bp, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, kg):
     """im2col of samples ``[n0, n0+nb)`` of bf16 ``x16`` (N, C, H, W) into the panels ``bp``
     ``(G, NP, KP2, 32, 2)``: ``B[g][k, s*ho*wo + i*wo + j] = x[n0+s, g*cin_g + c, i*sh - ph + u*dh,
     j*sw - pw + v*dw]`` (0 outside), ``k = (c*kh + u)*kw + v``; rows ``k >= kg`` and columns
-    beyond the samples are 0."""
+    beyond the samples are 0. One task per ``(group, k pair)``; each pair of ``k`` is written as
+    one 32-bit word (low half ``k`` even)."""
     G, NP, KP2 = bp.shape[0], bp.shape[1], bp.shape[2]
     H, W = x16.shape[2], x16.shape[3]
     ncols = NP * NR
-    zero = np.uint16(0)
-    for t in prange(G * KP2 * 2):
-        g, kp, e = t // (KP2 * 2), (t // 2) % KP2, t % 2
-        k = 2 * kp + e
-        col = 0
-        if k < kg:
-            c = g * cin_g + k // (kh * kw)
-            u = (k // kw) % kh
-            v = k % kw
-            for s in range(nb):
-                plane = x16[n0 + s, c]
-                for i in range(ho):
-                    ih = i * sh - ph + u * dh
-                    inside = 0 <= ih < H
-                    for j in range(wo):
-                        iw = j * sw - pw + v * dw
-                        val = zero
-                        if inside and 0 <= iw < W:
-                            val = plane[ih, iw]
-                        bp[g, col >> 5, kp, col & 31, e] = val
-                        col += 1
-        while col < ncols:
-            bp[g, col >> 5, kp, col & 31, e] = zero
-            col += 1
+    P = ho * wo
+    xf = x16.reshape(-1)
+    wf = bp.reshape(-1).view(np.uint32)   # (G, NP, KP2, 32) words
+    panel = KP2 * NR                       # words between panels
+    C = x16.shape[1]
+    for t in prange(G * KP2):
+        g, kp = t // KP2, t % KP2
+        base = g * NP * panel + kp * NR
+        k0 = 2 * kp
+        c0, u0, v0 = _tap(k0, cin_g, kh, kw)
+        c1, u1, v1 = _tap(k0 + 1, cin_g, kh, kw)
+        has0, has1 = k0 < kg, k0 + 1 < kg
+        for s in range(nb):
+            p0 = ((n0 + s) * C + g * cin_g + c0) * H * W
+            p1 = ((n0 + s) * C + g * cin_g + c1) * H * W
+            for i in range(ho):
+                ih0 = i * sh - ph + u0 * dh
+                ih1 = i * sh - ph + u1 * dh
+                in0 = has0 and 0 <= ih0 < H
+                in1 = has1 and 0 <= ih1 < H
+                col = s * P + i * wo
+                for j in range(wo):
+                    iw0 = j * sw - pw + v0 * dw
+                    iw1 = j * sw - pw + v1 * dw
+                    lo = np.uint32(0)
+                    hi = np.uint32(0)
+                    if in0 and 0 <= iw0 < W:
+                        lo = np.uint32(xf[p0 + ih0 * W + iw0])
+                    if in1 and 0 <= iw1 < W:
+                        hi = np.uint32(xf[p1 + ih1 * W + iw1])
+                    cc = col + j
+                    wf[base + (cc >> 5) * panel + (cc & 31)] = lo | (hi << np.uint32(16))
+        for cc in range(nb * P, ncols):
+            wf[base + (cc >> 5) * panel + (cc & 31)] = np.uint32(0)
 
 
 @njit(**_PAR)
@@ -269,6 +286,30 @@ def _conv_epilogue(c, y, n0, nb, og, bias, relu):
         s, o = t // O, t % O
         _bias_relu_row(c[o // og, o % og, s * P:(s + 1) * P], y[n0 + s, o],
                        bias[o] if has_bias else np.float32(0.0), relu)
+
+
+@njit(**_SER)
+def write_block(buf, y3, n0, P, o0, rows, c0, ncol, bias, relu):
+    """A block of ``C`` (``buf``: rows of 32 float32) to the output: ``y3[n0 + s, o0 + r, p] =
+    act(buf[r, jj] + bias[o0 + r])`` for ``r < rows``, ``jj < ncol``, where column ``c0 + jj``
+    is pixel ``p`` of sample ``s`` (``P`` pixels per sample; a dense layer: ``P = 1``)."""
+    has_bias = bias.shape[0] > 0
+    s0 = c0 // P
+    p0 = c0 - s0 * P
+    for r in range(rows):
+        o = o0 + r
+        b = bias[o] if has_bias else np.float32(0.0)
+        s, p = s0, p0
+        row = r * NR
+        for jj in range(ncol):
+            v = buf[row + jj] + b
+            if relu and v < 0.0:
+                v = np.float32(0.0)
+            y3[n0 + s, o, p] = v
+            p += 1
+            if p == P:
+                p = 0
+                s += 1
 
 
 @njit(**_PAR)
@@ -315,6 +356,8 @@ class Bf16Plan:
         self.bias = bias
         self.kernel, self.stride, self.dilation, self.cin_g = kernel, stride, dilation, cin_g
         self._a32 = None
+        #: other forms of the weight a path makes once, when it first runs (AMX: tile order)
+        self.extra = {}
 
     @property
     def a32(self):
@@ -371,12 +414,12 @@ def conv2d(x, plan: Bf16Plan, padding, relu, launch, path=None):
         NP = -(-(m * P) // NR)
         bp = np.empty((G, NP, Kp // 2, NR, 2), np.uint16)
         launch(_pack_windows, x16, n0, m, bp, plan.cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, plan.k)
-        c = np.empty((G, Mp, NP * NR), np.float32)
         if path == "emulation":
+            c = np.empty((G, Mp, NP * NR), np.float32)
             gemm(path, plan.a, bp, c, plan.m, m * P, a32)
-        else:
-            launch(_kernels(path).gemm, plan.a, bp, c, plan.m, m * P)
-        launch(_conv_epilogue, c, y3, n0, m, plan.m, bias, relu)
+            launch(_conv_epilogue, c, y3, n0, m, plan.m, bias, relu)
+        else:  # the product writes its blocks straight into y, with bias and ReLU
+            _kernels(path).fused(launch, plan, bp, y3, n0, P, bias, relu, m * P)
     return y
 
 
@@ -388,11 +431,12 @@ def linear(x, plan: Bf16Plan, relu, launch, path=None):
     NP = -(-N // NR)
     bp = np.empty((1, NP, Kp // 2, NR, 2), np.uint16)
     launch(_pack_rows, np.ascontiguousarray(x, np.float32), bp)
-    c = np.empty((1, Mp, NP * NR), np.float32)
-    if path == "emulation":
-        gemm(path, plan.a, bp, c, plan.m, N, plan.a32)
-    else:
-        launch(_kernels(path).gemm, plan.a, bp, c, plan.m, N)
     y = np.empty((N, plan.m), np.float32)
-    launch(_dense_epilogue, c, y, _NO_BIAS if plan.bias is None else plan.bias, bool(relu))
+    bias = _NO_BIAS if plan.bias is None else plan.bias
+    if path == "emulation":
+        c = np.empty((1, Mp, NP * NR), np.float32)
+        gemm(path, plan.a, bp, c, plan.m, N, plan.a32)
+        launch(_dense_epilogue, c, y, bias, bool(relu))
+    else:  # y as (N, out, 1): a sample is a "pixel column" of one pixel
+        _kernels(path).fused(launch, plan, bp, y.reshape(N, plan.m, 1), 0, 1, bias, bool(relu), N)
     return y

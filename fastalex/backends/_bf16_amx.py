@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._bf16 import MB, NR
+from ._bf16 import MB, NR, write_block
 
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
@@ -74,10 +74,11 @@ def _release(typingctx):
     return types.void(), codegen
 
 
-def _block_kernel(full):
+def _block_kernel(full, tiled=False):
     """``blk(a, ao, lda, b, bo, c, co, ldc, KS)``: ``C[32 rows, 32 (full) or 16 columns]`` at
     ``c[co]`` (row stride ``ldc`` floats) = ``A[32 rows at a[ao], stride lda] @ panel at b[bo]``,
-    ``KS`` steps of 32 ``k``."""
+    ``KS`` steps of 32 ``k``. ``tiled``: ``A`` is in tile order from ``a[ao]`` instead (see
+    :func:`tile_weight`: per step, two 16 x 32 tiles of 1 KB; ``lda`` unused)."""
 
     @intrinsic
     def blk(typingctx, a, ao, lda, b, bo, c, co, ldc, KS):
@@ -98,8 +99,12 @@ def _block_kernel(full):
             pa = builder.gep(context.make_array(u16)(context, builder, a_).data, [ao_])
             pb = builder.gep(context.make_array(u16)(context, builder, b_).data, [bo_])
             pc = builder.gep(context.make_array(f32a)(context, builder, c_).data, [co_])
-            pa1 = builder.gep(pa, [builder.mul(lda_, c64(16))])
-            sa = builder.mul(lda_, c64(2))        # bytes per row of A
+            if tiled:
+                pa1 = builder.gep(pa, [c64(512)])
+                sa = c64(64)
+            else:
+                pa1 = builder.gep(pa, [builder.mul(lda_, c64(16))])
+                sa = builder.mul(lda_, c64(2))        # bytes per row of A
             accs = (0, 1, 2, 3) if full else (0, 2)
             for n in accs:
                 builder.call(zero, [t(n)])
@@ -110,7 +115,7 @@ def _block_kernel(full):
             builder.position_at_end(loop)
             s = builder.phi(_i64)
             s.add_incoming(c64(0), entry)
-            ka = builder.mul(s, c64(32))
+            ka = builder.mul(s, c64(1024 if tiled else 32))
             builder.call(load, [t(4), builder.bitcast(builder.gep(pa, [ka]), _p8), sa])
             builder.call(load, [t(5), builder.bitcast(builder.gep(pa1, [ka]), _p8), sa])
             pbs = builder.gep(pb, [builder.mul(s, c64(16 * 2 * NR))])
@@ -142,6 +147,18 @@ def _block_kernel(full):
 
 _full = _block_kernel(True)
 _half = _block_kernel(False)
+_full_t = _block_kernel(True, True)
+_half_t = _block_kernel(False, True)
+
+
+def tile_weight(a):
+    """The packed weight ``a`` (G, Mp, Kp) in tile order (G, Mp/32, Kp/32, 2, 16, 32): a block of
+    32 rows is contiguous over the whole depth, each step two 1 KB tiles (rows 0-15, 16-31) read
+    at stride 64 bytes: streamed from memory in order rather than from 32 rows ``2*Kp`` bytes
+    apart."""
+    G, Mp, Kp = a.shape
+    t = a.reshape(G, Mp // 32, 2, 16, Kp // 32, 32).transpose(0, 1, 4, 2, 3, 5)
+    return np.ascontiguousarray(t)
 
 
 #: at least this many tasks per launch (row blocks are split among tasks to get them)
@@ -179,3 +196,38 @@ def gemm(a, bp, c, m, n):
     16) for bf16 ``a`` (G, Mp, Kp), panels ``bp`` (G, NP, Kp/2, 32, 2), float32 ``c``
     (G, Mp, NP*32). One task per (group, panel, run of row blocks)."""
     _gemm(a, bp, c, m, n, _CFG)
+
+
+@njit(**_PAR)
+def _fused(at, bp, y3, n0, P, og, bias, relu, n, cfg):
+    G, MBS, KS = at.shape[0], at.shape[1], at.shape[2]
+    NP, KP2 = bp.shape[1], bp.shape[2]
+    nblk = (og + MB - 1) // MB
+    chunks = min(nblk, max(1, (MIN_TASKS + G * NP - 1) // (G * NP)))
+    per = (nblk + chunks - 1) // chunks
+    af, bf = at.reshape(-1), bp.reshape(-1)
+    for t in prange(G * NP * chunks):
+        g, q, ch = t // (NP * chunks), (t // chunks) % NP, t % chunks
+        buf = np.empty(MB * NR, np.float32)
+        _configure(cfg)
+        bo = (g * NP + q) * KP2 * 2 * NR
+        ncol = min(NR, n - q * NR)
+        for blk in range(ch * per, min(nblk, (ch + 1) * per)):
+            r0 = blk * MB
+            ao = (g * MBS + blk) * KS * 1024
+            if ncol <= 16:
+                _half_t(af, ao, 0, bf, bo, buf, 0, NR, KS)
+            else:
+                _full_t(af, ao, 0, bf, bo, buf, 0, NR, KS)
+            write_block(buf, y3, n0, P, g * og + r0, min(MB, og - r0), q * NR, ncol, bias, relu)
+        _release()
+
+
+def fused(launch, plan, bp, y3, n0, P, bias, relu, n):
+    """The product of :func:`gemm` written straight into the output ``y3`` (N, O, P) with bias
+    and ReLU (``_bf16.write_block``): block by block from a 4 KB buffer, never a whole ``C``;
+    the weight in tile order (:func:`tile_weight`, made once per plan)."""
+    at = plan.extra.get("amx")
+    if at is None:
+        at = plan.extra["amx"] = tile_weight(plan.a)
+    launch(_fused, at, bp, y3, n0, P, plan.m, bias, relu, n, _CFG)

@@ -18,7 +18,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._bf16 import MB, NR
+from ._bf16 import MB, NR, write_block
 
 MR = 6
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
@@ -166,3 +166,25 @@ def gemm(a, bp, c, m, n):
         half = n - q * NR <= 16
         _rows(af, (g * Mp + r0) * Kp, Kp, bf, (g * NP + q) * KP2 * 2 * NR,
               cf, (g * Mp + r0) * ldc + q * NR, ldc, T, KP2, half)
+
+
+@njit(**_PAR)
+def _fused(a, bp, y3, n0, P, og, bias, relu, n):
+    G, Mp, Kp = a.shape
+    NP, KP2 = bp.shape[1], bp.shape[2]
+    nblk = (og + MB - 1) // MB
+    af, bf = a.reshape(-1), bp.reshape(-1)
+    for t in prange(G * NP * nblk):
+        g, q, blk = t // (NP * nblk), (t // nblk) % NP, t % nblk
+        buf = np.empty(MB * NR, np.float32)
+        r0 = blk * MB
+        T = min(MB, og - r0)
+        ncol = min(NR, n - q * NR)
+        _rows(af, (g * Mp + r0) * Kp, Kp, bf, (g * NP + q) * KP2 * 2 * NR, buf, 0, NR, T, KP2, ncol <= 16)
+        write_block(buf, y3, n0, P, g * og + r0, T, q * NR, ncol, bias, relu)
+
+
+def fused(launch, plan, bp, y3, n0, P, bias, relu, n):
+    """The product of :func:`gemm` written straight into the output ``y3`` (N, O, P) with bias
+    and ReLU (``_bf16.write_block``), block by block from a 4 KB buffer."""
+    launch(_fused, plan.a, bp, y3, n0, P, plan.m, bias, relu, n)
