@@ -198,56 +198,69 @@ def pack_weight(w3):
     return a
 
 
-@njit(**_SER)
-def _tap(k, cin_g, kh, kw):
-    """``(c, u, v)`` of row ``k`` of a group's im2col matrix (the weight's ``(c, u, v)`` order)."""
-    return k // (kh * kw), (k // kw) % kh, k % kw
+#: a row or column offset that puts a tap outside any image (so its value is 0)
+_OUT = -(1 << 40)
+
+
+def window_taps(kh, kw, dh, dw, H, W, kg, kp):
+    """Per row ``k < kp`` of a group's im2col matrix: its offset in the input (``c*H*W +
+    u*dh*W + v*dw``), row shift ``u*dh`` and column shift ``v*dw``; rows from ``kg`` on are
+    outside every image."""
+    k = np.arange(kp)
+    c, u, v = k // (kh * kw), (k // kw) % kh, k % kw
+    off = (c * H * W + u * dh * W + v * dw).astype(np.int64)
+    tu = np.where(k < kg, u * dh, _OUT).astype(np.int64)
+    tv = (v * dw).astype(np.int64)
+    return off, tu, tv
 
 
 @njit(**_PAR)
-def _pack_windows(x16, n0, nb, bp, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, kg):
+def _pack_windows(x16, n0, nb, bp, cin_g, sh, sw, ph, pw, ho, wo, toff, tu, tv):
     """im2col of samples ``[n0, n0+nb)`` of bf16 ``x16`` (N, C, H, W) into the panels ``bp``
     ``(G, NP, KP2, 32, 2)``: ``B[g][k, s*ho*wo + i*wo + j] = x[n0+s, g*cin_g + c, i*sh - ph + u*dh,
-    j*sw - pw + v*dw]`` (0 outside), ``k = (c*kh + u)*kw + v``; rows ``k >= kg`` and columns
-    beyond the samples are 0. One task per ``(group, k pair)``; each pair of ``k`` is written as
-    one 32-bit word (low half ``k`` even)."""
+    j*sw - pw + v*dw]`` (0 outside, and for rows and columns beyond the matrix), with the taps
+    of :func:`window_taps`. One task per ``(group, panel)``, writing the panel in order: per ``k``
+    pair, 32 words (low half: ``k`` even), each a select of two bounds-checked loads."""
     G, NP, KP2 = bp.shape[0], bp.shape[1], bp.shape[2]
-    H, W = x16.shape[2], x16.shape[3]
-    ncols = NP * NR
+    C, H, W = x16.shape[1], x16.shape[2], x16.shape[3]
     P = ho * wo
     xf = x16.reshape(-1)
     wf = bp.reshape(-1).view(np.uint32)   # (G, NP, KP2, 32) words
-    panel = KP2 * NR                       # words between panels
-    C = x16.shape[1]
-    for t in prange(G * KP2):
-        g, kp = t // KP2, t % KP2
-        base = g * NP * panel + kp * NR
-        k0 = 2 * kp
-        c0, u0, v0 = _tap(k0, cin_g, kh, kw)
-        c1, u1, v1 = _tap(k0 + 1, cin_g, kh, kw)
-        has0, has1 = k0 < kg, k0 + 1 < kg
-        for s in range(nb):
-            p0 = ((n0 + s) * C + g * cin_g + c0) * H * W
-            p1 = ((n0 + s) * C + g * cin_g + c1) * H * W
-            for i in range(ho):
-                ih0 = i * sh - ph + u0 * dh
-                ih1 = i * sh - ph + u1 * dh
-                in0 = has0 and 0 <= ih0 < H
-                in1 = has1 and 0 <= ih1 < H
-                col = s * P + i * wo
-                for j in range(wo):
-                    iw0 = j * sw - pw + v0 * dw
-                    iw1 = j * sw - pw + v1 * dw
-                    lo = np.uint32(0)
-                    hi = np.uint32(0)
-                    if in0 and 0 <= iw0 < W:
-                        lo = np.uint32(xf[p0 + ih0 * W + iw0])
-                    if in1 and 0 <= iw1 < W:
-                        hi = np.uint32(xf[p1 + ih1 * W + iw1])
-                    cc = col + j
-                    wf[base + (cc >> 5) * panel + (cc & 31)] = lo | (hi << np.uint32(16))
-        for cc in range(nb * P, ncols):
-            wf[base + (cc >> 5) * panel + (cc & 31)] = np.uint32(0)
+    for t in prange(G * NP):
+        g, q = t // NP, t % NP
+        off = np.empty(NR, np.int64)
+        ihb = np.empty(NR, np.int64)
+        iwb = np.empty(NR, np.int64)
+        for lane in range(NR):
+            cc = q * NR + lane
+            if cc < nb * P:
+                sm = cc // P
+                pix = cc - sm * P
+                i = pix // wo
+                j = pix - i * wo
+                ihb[lane] = i * sh - ph
+                iwb[lane] = j * sw - pw
+                off[lane] = ((n0 + sm) * C + g * cin_g) * H * W + ihb[lane] * W + iwb[lane]
+            else:
+                ihb[lane] = _OUT
+                iwb[lane] = 0
+                off[lane] = 0
+        base = t * KP2 * NR
+        for kp in range(KP2):
+            ka, kb = 2 * kp, 2 * kp + 1
+            oa, ua, va = toff[ka], tu[ka], tv[ka]
+            ob, ub, vb = toff[kb], tu[kb], tv[kb]
+            d = base + kp * NR
+            for lane in range(NR):
+                iha, iwa = ihb[lane] + ua, iwb[lane] + va
+                ihh, iwh = ihb[lane] + ub, iwb[lane] + vb
+                lo = np.uint32(0)
+                hi = np.uint32(0)
+                if 0 <= iha < H and 0 <= iwa < W:
+                    lo = np.uint32(xf[off[lane] + oa])
+                if 0 <= ihh < H and 0 <= iwh < W:
+                    hi = np.uint32(xf[off[lane] + ob])
+                wf[d + lane] = lo | (hi << np.uint32(16))
 
 
 @njit(**_PAR)
@@ -406,6 +419,7 @@ def conv2d(x, plan: Bf16Plan, padding, relu, launch, path=None):
     y = np.empty((N, G * plan.m, ho, wo), np.float32)
     y3 = y.reshape(N, G * plan.m, P)
     x16 = to_bf16(x)
+    toff, tu, tv = window_taps(kh, kw, dh, dw, H, W, plan.k, Kp)
     nb = max(1, min(N, CONV_COLUMNS // P))
     bias = _NO_BIAS if plan.bias is None else plan.bias
     a32 = plan.a32 if path == "emulation" else None
@@ -413,7 +427,7 @@ def conv2d(x, plan: Bf16Plan, padding, relu, launch, path=None):
         m = min(nb, N - n0)
         NP = -(-(m * P) // NR)
         bp = np.empty((G, NP, Kp // 2, NR, 2), np.uint16)
-        launch(_pack_windows, x16, n0, m, bp, plan.cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, plan.k)
+        launch(_pack_windows, x16, n0, m, bp, plan.cin_g, sh, sw, ph, pw, ho, wo, toff, tu, tv)
         if path == "emulation":
             c = np.empty((G, Mp, NP * NR), np.float32)
             gemm(path, plan.a, bp, c, plan.m, m * P, a32)

@@ -23,7 +23,11 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._bf16 import MB, NR, write_block
+from ._bf16 import MB, NR, amx_permitted, write_block
+
+if not amx_permitted():  # a tile instruction without Linux's permission kills the process (SIGILL)
+    raise ImportError("fastalex: Linux did not grant this process the AMX tile state "
+                      "(arch_prctl ARCH_REQ_XCOMP_PERM); the 'amx' bfloat16 path cannot run")
 
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
@@ -74,11 +78,12 @@ def _release(typingctx):
     return types.void(), codegen
 
 
-def _block_kernel(full, tiled=False):
+def _block_kernel(full, tiled=False, accumulate=False):
     """``blk(a, ao, lda, b, bo, c, co, ldc, KS)``: ``C[32 rows, 32 (full) or 16 columns]`` at
     ``c[co]`` (row stride ``ldc`` floats) = ``A[32 rows at a[ao], stride lda] @ panel at b[bo]``,
     ``KS`` steps of 32 ``k``. ``tiled``: ``A`` is in tile order from ``a[ao]`` instead (see
-    :func:`tile_weight`: per step, two 16 x 32 tiles of 1 KB; ``lda`` unused)."""
+    :func:`tile_weight`: per step, two 16 x 32 tiles of 1 KB; ``lda`` unused). ``accumulate``:
+    the tiles of ``C`` start from ``c`` (loaded) instead of zero, for a depth run in chunks."""
 
     @intrinsic
     def blk(typingctx, a, ao, lda, b, bo, c, co, ldc, KS):
@@ -106,8 +111,14 @@ def _block_kernel(full, tiled=False):
                 pa1 = builder.gep(pa, [builder.mul(lda_, c64(16))])
                 sa = builder.mul(lda_, c64(2))        # bytes per row of A
             accs = (0, 1, 2, 3) if full else (0, 2)
+            sc = builder.mul(ldc_, c64(4))        # bytes per row of C
+            pc1 = builder.gep(pc, [builder.mul(ldc_, c64(16))])
+            cptr = {0: pc, 1: builder.gep(pc, [c64(16)]), 2: pc1, 3: builder.gep(pc1, [c64(16)])}
             for n in accs:
-                builder.call(zero, [t(n)])
+                if accumulate:
+                    builder.call(load, [t(n), builder.bitcast(cptr[n], _p8), sc])
+                else:
+                    builder.call(zero, [t(n)])
             entry = builder.basic_block
             loop = builder.append_basic_block("amx.loop")
             done = builder.append_basic_block("amx.done")
@@ -131,13 +142,8 @@ def _block_kernel(full, tiled=False):
             s.add_incoming(s1, loop)
             builder.cbranch(builder.icmp_signed("<", s1, K_), loop, done)
             builder.position_at_end(done)
-            sc = builder.mul(ldc_, c64(4))        # bytes per row of C
-            pc1 = builder.gep(pc, [builder.mul(ldc_, c64(16))])
-            builder.call(store, [t(0), builder.bitcast(pc, _p8), sc])
-            builder.call(store, [t(2), builder.bitcast(pc1, _p8), sc])
-            if full:
-                builder.call(store, [t(1), builder.bitcast(builder.gep(pc, [c64(16)]), _p8), sc])
-                builder.call(store, [t(3), builder.bitcast(builder.gep(pc1, [c64(16)]), _p8), sc])
+            for n in accs:
+                builder.call(store, [t(n), builder.bitcast(cptr[n], _p8), sc])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -147,8 +153,12 @@ def _block_kernel(full, tiled=False):
 
 _full = _block_kernel(True)
 _half = _block_kernel(False)
-_full_t = _block_kernel(True, True)
-_half_t = _block_kernel(False, True)
+_full_t = _block_kernel(True, True, True)
+_half_t = _block_kernel(False, True, True)
+
+#: steps of 32 ``k`` per chunk of the depth: a chunk of a panel (KC * 2 KB) stays in L1 while
+#: every row block of the task uses it, and those blocks' chunks of ``A`` stay in L2
+KC = 12
 
 
 def tile_weight(a):
@@ -208,19 +218,25 @@ def _fused(at, bp, y3, n0, P, og, bias, relu, n, cfg):
     af, bf = at.reshape(-1), bp.reshape(-1)
     for t in prange(G * NP * chunks):
         g, q, ch = t // (NP * chunks), (t // chunks) % NP, t % chunks
-        buf = np.empty(MB * NR, np.float32)
+        b0, b1 = ch * per, min(nblk, (ch + 1) * per)
+        buf = np.zeros((b1 - b0) * MB * NR, np.float32)
         _configure(cfg)
         bo = (g * NP + q) * KP2 * 2 * NR
         ncol = min(NR, n - q * NR)
-        for blk in range(ch * per, min(nblk, (ch + 1) * per)):
-            r0 = blk * MB
-            ao = (g * MBS + blk) * KS * 1024
-            if ncol <= 16:
-                _half_t(af, ao, 0, bf, bo, buf, 0, NR, KS)
-            else:
-                _full_t(af, ao, 0, bf, bo, buf, 0, NR, KS)
-            write_block(buf, y3, n0, P, g * og + r0, min(MB, og - r0), q * NR, ncol, bias, relu)
+        for k0 in range(0, KS, KC):
+            ks = min(KC, KS - k0)
+            for blk in range(b0, b1):
+                ao = ((g * MBS + blk) * KS + k0) * 1024
+                co = (blk - b0) * MB * NR
+                if ncol <= 16:
+                    _half_t(af, ao, 0, bf, bo + k0 * 1024, buf, co, NR, ks)
+                else:
+                    _full_t(af, ao, 0, bf, bo + k0 * 1024, buf, co, NR, ks)
         _release()
+        for blk in range(b0, b1):
+            r0 = blk * MB
+            write_block(buf[(blk - b0) * MB * NR:], y3, n0, P, g * og + r0, min(MB, og - r0), q * NR, ncol,
+                        bias, relu)
 
 
 def fused(launch, plan, bp, y3, n0, P, bias, relu, n):
