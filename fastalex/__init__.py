@@ -22,6 +22,11 @@ from . import viz  # pictures: viz.filters, viz.activations, viz.explain
 
 __version__ = "0.1.0"
 
+import sys as _sys
+if "numba" in _sys.modules:  # Numba already imported: choose its threading layer before its threads start
+    from .backends import auto_configure_threads as _auto
+    _auto()
+
 __all__ = ["alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend", "configure_threads",
            "get_backend_name", "load_weights", "save_weights", "WeightsFileError", "WeightsUnavailableError",
            "WeightsMismatchError", "detect_variant", "IMAGENET1K_V1", "load_image", "load_images", "ImageError",

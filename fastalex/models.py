@@ -382,6 +382,7 @@ class Model(Sequential):
         self.input_shape = tuple(spec["input_shape"])
         self.preprocess = dict(spec.get("preprocess", {}))
         self.backend = backend
+        _load_backend(backend)
         self.num_classes = self.output_shape(self.input_shape)[0]
         check_precision_and_weights(precision, weight_dtype, "Model")
         self.set_weight_dtype(weight_dtype)
@@ -553,6 +554,17 @@ class Model(Sequential):
 
     def extra_repr(self):
         return self.variant
+
+
+def _load_backend(name):
+    """Import the backend a model will run on, now: the fast backend makes its process-wide
+    choices (Numba's threading layer) when imported, and must make them before anything starts
+    Numba's threads (``numba.set_num_threads`` in the user's program, say)."""
+    from .backends import get_backend
+    try:
+        get_backend(name)
+    except ImportError:  # reported when the model runs, with the backend's own message
+        pass
 
 
 def build(spec, seed=0, backend=None, weight_dtype="float32", precision="float32") -> Model:

@@ -1,4 +1,5 @@
-"""The same fastalex model, with the same weights, in PyTorch and in ONNX Runtime.
+"""The same fastalex model, with the same weights, in PyTorch and in ONNX Runtime (and, through
+the ONNX file :func:`onnx_model` writes, in any engine that reads ONNX: OpenVINO).
 
 Both are built from the model's own layer list, so any spec (both AlexNet variants, or a new
 one) gets its peers for free. Neither library is a dependency of fastalex: the builders
@@ -60,7 +61,29 @@ def torch_model(model, threads: int):
 
 def onnx_session(model, threads: int, input_shape):
     """An ``onnxruntime.InferenceSession`` running ``model`` (graph written with ``onnx.helper``)."""
+    proto = onnx_model(model, input_shape)
+    session = ort_session(proto.SerializeToString(), threads)
+
+    def run(x):
+        return session.run(None, {"input": x})[0]
+
+    return run
+
+
+def ort_session(model_bytes_or_path, threads: int):
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads, one inter-op thread, sequential."""
     import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model_bytes_or_path, opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_model(model, input_shape):
+    """An ``onnx.ModelProto`` computing ``model`` (same layers, same weights; opset 13), its input
+    named ``input``, of shape ``(N, *input_shape)`` with a symbolic batch size."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inits = [], []
@@ -108,16 +131,7 @@ def onnx_session(model, threads: int, input_shape):
         [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", model.num_classes])], inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     proto.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-    def run(x):
-        return session.run(None, {"input": x})[0]
-
-    return run
+    return proto
 
 
 def shape_before(model, layer_name, input_shape):

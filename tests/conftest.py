@@ -1,12 +1,19 @@
 """Shared test helpers: the agreement tolerance and the list of backends that can run here."""
 
 import importlib.util
+import os
+import tempfile
 
 import numpy as np
 import pytest
 
 import fastalex
 from fastalex.backends import BACKENDS
+
+# Schedules by the deterministic heuristics (no measuring, no wisdom file) unless a test asks
+# for the tuner (tests/test_tune.py); subprocesses inherit both.
+os.environ.setdefault("FASTALEX_TUNE", "0")
+os.environ.setdefault("FASTALEX_TUNE_DIR", tempfile.mkdtemp(prefix="fastalex-tune-"))
 
 # This process forks (multiprocessing pools, the fork tests): Numba's fork-safe layer, chosen
 # explicitly as the command line does (the library itself leaves the choice to Numba).

@@ -20,16 +20,20 @@ from fastalex import functional as F
 from fastalex import layers as L
 
 fast = pytest.importorskip("fastalex.backends.fast")
-from fastalex.backends import _gemm, _winograd  # noqa: E402  (after the numba skip)
+from fastalex.backends import _gemm, _tune, _winograd, tunables  # noqa: E402  (after the numba skip)
 
 
-@pytest.fixture(params=["fused", "chunked"])
+#: the schedules of a Winograd plan, each first where it applies
+SCHEDULES = {"fused": ("winograd-fused", "winograd-chunked"), "chunked": ("winograd-chunked",),
+             "chunked-small": ("winograd-chunked-small",)}
+
+
+@pytest.fixture(params=list(SCHEDULES))
 def every_shape(monkeypatch, request):
     """Every shape on Winograd, through each of the two schedules of the micro-kernel's layers
     (the fused one per tile row, the chunked three launches); the sgemm layers are chunked."""
-    monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(fast, "WINOGRAD_MIN_BATCH", 1)
-    monkeypatch.setattr(_winograd, "FUSED_MAX_WEIGHT_TRAFFIC", 2**62 if request.param == "fused" else -1)
+    monkeypatch.setattr(tunables, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setitem(_tune.FORCE, "conv2d", SCHEDULES[request.param])
 
 
 def _array(seed, shape):
@@ -209,7 +213,7 @@ def test_models_agree_across_backends_with_winograd():
 @pytest.mark.parametrize("cout_g", [6, 32])
 def test_tiles_in_chunks_agree(every_shape, monkeypatch, k, s, groups, cout_g):
     """Tiles go through the transforms and products in cache-sized chunks (the last one partial)."""
-    monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)  # the smallest chunk: one row of tiles
+    monkeypatch.setattr(tunables, "CHUNK_BYTES", 1)  # the smallest chunk: one row of tiles
     x = _array(k, (3, 4 * groups, 41 * s, 37 * s))
     w, b = _array(k + 1, (cout_g * groups, 4, k, k)), _array(k + 2, (cout_g * groups,))
     y, ref = _planned(x, w, b, s, 1, groups, relu=True)
@@ -227,7 +231,7 @@ def test_summary_shows_the_plan():
 
 @pytest.mark.parametrize("out, winograd_at_1", [(32, True), (48, False)])
 def test_batch_size_picks_the_algorithm(monkeypatch, out, winograd_at_1):
-    """Products on the _gemm kernel (output channels per group a multiple of 32): Winograd at
+    """Without measuring (``FASTALEX_TUNE=0``, as in this suite): products on the _gemm kernel (output channels per group a multiple of 32): Winograd at
     any batch size. Products by NumPy's sgemm: im2col for one image (faster there), Winograd
     from two."""
     calls = []
@@ -247,14 +251,14 @@ def test_batch_size_picks_the_algorithm(monkeypatch, out, winograd_at_1):
 
 @pytest.mark.parametrize("batch, fused", [(1, True), (16, True), (64, False)])
 def test_schedule_follows_the_weight_traffic(monkeypatch, batch, fused):
-    """Fused (one launch) while the tile rows together read at most FUSED_MAX_WEIGHT_TRAFFIC
+    """Without measuring (``FASTALEX_TUNE=0``, as in this suite): fused (one launch) while the tile rows together read at most FUSED_MAX_WEIGHT_TRAFFIC
     bytes of transformed weights (10 MB here, 4 rows per image), else the chunked three
     launches; the same result either way."""
     w = _array(1, (384, 192, 3, 3)) * np.float32(0.03)   # torchvision's conv3: 10 MB transformed
     b = _array(2, (384,))
     x = np.abs(_array(3, (batch, 192, 13, 13)))
     plan = F.prepare_conv2d(w, b, 1, 1, 1, backend="numba")
-    assert fused == (plan.data.weights.nbytes * batch * 4 <= _winograd.FUSED_MAX_WEIGHT_TRAFFIC)
+    assert fused == (plan.data.weights.nbytes * batch * 4 <= tunables.FUSED_MAX_WEIGHT_TRAFFIC)
     launched = []
     real = fast._launch
     monkeypatch.setattr(fast, "_launch", lambda kernel, *args: (launched.append(kernel), real(kernel, *args)))

@@ -20,7 +20,8 @@ the checking; backends only compute.
 
 The default backend is ``numba``; the environment variable ``FASTALEX_BACKEND`` or
 :func:`set_backend` changes it. :func:`configure_threads` is the one function that changes a
-process-wide Numba setting, and only when called.
+process-wide Numba setting; the fast backend makes the same choice when first used, unless
+someone else chose (:func:`auto_configure_threads`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import warnings
 from types import ModuleType
 
 #: name -> module implementing it (imported on first use: Numba is slow to import).
@@ -77,16 +77,60 @@ def get_backend(name: str | None = None) -> ModuleType:
 
 #: Numba's threading layers (``NUMBA_THREADING_LAYER``'s values naming one layer).
 THREADING_LAYERS = ("workqueue", "omp", "tbb")
-_threading_layer: str | None = None  # chosen by configure_threads(), None: Numba's own choice
+#: ``FASTALEX_THREADING_LAYER``: ``auto`` (the default: TBB where it loads, else workqueue, on
+#: the first fast op, unless the user or ``NUMBA_THREADING_LAYER`` chose), ``numba`` (leave the
+#: choice to Numba, as a plain Numba program), or one of :data:`THREADING_LAYERS`.
+THREADS_ENV = "FASTALEX_THREADING_LAYER"
+_threading_layer: str | None = None  # chosen by configure_threads() or on the first fast op
+_tbb_loaded: bool | None = None
+
+
+def _tbb_library_paths():
+    """Where the ``tbb`` wheel put its runtime library: pip installs it as data, into
+    ``<prefix>/lib`` (``<venv>/lib`` in a virtual environment), which is not on the dynamic
+    loader's path, so Numba's ``import tbbpool`` cannot find it by name. The wheel's file list
+    says where it is; ``sys.prefix/lib`` is the fallback."""
+    names = {"linux": ("libtbb.so.12",), "darwin": ("libtbb.12.dylib",), "win32": ("tbb12.dll",)}
+    wanted = names.get(sys.platform, ("libtbb.so.12",))
+    paths = []
+    try:
+        from importlib import metadata
+        for f in metadata.files("tbb") or ():
+            if f.name in wanted:
+                paths.append(str(f.locate()))
+    except Exception:  # no tbb distribution, or no RECORD: try the usual place
+        pass
+    folder = ("Library", "bin") if sys.platform == "win32" else ("lib",)
+    for base in (sys.prefix, sys.base_prefix):
+        paths += [os.path.join(base, *folder, name) for name in wanted]
+    return [p for p in dict.fromkeys(paths) if os.path.isfile(p)]
+
+
+def _load_tbb() -> bool:
+    """Load the TBB runtime by its path, globally, so that Numba's TBB pool (which links
+    ``libtbb.so.12`` by name) finds it; once per process. True if a TBB library is loaded."""
+    global _tbb_loaded
+    if _tbb_loaded is None:
+        import ctypes
+        _tbb_loaded = False
+        for path in _tbb_library_paths():
+            try:
+                ctypes.CDLL(path, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+            except OSError:
+                continue
+            _tbb_loaded = True
+            break
+    return _tbb_loaded
 
 
 def tbb_available() -> bool:
     """Whether Numba can run its ``tbb`` layer here (the ``tbb`` package, TBB 2021.6 or newer:
-    a dependency of fastalex on x86-64)."""
+    a dependency of fastalex on x86-64), loading the wheel's library by its path if need be."""
+    _load_tbb()
     try:
         from numba.np.ufunc import parallel
         parallel._check_tbb_version_compatible()
-        from numba.np.ufunc import tbbpool  # noqa: F401  (loads libtbb; starts no thread)
+        from numba.np.ufunc import tbbpool  # noqa: F401  (links libtbb; starts no thread)
     except (ImportError, OSError, ValueError, AttributeError):
         return False
     return True
@@ -95,21 +139,19 @@ def tbb_available() -> bool:
 def configure_threads(layer: str | None = None) -> str:
     """Choose the threading layer Numba starts its worker threads with, for the whole process.
 
-    fastalex changes no process-wide setting by itself: without this call Numba picks its layer
-    as it always does (``NUMBA_THREADING_LAYER``, else TBB, OpenMP or workqueue, whichever is
-    installed first). The ``fastalex`` command calls ``configure_threads()`` when it starts.
-
-    ``layer=None`` leaves an explicit ``NUMBA_THREADING_LAYER`` to Numba, and otherwise means
-    ``"tbb"`` where TBB is installed, else ``"workqueue"``. Both survive ``fork()``
-    (``multiprocessing``'s default start method on Linux; under GNU OpenMP, Numba aborts such a
-    child), and their idle threads do not spin against OpenBLAS's. TBB also starts a kernel in
-    ~2 us where workqueue wakes its sleeping threads in ~80 us (measured here, in a VM): a
-    forward pass launches 15-90 kernels, and TBB ran AlexNet 15-30% faster.
+    You rarely need to call this: the first fast op makes the same choice (see
+    :func:`auto_configure_threads`) unless you, ``NUMBA_THREADING_LAYER`` or
+    ``FASTALEX_THREADING_LAYER=numba`` chose otherwise. ``layer=None`` leaves an explicit
+    ``NUMBA_THREADING_LAYER`` to Numba, and otherwise means ``"tbb"`` where TBB loads (from a
+    venv too: the wheel's library is loaded by its path), else ``"workqueue"``. Both survive
+    ``fork()`` (under GNU OpenMP, a ``multiprocessing`` child of a process that ran a kernel
+    aborts), and their idle threads do not spin against other thread pools. TBB also starts a
+    kernel in microseconds where workqueue wakes its sleeping threads (tens of microseconds),
+    and a forward pass launches 15-90 kernels.
 
     The layer applies to every Numba library in the process, and only before Numba starts its
-    threads (the first parallel kernel anyone runs): at once if Numba is imported, else when
-    fastalex's numba backend is. Raises ``RuntimeError`` if Numba's threads already run on
-    another layer. Returns the layer.
+    threads (the first parallel kernel anyone runs). Raises ``RuntimeError`` if Numba's threads
+    already run on another layer. Returns the layer.
     """
     if layer is None and os.environ.get("NUMBA_THREADING_LAYER"):
         return os.environ["NUMBA_THREADING_LAYER"]
@@ -118,6 +160,8 @@ def configure_threads(layer: str | None = None) -> str:
     if layer not in THREADING_LAYERS:
         valid = ", ".join(repr(n) for n in THREADING_LAYERS)
         raise ValueError(f"configure_threads: unknown threading layer {layer!r}; valid layers are {valid}")
+    if layer == "tbb":
+        _load_tbb()
     global _threading_layer
     _threading_layer = layer
     if "numba" in sys.modules:
@@ -125,24 +169,63 @@ def configure_threads(layer: str | None = None) -> str:
     return layer
 
 
-def _apply_threading_layer(strict=False):
-    """Hand the layer :func:`configure_threads` chose (if any) to Numba, before its threads start.
+def _threads_started() -> str | None:
+    """The layer Numba's threads run on, or None if no parallel kernel has run yet."""
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
 
-    Too late (Numba's threads run another layer): ``RuntimeError`` if ``strict``, else a warning
-    (the fast backend's import, after something else started Numba's threads).
+
+def auto_configure_threads() -> str | None:
+    """The default, made when the fast backend is first used: :func:`configure_threads`'s choice
+    (TBB where it loads, else workqueue), unless a layer was already chosen (this function or
+    :func:`configure_threads` before, ``NUMBA_THREADING_LAYER``, ``numba.config.THREADING_LAYER``
+    set by the program) or ``FASTALEX_THREADING_LAYER`` says otherwise (``numba``: Numba's own
+    choice; a layer name: that layer), or Numba's threads already run. Never a warning. Returns
+    the layer chosen, or None if the choice was left to someone else."""
+    if _threading_layer is not None:
+        _apply_threading_layer()
+        return _threading_layer
+    wish = os.environ.get(THREADS_ENV, "auto").strip().lower() or "auto"
+    if wish == "numba" or os.environ.get("NUMBA_THREADING_LAYER"):
+        return None
+    import numba
+    if numba.config.THREADING_LAYER not in ("default", "", None) or _threads_started() is not None:
+        return None
+    if wish != "auto" and wish not in THREADING_LAYERS:
+        valid = ", ".join(["auto", "numba", *THREADING_LAYERS])
+        raise ValueError(f"{THREADS_ENV}={wish!r} is not a threading layer; valid values are {valid}")
+    return configure_threads(None if wish == "auto" else wish)
+
+
+def threading_layer() -> str:
+    """The layer fastalex's kernels run on: Numba's active layer once a kernel ran, else the one
+    chosen for them (``"default"``: Numba's choice, not made yet)."""
+    active = _threads_started() if "numba" in sys.modules else None
+    if active:
+        return active
+    if _threading_layer:
+        return _threading_layer
+    return os.environ.get("NUMBA_THREADING_LAYER") or "default"
+
+
+def _apply_threading_layer(strict=False):
+    """Hand the layer chosen (if any) to Numba, before its threads start.
+
+    Too late (Numba's threads run another layer): ``RuntimeError`` if ``strict``; otherwise the
+    layer Numba runs stays (:func:`threading_layer` and ``summary()`` say which).
     """
     if _threading_layer is None:
         return
     import numba
-    try:
-        active = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet: the layer can still be chosen
+    active = _threads_started()
+    if active is None:  # no parallel kernel has run yet: the layer can still be chosen
         numba.config.THREADING_LAYER = _threading_layer
         return
-    if active != _threading_layer:
-        message = (f"configure_threads: Numba's threads already run on the {active!r} layer, "
-                   f"{_threading_layer!r} cannot be chosen any more; call configure_threads() "
-                   f"before any parallel Numba code runs, or set NUMBA_THREADING_LAYER")
-        if strict:
-            raise RuntimeError(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    if active != _threading_layer and strict:
+        raise RuntimeError(
+            f"configure_threads: Numba's threads already run on the {active!r} layer, "
+            f"{_threading_layer!r} cannot be chosen any more; call configure_threads() "
+            f"before any parallel Numba code runs, or set NUMBA_THREADING_LAYER")

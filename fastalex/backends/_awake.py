@@ -34,8 +34,10 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+from . import tunables
+
 #: whether :func:`keep_awake` starts its threads (``FASTALEX_SPIN=0`` turns it off)
-ENABLED = os.environ.get("FASTALEX_SPIN", "1").strip().lower() not in ("0", "false", "no", "off")
+ENABLED = tunables.SPIN
 
 
 def _sched_yield_function():

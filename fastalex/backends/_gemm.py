@@ -26,19 +26,25 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-#: columns of a packed panel of ``B`` (two vectors of 16 floats)
-NR = 32
-#: rows of ``A`` per register tile
-MR = 6
+from . import _target
+
+_TARGET = _target.target()
+#: columns of a packed panel of ``B``: vectors of 16 floats, as many as the target's registers
+#: hold (:mod:`._target`: 32 with AVX-512, else 16)
+NR = _TARGET.nr
+#: rows of ``A`` per register tile (6, or 2 on baseline SSE2)
+MR = _TARGET.mr
+_NV = NR // 16
 
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 
 
-def _micro_kernel(rows):
-    """The intrinsic ``mk(a, ao, lda, b, bo, c, co, ldc, K)``: for ``i < rows``, ``j < 32``,
-    ``c[co + i*ldc + j] = sum_k a[ao + i*lda + k] * b[bo + k*32 + j]`` (``K >= 1``), on 1-D
+def _micro_kernel(rows, nvec):
+    """The intrinsic ``mk(a, ao, lda, b, bo, c, co, ldc, K)``: for ``i < rows``, ``j < 16*nvec``,
+    ``c[co + i*ldc + j] = sum_k a[ao + i*lda + k] * b[bo + k*16*nvec + j]`` (``K >= 1``), on 1-D
     float32 arrays with element offsets."""
+    width = 16 * nvec
 
     @intrinsic
     def mk(typingctx, a, ao, lda, b, bo, c, co, ldc, K):
@@ -53,7 +59,9 @@ def _micro_kernel(rows):
             vec = ir.VectorType(f32, 16)
             vptr = vec.as_pointer()
             i64 = ir.IntType(64)
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), "llvm.fma.v16f32")
+            # a fused multiply-add where the target has one, else a multiply and an add
+            name = "llvm.fma.v16f32" if _TARGET.fma else "llvm.fmuladd.v16f32"
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
             pa = builder.gep(context.make_array(arr)(context, builder, a_).data, [ao_])
             pb = builder.gep(context.make_array(arr)(context, builder, b_).data, [bo_])
             pc = builder.gep(context.make_array(arr)(context, builder, c_).data, [co_])
@@ -69,19 +77,19 @@ def _micro_kernel(rows):
             builder.position_at_end(loop)
             k = builder.phi(i64)
             k.add_incoming(ir.Constant(i64, 0), entry)
-            acc = [builder.phi(vec) for _ in range(2 * rows)]
+            acc = [builder.phi(vec) for _ in range(nvec * rows)]
             for v in acc:
                 v.add_incoming(zero, entry)
-            brow = builder.gep(pb, [builder.mul(k, ir.Constant(i64, NR))])
-            b0 = builder.load(builder.bitcast(brow, vptr), align=4)
-            b1 = builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, 16)]), vptr), align=4)
+            brow = builder.gep(pb, [builder.mul(k, ir.Constant(i64, width))])
+            bv = [builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, 16 * j)]), vptr), align=4)
+                  for j in range(nvec)]
             new = []
             for i in range(rows):
                 s = builder.load(builder.gep(rows_a[i], [k]), align=4)
                 s = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)),
                                            undef, splat)
-                new.append(builder.call(fma, [s, b0, acc[2 * i]]))
-                new.append(builder.call(fma, [s, b1, acc[2 * i + 1]]))
+                for j in range(nvec):
+                    new.append(builder.call(fma, [s, bv[j], acc[nvec * i + j]]))
             k1 = builder.add(k, ir.Constant(i64, 1))
             for v, n in zip(acc, new):
                 v.add_incoming(n, loop)
@@ -90,9 +98,9 @@ def _micro_kernel(rows):
             builder.position_at_end(done)
             for i in range(rows):
                 crow = builder.gep(pc, [builder.mul(ldc_, ir.Constant(i64, i))])
-                builder.store(new[2 * i], builder.bitcast(crow, vptr), align=4)
-                builder.store(new[2 * i + 1], builder.bitcast(builder.gep(crow, [ir.Constant(i64, 16)]), vptr),
-                              align=4)
+                for j in range(nvec):
+                    builder.store(new[nvec * i + j],
+                                  builder.bitcast(builder.gep(crow, [ir.Constant(i64, 16 * j)]), vptr), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -100,27 +108,55 @@ def _micro_kernel(rows):
     return mk
 
 
-_mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = (_micro_kernel(r) for r in range(1, 7))
+# tiles of 1..6 rows, NR columns (the convolutions' products) and 16 columns (dense layers)
+_mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = (_micro_kernel(r, _NV) for r in range(1, 7))
+_mk1n, _mk2n, _mk3n, _mk4n, _mk5n, _mk6n = (_micro_kernel(r, 1) for r in range(1, 7))
+
+
+@njit(**_SER)
+def _tile(rows, a, ao, lda, b, bo, c, co, ldc, K):
+    """The ``rows`` x NR micro-kernel (``rows`` <= 6)."""
+    if rows == 6:
+        _mk6(a, ao, lda, b, bo, c, co, ldc, K)
+    elif rows == 5:
+        _mk5(a, ao, lda, b, bo, c, co, ldc, K)
+    elif rows == 4:
+        _mk4(a, ao, lda, b, bo, c, co, ldc, K)
+    elif rows == 3:
+        _mk3(a, ao, lda, b, bo, c, co, ldc, K)
+    elif rows == 2:
+        _mk2(a, ao, lda, b, bo, c, co, ldc, K)
+    elif rows == 1:
+        _mk1(a, ao, lda, b, bo, c, co, ldc, K)
+
+
+@njit(**_SER)
+def _tile16(rows, a, ao, lda, b, bo, c, co, ldc, K):
+    """The ``rows`` x 16 micro-kernel (``rows`` <= 6)."""
+    if rows == 6:
+        _mk6n(a, ao, lda, b, bo, c, co, ldc, K)
+    elif rows == 5:
+        _mk5n(a, ao, lda, b, bo, c, co, ldc, K)
+    elif rows == 4:
+        _mk4n(a, ao, lda, b, bo, c, co, ldc, K)
+    elif rows == 3:
+        _mk3n(a, ao, lda, b, bo, c, co, ldc, K)
+    elif rows == 2:
+        _mk2n(a, ao, lda, b, bo, c, co, ldc, K)
+    elif rows == 1:
+        _mk1n(a, ao, lda, b, bo, c, co, ldc, K)
 
 
 @njit(**_SER)
 def _panel(a, ao, lda, b, bo, c, co, ldc, T, K):
-    """``C[0:T, panel] = A[0:T, :K] @ B[:K, panel]`` for one packed panel of 32 columns."""
+    """``C[0:T, panel] = A[0:T, :K] @ B[:K, panel]`` for one packed panel of NR columns, in
+    tiles of MR rows and one of the rows left over."""
     t = 0
     while t + MR <= T:
-        _mk6(a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)
+        _tile(MR, a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)
         t += MR
-    r = T - t
-    if r == 5:
-        _mk5(a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)
-    elif r == 4:
-        _mk4(a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)
-    elif r == 3:
-        _mk3(a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)
-    elif r == 2:
-        _mk2(a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)
-    elif r == 1:
-        _mk1(a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)
+    if t < T:
+        _tile(T - t, a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)
 
 
 def pack_b(b):
@@ -178,3 +214,63 @@ def batched_gemm(a, bp, c, T, ak, cn, dk, dn):
     af, bf, cf = a.reshape(-1), bp.reshape(-1), c.reshape(-1)
     for task in prange(G * E * P):
         product_task(af, a.shape[2], ak, dk, bf, G, E, P, K, cf, c.shape[2], cn, dn, T, task)
+
+
+# ----------------------------------------------------------------------------- dense layers
+
+#: rows of the weight per task of :func:`dense` (a multiple of MR)
+DENSE_ROWS = 8 * MR
+
+
+def pack_x(x):
+    """Samples ``x`` (N, K) as panels of 16 columns of ``x.T``, zero-padded: (ceil(N/16), K, 16)."""
+    N, K = x.shape
+    P = -(-N // 16)
+    out = np.zeros((P * 16, K), np.float32)
+    out[:N] = x
+    return np.ascontiguousarray(out.reshape(P, 16, K).transpose(0, 2, 1))
+
+
+def checked_dense(w, xp, bias, relu, y):
+    """The arguments of :func:`dense` after checking that every tile it reads and writes lies
+    inside the arrays (the micro-kernel addresses memory directly); ``ValueError`` otherwise."""
+    for name, arr, nd in (("w", w, 2), ("xp", xp, 3), ("bias", bias, 1), ("y", y, 2)):
+        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.ndim == nd
+                and arr.flags.c_contiguous):
+            raise ValueError(f"dense: {name} must be a C-contiguous float32 array with {nd} dimensions")
+    O, K = w.shape
+    P = xp.shape[0]
+    if not (K >= 1 and xp.shape[1:] == (K, 16) and y.shape[1] == O and 1 <= y.shape[0] <= P * 16
+            and bias.shape[0] in (0, O)):
+        raise ValueError(f"dense: shapes do not match: w {w.shape}, xp {xp.shape}, bias {bias.shape}, y {y.shape}")
+    return w, xp, bias, bool(relu), y
+
+
+@njit(**_PAR)
+def dense(w, xp, bias, relu, y):
+    """``y[n, o] = act(sum_k w[o, k] * x[n, k] + bias[o])`` with ``xp = pack_x(x)``: the weight
+    ``w`` (O, K) read in place, once for every 16 samples (the micro-kernel computes ``W @ X^T``
+    with rows of ``W`` broadcast and 16 samples a vector), ``DENSE_ROWS`` rows of it per task.
+    Pass the arguments through :func:`checked_dense`."""
+    O, K = w.shape
+    P = xp.shape[0]
+    N = y.shape[0]
+    has_bias = bias.shape[0] > 0
+    wf, xf = w.reshape(-1), xp.reshape(-1)
+    for task in prange((O + DENSE_ROWS - 1) // DENSE_ROWS):
+        r0 = task * DENSE_ROWS
+        r1 = min(O, r0 + DENSE_ROWS)
+        ct = np.empty((DENSE_ROWS, 16), np.float32)
+        cf = ct.reshape(-1)
+        for p in range(P):
+            i = r0
+            while i + MR <= r1:
+                _tile16(MR, wf, i * K, K, xf, p * K * 16, cf, (i - r0) * 16, 16, K)
+                i += MR
+            if i < r1:
+                _tile16(r1 - i, wf, i * K, K, xf, p * K * 16, cf, (i - r0) * 16, 16, K)
+            for j in range(min(16, N - p * 16)):
+                row = y[p * 16 + j]
+                for i in range(r1 - r0):
+                    v = ct[i, j] + (bias[r0 + i] if has_bias else np.float32(0.0))
+                    row[r0 + i] = np.float32(0.0) if (relu and v < 0.0) else v

@@ -45,15 +45,15 @@ Two schedules, the same arithmetic:
 * **Fused** (:func:`_fused`, the usual case): one launch for the whole layer, one task per
   tile row doing its input transform, its products (all of them, every group's) and its
   output transform, with ``V`` and ``M`` in the task's own scratch, which stays in the core's
-  L2 between the three. Each task reads all the transformed weights, so this is used while
-  the tasks together read at most :data:`FUSED_MAX_WEIGHT_TRAFFIC` bytes of them (every AlexNet
-  layer up to 12 images).
+  L2 between the three. Each task reads all the transformed weights.
 * **Chunked**: three launches per chunk of tile rows (input transforms, the products by
   :func:`._gemm.batched_gemm`, output transforms) through scratch kept per Python thread,
   the chunk sized so that its ``V`` and ``M`` stay in the last-level cache; the products
-  read the weights once per chunk. For larger batches (from 13 images on the layers with the
-  largest weights, torchvision's conv4 and the 2012 conv3; from 119 on conv1), and when the
-  products run on NumPy's sgemm.
+  read the weights once per chunk. The only schedule when the products run on NumPy's sgemm.
+
+Which one runs is measured per shape on the user's machine (``fast.conv2d`` and ``_tune``):
+on one cloud machine fused won on most AlexNet layers, on another chunked won on all of them
+by up to 2x at batch 16.
 
 The weights' transform ``U`` depends only on the weights: a :class:`Plan` computes it once (in
 float64) and packs it for the micro-kernel, the first time a convolution runs, and layers keep
@@ -68,7 +68,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import conv_output_size
-from . import _gemm
+from . import _gemm, tunables
 
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
@@ -80,20 +80,6 @@ _SER = dict(cache=True, nogil=True, error_model="numpy")
 TILE = {2: 5, 3: 4, 4: 3, 5: 4}
 ALPHAS = (6, 8)
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)  # and infinity
-#: bytes of transformed input and products per chunk of tiles (kept in the last-level cache)
-CHUNK_BYTES = 8 << 20
-#: a convolution whose products run on the micro-kernel runs :func:`_fused` (one task per tile
-#: row) unless its tasks together would read more than this many bytes of transformed weights
-#: (each task reads all of them): then the chunked three-launch scheme, which reads them once
-#: per chunk. Measured here at batch 16, fused took 0.56-0.97x the time of the chunked scheme up
-#: to ~650 MB of such reads (every AlexNet layer but two), 0.98-1.07x at ~860 MB (13.5 MB of
-#: weights x 64 tile rows); at batch 1, 0.58-1.04x on its own (two runs). Inside a forward
-#: pass at batch 1 the 13x13 layers ran ~0.1 ms faster each chunked (their 10-14 MB of weights
-#: come from memory there, and two tasks at once stream them), but using both schedules in one
-#: pass means compiling both: the first run took 27 s instead of 18, so one schedule it is
-FUSED_MAX_WEIGHT_TRAFFIC = 700 << 20
-
-
 def matrices(m: int, r: int):
     """``(AT, G, BT)`` of ``F(m, r)`` in float64: ``AT`` (m, alpha), ``G`` (alpha, r), ``BT`` (alpha, alpha).
 
@@ -471,15 +457,20 @@ def _workspace(name, shape):
     return buf[:size].reshape(shape)
 
 
-def _fuses(plan: Plan, rows: int) -> bool:
-    """Whether a convolution with ``rows`` tile rows runs :func:`_fused` (see
-    :data:`FUSED_MAX_WEIGHT_TRAFFIC`)."""
-    return plan.packed and plan.weights.nbytes * rows <= FUSED_MAX_WEIGHT_TRAFFIC
+def fuses_by_default(plan: Plan, batch: int, height: int, padding) -> bool:
+    """The heuristic (``FASTALEX_TUNE=0``): :func:`_fused` while its tasks together read at most
+    ``tunables.FUSED_MAX_WEIGHT_TRAFFIC`` bytes of transformed weights."""
+    ho = conv_output_size(height, plan.kernel[0], plan.s, padding[0], 1)
+    rows = batch * -(-ho // plan.m)
+    return plan.packed and plan.weights.nbytes * rows <= tunables.FUSED_MAX_WEIGHT_TRAFFIC
 
 
-def conv2d(x, plan: Plan, padding, relu, launch):
+def conv2d(x, plan: Plan, padding, relu, launch, schedule="chunked", chunk_bytes=None):
     """The convolution of ``x`` (N, C, H, W) by the prepared ``plan``; ``launch(kernel, *args)``
-    runs a parallel kernel (the backend's launch lock)."""
+    runs a parallel kernel (the backend's launch lock). ``schedule``: ``"fused"`` (one launch,
+    products on the micro-kernel: ``plan.packed`` only) or ``"chunked"`` (three launches per
+    chunk of tile rows whose ``V`` and ``M`` take about ``chunk_bytes``, by default
+    ``tunables.CHUNK_BYTES``)."""
     N, C, H, W = x.shape
     k = plan.kernel[0]
     s, m, r = plan.s, plan.m, plan.r
@@ -489,7 +480,9 @@ def conv2d(x, plan: Plan, padding, relu, launch):
     Wp = tw * m + r - 1                           # band width in (space-to-depth) blocks
     Cs = C * s * s
     O = plan.out_channels
-    if _fuses(plan, N * th):
+    if schedule == "fused":
+        if not plan.packed:
+            raise ValueError("winograd: the fused schedule needs products on the micro-kernel")
         y = np.empty((N, O, ho, wo), np.float32)
         launch(_fused, *checked_fused(x, plan.weights, y, plan.bias, relu, m, s, ph, pw, th, tw, Wp, Cs))
         return y
@@ -499,7 +492,7 @@ def conv2d(x, plan: Plan, padding, relu, launch):
     R = N * th
     A = plan.alpha * plan.alpha
     per_row = A * 4 * (Cs + O) * tw
-    chunk = max(1, min(R, CHUNK_BYTES // per_row))
+    chunk = max(1, min(R, (chunk_bytes or tunables.CHUNK_BYTES) // per_row))
     V = _workspace("V", (chunk * tw, A, Cs))
     M = _workspace("M", (chunk * tw, A, O))
     y = np.empty((N, O, ho, wo), np.float32)

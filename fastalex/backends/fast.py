@@ -44,11 +44,12 @@ Threads
 -------
 The kernels run on ``numba.get_num_threads()`` threads (``NUMBA_NUM_THREADS``,
 ``numba.set_num_threads``). Numba kernels and BLAS products alternate, never nest, so the two
-thread pools do not fight over the cores. Importing or using this module changes no
-process-wide setting: Numba's threading layer is Numba's choice unless
-:func:`fastalex.configure_threads` picked one (the ``fastalex`` command picks ``tbb`` where
-TBB is installed, else ``workqueue``: both survive ``fork()``, and TBB starts a kernel in ~2 us
-where workqueue takes ~80 us to wake its threads).
+thread pools do not fight over the cores. Importing this module chooses Numba's threading
+layer (:func:`fastalex.backends.auto_configure_threads`) unless the user, the program or
+``NUMBA_THREADING_LAYER`` already chose one, or ``FASTALEX_THREADING_LAYER=numba`` leaves it to
+Numba: ``tbb`` where TBB loads (the wheel's library is loaded by its path, so from a venv too),
+else ``workqueue``. Both survive ``fork()``, and TBB starts a kernel in microseconds where
+workqueue wakes its sleeping threads in tens of microseconds.
 
 The kernels release the GIL (``nogil=True``). During a model's forward pass,
 :func:`fastalex.backends._awake.keep_awake` keeps the other cores from halting between kernels
@@ -60,7 +61,7 @@ several Python threads of one process take turns. The ``workqueue`` layer aborts
 on two parallel launches at once, and with any layer two launches would oversubscribe the
 cores. Its scope is this module's launches in this process (other Numba code does not take
 it); BLAS products run outside it. ``os.fork()`` waits for the launch in flight in another
-thread (up to ``FORK_WAIT`` seconds), so the threading layer forks with idle workers, and the
+thread (up to ``tunables.FORK_WAIT`` seconds), so the threading layer forks with idle workers, and the
 child gets a fresh, free lock (``os.register_at_fork``): a thread that held the parent's does
 not exist in the child.
 
@@ -72,36 +73,33 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 
 import numba
 import numpy as np
 from numba import njit, prange, uint64
 
 from ..shapes import conv_output_size, pool_output_size
-from . import _apply_threading_layer, _winograd
+from . import _gemm, _tune, _winograd, auto_configure_threads, tunables
 from ._dense_lowp import linear_lowp_kernel
 
 NAME = "numba"
 
-_apply_threading_layer()  # the layer fastalex.configure_threads() chose, if it was called
+auto_configure_threads()  # TBB (else workqueue) unless the user or NUMBA_THREADING_LAYER chose
 
 # Every parallel launch of this module holds this lock (see "Threads" above).
 _LAUNCH = threading.Lock()
 
 
-#: seconds ``fork()`` waits for a kernel in flight in another thread (see ``_before_fork``)
-FORK_WAIT = 10.0
 _held_at_fork = None
 
 
 def _before_fork():
-    """Before ``os.fork()``: wait (up to :data:`FORK_WAIT` s) for the launch in flight, if any, and
+    """Before ``os.fork()``: wait (up to ``tunables.FORK_WAIT`` s) for the launch in flight, if any, and
     hold the lock, so that no kernel runs while the process forks. The threading layer can then
     stop its workers cleanly for the child (TBB's cannot while they run a kernel, and its child
     may then hang)."""
     global _held_at_fork
-    _held_at_fork = _LAUNCH if _LAUNCH.acquire(timeout=FORK_WAIT) else None
+    _held_at_fork = _LAUNCH if _LAUNCH.acquire(timeout=tunables.FORK_WAIT) else None
 
 
 def _after_fork_in_parent():
@@ -134,34 +132,6 @@ def _launch(kernel, *args):
     """Run a parallel kernel, one launch at a time in this process."""
     with _LAUNCH:
         kernel(*args)
-    if not _layer_checked:
-        _check_spinning_layer()
-
-
-_layer_checked = False
-
-
-def _check_spinning_layer():
-    """Once, after the first launch: warn if Numba's threads run GNU OpenMP with its default
-    (spinning) wait policy and nobody chose it. Its waiting threads spin against OpenBLAS's
-    between our kernels and products: a forward pass took 2.5-3x longer here (AlexNet,
-    batch 1: 61 ms against 19-23 ms). fastalex changes no process-wide setting by itself, so it
-    says how to choose instead."""
-    global _layer_checked
-    _layer_checked = True
-    from . import _threading_layer
-    try:
-        active = numba.threading_layer()
-    except ValueError:
-        return
-    chosen = _threading_layer is not None or os.environ.get("NUMBA_THREADING_LAYER")
-    passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
-    if active == "omp" and not chosen and not passive:
-        warnings.warn(
-            "fastalex: Numba's threads run on the 'omp' layer, whose idle threads spin against "
-            "OpenBLAS's: forward passes take 2-3x longer. Call fastalex.configure_threads() before "
-            "the first forward pass (or set OMP_WAIT_POLICY=PASSIVE, or NUMBA_THREADING_LAYER=omp to "
-            "keep this as it is)", RuntimeWarning, stacklevel=3)
 
 
 def _writable(a):
@@ -256,44 +226,77 @@ def _scatter_bias_relu(tmp, y, n0, nb, bias, relu):
                        bias[o] if has_bias else np.float32(0.0), relu)
 
 
-_GEMM_COLUMNS = 2048  # columns of one chunk's product: wide enough for BLAS to run at full speed
-
-
-#: Winograd runs when the plan has it and each group has at least this many input and output
-#: channels (after space-to-depth): below that its products are too thin to pay for its
-#: transforms. Tests set it to 1 to run every supported shape through Winograd.
-WINOGRAD_MIN_CHANNELS = 16
-#: ... and, where its products run on NumPy's sgemm (a group's output channels not a multiple
-#: of 32), when the batch has at least this many images: for one image, those 36 products are
-#: too small for OpenBLAS (measured here: im2col 6-32% faster on 9 of AlexNet's 10 layers at
-#: batch 1). Products on the register-blocked kernel of ``_gemm`` win at any batch size.
-WINOGRAD_MIN_BATCH = 2
-
-
 def prepare_conv2d(weight, bias, stride, dilation, groups):
-    """The Winograd transform of the weights (``_winograd.Plan``), or None where im2col is used."""
+    """The Winograd transform of the weights (``_winograd.Plan``), or None where only im2col
+    applies (Winograd does not support the shape, or its channels are too few)."""
     O, cin_g, kh, kw = weight.shape
     if not _winograd.supports(weight.shape, stride, dilation):
         return None
     cs = cin_g * stride[0] * stride[1]
-    if min(cs, O // groups) < WINOGRAD_MIN_CHANNELS:
+    if min(cs, O // groups) < tunables.WINOGRAD_MIN_CHANNELS:
         return None
     return _winograd.prepare(weight, bias, stride, groups)
 
 
+#: the convolution schedules (see :func:`conv2d`)
+CONV_SCHEDULES = ("winograd-fused", "winograd-chunked", "winograd-chunked-small", "im2col-sgemm")
+
+
 def describe_plan(plan) -> str:
-    """How a prepared convolution runs, for ``Model.summary()``."""
-    return _winograd.describe(plan) if isinstance(plan, _winograd.Plan) else "im2col + sgemm"
+    """How a prepared convolution runs, for ``Model.summary()``: its algorithm, then the
+    schedule chosen for each input shape it ran on so far."""
+    text = _winograd.describe(plan) if isinstance(plan, _winograd.Plan) else "im2col + sgemm"
+    chosen = getattr(plan, "chosen", None) if plan is not None else None
+    if chosen:
+        text += "; " + ", ".join(f"batch {n}: {name} ({origin})" for n, (name, origin) in sorted(chosen.items()))
+    return text
+
+
+def _conv_candidates(x, weight, bias, stride, padding, dilation, groups, relu, plan):
+    """name -> zero-argument function, for every schedule that can run this convolution."""
+    def im2col():
+        return _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu)
+    if not isinstance(plan, _winograd.Plan):
+        return {"im2col-sgemm": im2col}
+    xw = _writable(x)
+    cands = {}
+    if plan.packed:
+        cands["winograd-fused"] = lambda: _winograd.conv2d(xw, plan, padding, relu, _launch, "fused")
+    cands["winograd-chunked"] = lambda: _winograd.conv2d(xw, plan, padding, relu, _launch, "chunked")
+    cands["winograd-chunked-small"] = lambda: _winograd.conv2d(xw, plan, padding, relu, _launch, "chunked",
+                                                               tunables.CHUNK_BYTES // 4)
+    if not plan.packed:
+        # BLAS only where the micro-kernel cannot run: OpenBLAS's threads spin for a while after
+        # each call, on the cores the next kernels need, so a BLAS schedule that wins when timed
+        # alone loses inside a forward pass (measured: torchvision at batch 16 took 1.5x longer)
+        cands["im2col-sgemm"] = im2col
+    return cands
+
+
+def _conv_default(x, plan, padding):
+    """The schedule used without measuring (``FASTALEX_TUNE=0``)."""
+    if not isinstance(plan, _winograd.Plan):
+        return "im2col-sgemm"
+    if plan.packed:
+        fused = _winograd.fuses_by_default(plan, x.shape[0], x.shape[2], padding)
+        return "winograd-fused" if fused else "winograd-chunked"
+    return "winograd-chunked" if x.shape[0] >= tunables.WINOGRAD_MIN_BATCH else "im2col-sgemm"
 
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
-    """Winograd when the weights were prepared for it (see :func:`prepare_conv2d` and
-    ``fastalex.functional.prepare_conv2d``): at any batch size when its products run on the
-    micro-kernel, from ``WINOGRAD_MIN_BATCH`` images when they run on sgemm; im2col + sgemm
-    otherwise."""
-    if isinstance(plan, _winograd.Plan) and (plan.packed or x.shape[0] >= WINOGRAD_MIN_BATCH):
-        return _winograd.conv2d(_writable(x), plan, padding, relu, _launch)
-    return _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu)
+    """The schedule measured fastest for this shape on this machine (:mod:`._tune`) among
+    those that apply: with a Winograd plan (prepared weights), Winograd fused (one launch per
+    layer) or chunked (two chunk sizes), or im2col + sgemm; without one, im2col + sgemm."""
+    cands = _conv_candidates(x, weight, bias, stride, padding, dilation, groups, relu, plan)
+    default = _conv_default(x, plan, padding)
+    if len(cands) == 1:
+        return cands[default]()
+    key = _tune.make_key("conv2d", x.shape, weight.shape, stride, padding, dilation, groups)
+    y = _tune.run("conv2d", key, cands, default)
+    name, origin = _tune.lookup(key)
+    plan.chosen = getattr(plan, "chosen", None) or {}
+    plan.chosen[x.shape[0]] = (name, origin)
+    return y
 
 
 def _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu):
@@ -309,7 +312,7 @@ def _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu):
     w = weight.reshape(groups, og, kg)
     x = _writable(x)
     b = _NO_BIAS if bias is None else _writable(bias)
-    nb = max(1, min(N, _GEMM_COLUMNS // P))
+    nb = max(1, min(N, tunables.GEMM_COLUMNS // P))
     col = np.empty((K, nb * P), np.float32)
     tmp = np.empty((O, nb * P), np.float32) if nb > 1 else None
     for n0 in range(0, N, nb):
@@ -465,7 +468,7 @@ def adaptive_avg_pool2d(x, output_size):
     return y
 
 
-_LRN_BLOCK = 512  # pixels per task
+_LRN_BLOCK = tunables.LRN_BLOCK  # pixels per task (a compile-time constant of the kernel)
 
 
 @njit(**_SER)
@@ -567,13 +570,18 @@ def local_response_norm(x, size, alpha, beta, k):
     return y
 
 
+#: the dense schedules (see :func:`linear`)
+DENSE_SCHEDULES = ("tiled", "microkernel")
+
+
 def linear(x, weight, bias, relu):
-    """The register-tiled kernel of ``_dense_lowp`` (4 rows x 4 samples per step, bias and ReLU
-    fused): it reads the weight once per 4 samples and, unlike sgemm on ``weight.T``, never
-    packs it (fc6 at batch 16: 2-2.8x faster than OpenBLAS here); for one sample it streams the
-    weight as fast as OpenBLAS's sgemv, and keeps OpenBLAS's threads out of the forward pass
-    (they spin for a while after each call, on the cores the next kernels need). A read-only
-    weight (memory-mapped, say) goes to OpenBLAS rather than be copied."""
+    """The schedule measured fastest for this shape (:mod:`._tune`): the register-tiled kernel
+    of ``_dense_lowp`` (4 rows x 4 samples per step, bias and ReLU fused; it reads the weight
+    once per 4 samples and streams it at the memory's full rate, the fastest for a few
+    samples), or, from 2 samples, the micro-kernel of ``_gemm`` (``W @ X^T``: the weight read
+    once for every 16 samples, its rows broadcast against 16 samples a vector). Neither packs
+    or copies the weight. A read-only weight (memory-mapped, say) goes to OpenBLAS rather than
+    be copied."""
     if not weight.flags.writeable:
         y = np.matmul(weight, x[0])[None] if x.shape[0] == 1 else x @ weight.T  # weight.T: a view
         if bias is not None:
@@ -581,7 +589,22 @@ def linear(x, weight, bias, relu):
         if relu:
             np.maximum(y, np.float32(0.0), out=y)
         return y
-    return _linear_tiled(x, weight, None, bias, relu)
+    N = x.shape[0]
+    cands = {"tiled": lambda: _linear_tiled(x, weight, None, bias, relu)}
+    if N >= 2:
+        cands["microkernel"] = lambda: _linear_microkernel(x, weight, bias, relu)
+    default = "microkernel" if N >= tunables.DENSE_MICROKERNEL_MIN_BATCH else "tiled"
+    if len(cands) == 1:
+        return cands["tiled"]()
+    return _tune.run("linear", _tune.make_key("linear", x.shape, weight.shape), cands, default)
+
+
+def _linear_microkernel(x, weight, bias, relu):
+    y = np.empty((x.shape[0], weight.shape[0]), np.float32)
+    xp = _gemm.pack_x(x)
+    b = _NO_BIAS if bias is None else _writable(bias)
+    _launch(_gemm.dense, *_gemm.checked_dense(weight, xp, b, relu, y))
+    return y
 
 
 def linear_lowp(x, weight, bias, relu):

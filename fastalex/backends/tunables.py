@@ -1,0 +1,70 @@
+"""Every tunable of the fast backend, in one place, each with what it trades.
+
+None of these is tuned to one machine. Where the best value depends on the machine, the
+candidates are measured on the user's machine (:mod:`._tune`) and these are only the
+defaults used with ``FASTALEX_TUNE=0`` or the bounds of what is measured. The shape of the
+micro-kernel's register tile comes from the compile target (:mod:`._target`). Read at call
+time, so a test (or a user) can change one for the process: ``tunables.X = ...``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# ----------------------------------------------------------------------------- convolution
+
+#: Winograd is planned when each group has at least this many input and output channels
+#: (after space-to-depth). Thinner products cannot pay for the input and output transforms
+#: (4-6x the data of the input). Lower: more shapes on Winograd; tests set it to 1.
+WINOGRAD_MIN_CHANNELS = 16
+
+#: With ``FASTALEX_TUNE=0``: Winograd whose products run on NumPy's sgemm (a group's output
+#: channels not a multiple of the micro-kernel's columns) only from this many images; for one
+#: image those products are too small for BLAS. (Tuned: measured instead.)
+WINOGRAD_MIN_BATCH = 2
+
+#: With ``FASTALEX_TUNE=0``: the fused Winograd schedule (one launch, one task per tile row
+#: reading all the transformed weights) while the tasks together read at most this many bytes
+#: of weights; past it, the chunked schedule (three launches per chunk, weights read once per
+#: chunk). Fused saves launches and keeps a row's data in L2; chunked reads the weights fewer
+#: times. (Tuned: both measured.)
+FUSED_MAX_WEIGHT_TRAFFIC = 700 << 20
+
+#: Bytes of transformed input and products per chunk of the chunked Winograd schedule: small
+#: enough to stay in the last-level cache between the three launches, large enough that each
+#: launch has work for every thread. The tuner also measures a quarter of it.
+CHUNK_BYTES = 8 << 20
+
+#: Columns of one im2col chunk's product (samples x pixels): wide enough for BLAS to run at
+#: full speed, small enough for the packed matrix to stay in cache.
+GEMM_COLUMNS = 2048
+
+# ----------------------------------------------------------------------------- dense
+
+#: With ``FASTALEX_TUNE=0``: dense layers with at least this many samples run the
+#: micro-kernel (the weight read once for all samples); fewer run the register-tiled
+#: streaming kernel (the weight read once per 4 samples, at the memory's full rate).
+DENSE_MICROKERNEL_MIN_BATCH = 5
+
+# ----------------------------------------------------------------------------- other kernels
+
+#: Pixels per task of the LRN kernel: a task's window sums stay in L1.
+LRN_BLOCK = 512
+
+# ----------------------------------------------------------------------------- threads
+
+#: Seconds ``os.fork()`` waits for a kernel in flight in another thread before forking anyway.
+FORK_WAIT = 10.0
+
+#: Keep the other cores from halting between a forward pass's kernels (idle-priority threads
+#: that yield in a loop, Linux; see ``_awake``): helps where a virtual CPU wakes slowly after
+#: an idle pause, costs up to one more busy core while a pass runs. ``FASTALEX_SPIN=0``: off.
+SPIN = os.environ.get("FASTALEX_SPIN", "1").strip().lower() not in ("0", "false", "no", "off")
+
+# ----------------------------------------------------------------------------- the tuner
+
+#: Timed rounds per candidate when a shape is tuned (after one warm-up call each): more
+#: rounds, a surer choice on a noisy machine, a longer first call.
+TUNE_REPEATS = 3
+#: ... fewer rounds once tuning one shape has taken this long (seconds).
+TUNE_MAX_SECONDS = 1.0

@@ -1,0 +1,188 @@
+"""Schedules chosen by measurement (``backends/_tune.py``) and the compile target's table
+(``backends/_target.py``).
+
+The rest of the suite runs with ``FASTALEX_TUNE=0`` (the heuristics, deterministic); these tests
+turn the tuner on, each with a wisdom folder of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_agree
+
+import fastalex
+from fastalex import functional as F
+
+pytest.importorskip("numba")
+from fastalex.backends import _target, _tune, fast  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tuning(monkeypatch, tmp_path):
+    """The tuner on, with an empty wisdom folder and no choice remembered."""
+    monkeypatch.setenv("FASTALEX_TUNE", "1")
+    monkeypatch.setenv("FASTALEX_TUNE_DIR", str(tmp_path))
+    _tune.forget(memory_only=True)
+    yield tmp_path
+    _tune.forget(memory_only=True)
+
+
+def _candidates(calls, slow="slow"):
+    def make(name, seconds):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+            return name
+        return run
+    return {"slow": make("slow", 0.02 if slow == "slow" else 0.0),
+            "fast": make("fast", 0.0 if slow == "slow" else 0.02)}
+
+
+def test_the_fastest_candidate_wins_and_is_kept_on_disk(tuning):
+    calls = []
+    key = _tune.make_key("op", (1, 2))
+    assert _tune.run("op", key, _candidates(calls), default="slow") == "fast"
+    assert set(calls) == {"slow", "fast"} and len(calls) >= 4        # warm-up + timed rounds
+    data = json.loads(_tune.wisdom_path().read_text())
+    assert data["schedules"][key] == "fast" and data["version"] == _tune.VERSION
+    assert _tune.wisdom_path().parent == tuning
+    calls.clear()
+    assert _tune.run("op", key, _candidates(calls), default="slow") == "fast"
+    assert calls == ["fast"]                                           # remembered: no measuring
+    _tune.forget(memory_only=True)                                     # a new process reads the file
+    calls.clear()
+    assert _tune.run("op", key, _candidates(calls, slow="fast"), default="slow") == "fast"
+    assert calls == ["fast"]
+    assert _tune.lookup(key) == ("fast", "file")
+
+
+def test_tuning_off_uses_the_default_and_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTALEX_TUNE", "0")
+    monkeypatch.setenv("FASTALEX_TUNE_DIR", str(tmp_path))
+    _tune.forget(memory_only=True)
+    calls = []
+    key = _tune.make_key("op", 3)
+    assert _tune.run("op", key, _candidates(calls), default="slow") == "slow"
+    assert calls == ["slow"]
+    assert not list(tmp_path.iterdir())
+    _tune.forget(memory_only=True)
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"version": 0, "schedules": {"k": "x"}}',
+                                     '{"version": 1, "schedules": [1]}'])
+def test_an_unreadable_or_foreign_wisdom_file_is_measured_again_and_rewritten(tuning, content):
+    _tune.wisdom_path().write_text(content)
+    calls = []
+    key = _tune.make_key("op", 4)
+    assert _tune.run("op", key, _candidates(calls), default="slow") == "fast"
+    assert json.loads(_tune.wisdom_path().read_text())["schedules"] == {key: "fast"}
+
+
+def test_a_remembered_schedule_that_no_longer_applies_is_measured_again(tuning):
+    key = _tune.make_key("op", 5)
+    _tune.wisdom_path().write_text(json.dumps({"version": _tune.VERSION, "schedules": {key: "gone"}}))
+    calls = []
+    assert _tune.run("op", key, _candidates(calls), default="slow") == "fast"
+    assert "slow" in calls
+
+
+def test_forcing_a_schedule_that_does_not_apply_is_an_error(monkeypatch):
+    monkeypatch.setitem(_tune.FORCE, "op", "winograd-fused")
+    with pytest.raises(ValueError, match="op: schedule 'winograd-fused' does not apply here"):
+        _tune.run("op", "k", {"a": lambda: 1}, default="a")
+
+
+def test_the_key_has_the_thread_count():
+    import numba
+    assert _tune.make_key("conv2d", (1, 3)).endswith(f"|t{numba.get_num_threads()}")
+
+
+def test_tuned_convolutions_and_dense_layers_agree_and_say_what_runs(tuning):
+    """A model's first pass measures each layer's candidates (every schedule runs on the real
+    input), the result agrees with the reference, and summary() names each choice."""
+    model = fastalex.alexnet("torchvision", seed=3, backend="numba")
+    x = np.abs(np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32))
+    y = model(x)
+    model.backend = "numpy"
+    assert_agree(y, model(x), "tuned torchvision")
+    model.backend = "numba"
+    text = model.summary()
+    assert "batch 2: winograd-" in text and "(measured)" in text, text
+    chosen = _tune.choices()
+    assert any(k.startswith("linear|") for k in chosen)
+    schedules = {name for k, (name, origin) in chosen.items() if k.startswith("conv2d|")}
+    assert schedules <= set(fast.CONV_SCHEDULES)
+    saved = json.loads(_tune.wisdom_path().read_text())["schedules"]
+    assert set(saved) == {k for k, (_, origin) in chosen.items() if origin == "measured"}
+
+
+@pytest.mark.parametrize("schedule", ["tiled", "microkernel"])
+@pytest.mark.parametrize("n, out, k", [(2, 40, 300), (16, 96, 1000), (17, 6, 33), (33, 130, 64)])
+def test_every_dense_schedule_agrees(monkeypatch, schedule, n, out, k):
+    monkeypatch.setitem(_tune.FORCE, "linear", schedule)
+    rng = np.random.default_rng(n)
+    x, w = rng.standard_normal((n, k), dtype=np.float32), rng.standard_normal((out, k), dtype=np.float32)
+    b = rng.standard_normal(out, dtype=np.float32)
+    for bias, act in ((b, "relu"), (None, None)):
+        assert_agree(F.linear(x, w, bias, act, backend="numba"), F.linear(x, w, bias, act, backend="numpy"),
+                     f"{schedule} {n}x{k} -> {out}")
+
+
+def test_dense_microkernel_refuses_arguments_that_do_not_fit():
+    from fastalex.backends import _gemm
+    w = np.zeros((8, 10), np.float32)
+    with pytest.raises(ValueError, match="dense: shapes do not match"):
+        _gemm.checked_dense(w, _gemm.pack_x(np.zeros((3, 11), np.float32)), np.zeros(0, np.float32), True,
+                            np.zeros((3, 8), np.float32))
+    with pytest.raises(ValueError, match="dense: shapes do not match"):
+        _gemm.checked_dense(w, _gemm.pack_x(np.zeros((3, 10), np.float32)), np.zeros(0, np.float32), True,
+                            np.zeros((17, 8), np.float32))
+
+
+# ----------------------------------------------------------------------------- the target table
+
+@pytest.mark.parametrize("machine, features, isa, mr, nr", [
+    ("x86_64", {"avx", "avx2", "fma", "avx512f"}, "avx512", 6, 32),
+    ("x86_64", {"avx", "avx2", "fma"}, "avx2", 6, 16),
+    ("x86_64", {"sse2"}, "sse2", 2, 16),
+    ("aarch64", {"neon"}, "neon", 6, 16),
+])
+def test_the_micro_kernel_tile_follows_the_registers(machine, features, isa, mr, nr):
+    t = _target.make_target(machine, "cpu", frozenset(features))
+    assert (t.isa, t.mr, t.nr) == (isa, mr, nr)
+    # the tile's accumulators, B loads and one broadcast fit in the register file
+    per_vector = max(1, 16 * 32 // t.vector_bits)          # registers per <16 x float>
+    assert t.mr * (nr // 16) * per_vector + (nr // 16) * per_vector + 1 <= t.vector_registers
+
+
+def test_an_empty_feature_string_means_the_named_cpus_defaults():
+    assert _target._features("haswell", "", "+avx512f") >= {"avx2", "fma"}
+    assert "avx512f" not in _target._features("haswell", "", "+avx512f")
+    assert _target._features("generic", "", "+avx512f") == frozenset()
+    assert "avx512f" in _target._features("haswell", None, "+avx512f,-amx-tile")   # host features
+    assert {"amx-bf16", "amx-tile"} <= _target._features("sapphirerapids", "", "")
+
+
+def _target_in(env):
+    code = ("from fastalex.backends import _target, _gemm; t = _target.target(); "
+            "print(t.isa, t.mr, t.nr, _gemm.MR, _gemm.NR)")
+    full = {**os.environ, **env}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split()
+
+
+def test_numba_cpu_name_and_features_choose_the_kernels_tile():
+    assert _target_in({"NUMBA_CPU_NAME": "generic"}) == ["sse2", "2", "16", "2", "16"]
+    assert _target_in({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""})[:3] == ["avx2", "6", "16"]
