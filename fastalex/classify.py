@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from . import _files
+from ._files import is_url
 from .images import ImageError, _describe, get_preprocess, is_image_file, open_image, preprocess_image
 from .labels import imagenet_labels, load_labels
 
@@ -136,11 +138,6 @@ def _expand_one(x):
         raise TypeError(f"classify: inputs must be paths, PIL images or arrays, got {type(x).__name__}")
 
 
-def is_url(path) -> bool:
-    """Whether ``path`` is a URL (``s3://...``, ``https://...``) rather than a local path."""
-    return isinstance(path, str) and "://" in path[:32] and path.split("://", 1)[0].isidentifier()
-
-
 def _fsspec(url):
     try:
         import fsspec
@@ -170,15 +167,10 @@ def _expand_url(url):
 
 
 def read_url(url) -> bytes:
-    """The bytes at ``url``: ``http(s)://`` with urllib, anything else through fsspec."""
-    scheme = url.split("://", 1)[0]
-    if scheme in ("http", "https"):
-        import urllib.request
-        request = urllib.request.Request(url, headers={"User-Agent": "fastalex"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.read()
-    with _fsspec(url).open(url, "rb") as f:
-        return f.read()
+    """The bytes of the image at ``url`` (``http(s)://`` with urllib, ``file://`` as a local
+    path, anything else through fsspec), at most :data:`fastalex._files.MAX_IMAGE_BYTES` of them
+    and, over http(s), within :data:`fastalex._files.IMAGE_DEADLINE` seconds in all."""
+    return _files.read_bounded(url, _files.MAX_IMAGE_BYTES, _files.IMAGE_DEADLINE)
 
 
 def expand_inputs(inputs) -> list[_Item]:
@@ -202,10 +194,18 @@ def _decode(item: _Item, preprocess: dict) -> np.ndarray:
             raise ImageError(None, f"a preprocessed array must be (3, H, W), got {src.shape}")
         return np.ascontiguousarray(src, dtype=np.float32)
     if isinstance(src, str) and is_url(src):
+        if _files.scheme_of(src) == "file":  # a local file: the same rules as a path
+            try:
+                path = _files.local_path(src)
+            except _files.FileProblem as problem:
+                raise ImageError(src, problem.reason) from None
+            return preprocess_image(open_image(path), preprocess)
         try:
             data = read_url(src)
         except ImportError as exc:
             raise ImageError(src, str(exc)) from None
+        except _files.FileProblem as problem:  # too large, too slow
+            raise ImageError(src, problem.reason) from None
         except Exception as exc:
             raise ImageError(src, f"cannot read ({type(exc).__name__}: {exc})") from None
         try:

@@ -44,7 +44,9 @@ EMBED_EPILOG = """\
 weights as for `fastalex classify`. The vectors are float32, in input order; images that
 cannot be read are reported on stderr and left out (--resume tries them again). While running,
 vectors go to FILE.journal; the output is written (to a temporary name, then renamed) when the
-run ends, so an interruption never leaves a torn file: rerun with --resume to continue.
+run ends, so an interruption never leaves a torn file: rerun with --resume to continue. A
+resume must use the settings of the run it continues (layer, --normalize, weights, precision,
+preprocessing); one run at a time writes FILE (FILE.lock).
 
 exit status: 0 all images embedded, 1 some could not be read, 2 usage error, 130 interrupted."""
 
@@ -171,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="write feature vectors (fc7, ...) of images to a file",
                        description="Write one feature vector per image (a layer's output, flattened) "
-                                   "to FILE: .npy (plus FILE-stem.paths.txt), .npz (paths, vectors) or "
-                                   ".parquet (columns path, vector; needs pyarrow).",
+                                   "to FILE: .npy (plus FILE-stem.paths.jsonl), .npz (paths, vectors) or "
+                                   ".parquet (columns path, path_bytes, vector; needs pyarrow).",
                        epilog=EMBED_EPILOG)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or URLs")
     p.add_argument("--layer", default="fc7", metavar="NAME",
@@ -222,6 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): also time PyTorch and ONNX Runtime on the same model, weights, "
                         "input and number of threads, when they are installed; none: only fastalex")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tune", help="measure the fastest schedule of every layer on this machine, ahead of time",
+                       description="Run the first forward passes now: the fast backend measures which schedule "
+                                   "runs each convolution and dense layer fastest on this machine at each batch "
+                                   "size, and keeps the winners on disk for every later run.")
+    p.add_argument("--variant", choices=_variants() + ["all"], default="all", help="model variant (default all)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 16), metavar="N,N,...",
+                   help="batch sizes to tune for (default 1,16)")
+    p.add_argument("--again", action="store_true", help="forget what was measured before and measure anew")
+    p.set_defaults(func=cmd_tune)
 
     from .cli_insight import add_commands
     add_commands(sub)  # show filters|activations, explain, profile
@@ -315,7 +327,7 @@ def _load_model(args):
     from .weights import WeightsUnavailableError
     weight_dtype = getattr(args, "weight_dtype", "float32")  # commands without --weight-dtype
     if not args.random_weights and is_onnx(args.weights):  # an .onnx file brings its architecture
-        return load_onnx_model(args).set_weight_dtype(weight_dtype)
+        return load_onnx_model(args).set_weight_dtype(weight_dtype, keep_float32=False)
     if args.random_weights:
         model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
                         backend=args.backend, seed=0, weight_dtype=weight_dtype)
@@ -359,7 +371,8 @@ def _local_weights(weights):
     try:
         return fetch_weights(weights)
     except (OSError, ValueError, ImportError, WeightsUnavailableError) as exc:
-        raise UsageError(f"cannot fetch the weights {weights}: {exc}") from None
+        message = _cli_message(exc)
+        raise UsageError(message if weights in message else f"cannot fetch the weights {weights}: {message}") from None
 
 
 def model_recipe(args):
@@ -454,30 +467,86 @@ def cmd_embed(args):
 def _cluster(args):
     """A context manager giving a Dask client (``--workers``/``--scheduler``) or None."""
     import contextlib
-    if not (args.workers or args.scheduler):
+    if not args.workers and args.scheduler is None:  # --scheduler "" is refused below, never local
         return contextlib.nullcontext(None)
     from . import distributed
     try:
         distributed.require_dask()
-    except ImportError as exc:
+        if args.scheduler is not None:
+            return _connect(distributed.check_address(args.scheduler))  # a bad address: before anything slow
+    except (ImportError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    if args.workers:
-        # Only CRITICAL logs from the workers: a failed image is reported by the command itself,
-        # and a heartbeat cut off while the cluster shuts down logged an ERROR with a traceback
-        # (a race in Dask's teardown, harmless: never a traceback from the command).
-        import logging
-        return distributed.local_cluster(args.workers, silence_logs=logging.CRITICAL)
-    return distributed.connect(args.scheduler)
+    # Only CRITICAL logs from the workers: a failed image is reported by the command itself,
+    # and a heartbeat cut off while the cluster shuts down logged an ERROR with a traceback
+    # (a race in Dask's teardown, harmless: never a traceback from the command).
+    import logging
+    return distributed.local_cluster(args.workers, silence_logs=logging.CRITICAL)
 
 
-def _open_output(args, kind):
-    from .outputs import JsonLinesOutput, VectorOutput
+@contextlib.contextmanager
+def _connect(address):
+    """``distributed.connect(address)``, where no scheduler answering is a usage error (exit 2)."""
+    from . import distributed
+    with contextlib.ExitStack() as stack:
+        try:
+            client = stack.enter_context(distributed.connect(address))
+        except distributed.SchedulerError as exc:
+            raise UsageError(str(exc)) from None
+        yield client
+
+
+def _check_inputs_exist(paths):
+    """A PATH that does not exist is a usage error (exit 2), found before the weights are loaded;
+    a file that exists but cannot be read is a failed input (exit 1)."""
+    from .classify import is_url
+    missing = [p for p in paths if not is_url(p) and not os.path.exists(p)]
+    if missing:
+        raise UsageError("no such file or directory: " + ", ".join(_printable(p) for p in missing))
+
+
+def _file_digest(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _embed_run(args, model):
+    """What an embed output records of this run: the settings that change the vectors, which
+    --resume must match (compared by value; the weights by their file's digest)."""
+    from .images import get_preprocess
+    if hasattr(model, "resolve_layer"):
+        skel, preprocess = model, get_preprocess(model)
+    else:  # a recipe (--workers/--scheduler)
+        from .distributed import skeleton
+        skel = skeleton(model)
+        preprocess = model.get("preprocess") or skel.preprocess
+    if args.random_weights:
+        weights, shown = "random (seed 0)", "--random-weights"
+    elif args.weights == "imagenet":
+        weights = shown = "imagenet"
+    else:
+        local = args.weights if is_onnx(args.weights) else _local_weights(args.weights)
+        weights, shown = _file_digest(local), args.weights
+    return {"layer": skel.resolve_layer(args.layer), "normalize": bool(args.normalize), "weights": weights,
+            "weights_shown": shown, "weight_dtype": getattr(args, "weight_dtype", "float32"),
+            "preprocess": json.loads(json.dumps(preprocess)), "variant": skel.variant,
+            "num_classes": skel.num_classes}
+
+
+def _open_output(args, kind, model=None):
+    from .outputs import DiskFullError, JsonLinesOutput, VectorOutput
     try:
         if kind == "embed":
-            return VectorOutput(args.output, resume=args.resume, flush_every=args.batch_size)
+            return VectorOutput(args.output, resume=args.resume, flush_every=args.batch_size,
+                                run=_embed_run(args, model))
         return JsonLinesOutput(args.output, resume=args.resume, flush_every=args.batch_size)
     except (ValueError, ImportError) as exc:
         raise UsageError(str(exc)) from None
+    except DiskFullError:
+        raise  # exit 1, as a full disk later in the run
     except OSError as exc:
         raise UsageError(f"cannot open the output {args.output}: {exc.strerror or exc}") from None
 
@@ -501,6 +570,13 @@ def _run_images(args, kind):
             check_vector_path(args.output)  # the format (and pyarrow for .parquet), before anything slow
         except (ValueError, ImportError) as exc:
             raise UsageError(str(exc)) from None
+    if args.output:
+        from .outputs import OutputError, check_output_path
+        try:
+            check_output_path(args.output, "--output")  # not a folder, in a folder that exists
+        except OutputError as exc:
+            raise UsageError(str(exc)) from None
+    _check_inputs_exist(args.paths)
     t_start = time.perf_counter()
     with warnings.catch_warnings(record=True) as skipped:
         warnings.simplefilter("always", SkippedFolderWarning)
@@ -537,7 +613,7 @@ def _run_images(args, kind):
     t_backend = time.perf_counter() - t0
     _compile_note(args.backend)
 
-    output = _open_output(args, kind) if args.output else None
+    output = _open_output(args, kind, model) if args.output else None
     total = len(items)
     if output is not None and output.done:
         items = [item for item in items if item.path not in output.done]
@@ -640,8 +716,11 @@ def cmd_weights_path(args):
         print(f"cached weights:  {found} ({found.stat().st_size / 2**20:.1f} MiB, verified)")
     else:
         paths = W.IMAGENET1K_V1.paths()
+        problem = W.IMAGENET1K_V1.raw_problem()  # a hand-copied .pth: checked as classify checks it
+        if problem is not None:
+            raise UsageError(f"{problem} (`{PROG} weights download`).")
         if paths["raw"].is_file():
-            hint = f"{paths['raw'].name} is there and will be converted on first use"
+            hint = f"{paths['raw'].name} is there (its hash checks out) and will be converted on first use"
         elif paths["npz"].is_file():
             hint = (f"{paths['npz'].name} has no recorded digest (an older fastalex?), so it cannot "
                     f"be verified; `{PROG} weights download` replaces it")
@@ -675,6 +754,27 @@ def _bench_runners(model, names, peers):
             yield name, None, f"cannot run this model: {exc}"
 
 
+def _batch_sizes(text):
+    sizes = [part.strip() for part in text.split(",")]
+    if not sizes or not all(p.isdigit() and int(p) >= 1 for p in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return tuple(int(p) for p in sizes)
+
+
+def cmd_tune(args):
+    from .tuning import tune
+    variants = ["torchvision", "original"] if args.variant == "all" else [args.variant]
+    try:
+        result = tune(variants, args.batch_sizes, again=args.again)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{'variant':<12} {'batch':>5}  {'layer':<14} {'schedule':<34} origin")
+    for r in result["rows"]:
+        print(f"{r['variant']:<12} {r['batch']:>5}  {r['layer']:<14} {r['schedule'][:34]:<34} {r['origin']}")
+    print(f"kept in {result['wisdom']}")
+    return 0
+
+
 def cmd_bench(args):
     import numpy as np
 
@@ -693,11 +793,12 @@ def cmd_bench(args):
     if args.weights is not None:
         if not is_onnx(args.weights):
             raise UsageError(f"bench --weights takes an .onnx model, got {args.weights}")
-        model, title = load_onnx_model(args).set_weight_dtype(args.weight_dtype), args.weights
+        model, title = load_onnx_model(args).set_weight_dtype(args.weight_dtype, keep_float32=False), args.weights
     else:
         variant = args.variant or "torchvision"
         model, title = alexnet(variant, weight_dtype=args.weight_dtype), f"AlexNet ({variant})"
     model.set_precision(precision)
+    _check_batch_memory(model, args.batch_size)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     model.backend = names[0]
     path = bf16_note(model)
@@ -738,7 +839,19 @@ def cmd_bench(args):
         if name != base:
             rel = float(np.abs(y - outputs[base]).max() / max(np.abs(outputs[base]).max(), 1e-30))
             print(f"agreement: max |{name} - {base}| / max |{base}| = {rel:.2e}")
+    if "numba" in medians:
+        from .backends import describe_runtime
+        print(describe_runtime())
     return 0
+
+
+def _check_batch_memory(model, batch_size):
+    """--batch-size too large for this machine's memory: exit 2 before allocating anything."""
+    from .profiling import check_batch_memory
+    try:
+        check_batch_memory(model, batch_size, "--batch-size")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _onnx_file_runners(model, names, path):
@@ -819,6 +932,9 @@ def main(argv=None) -> int:
         except (OSError, ValueError):
             pass
         return 141
+    except MemoryError:
+        _err("error: out of memory (a smaller --batch-size needs less)")
+        return 1
     except Exception as exc:  # never a traceback
         message = str(exc) or type(exc).__name__
         _err(f"error: {message}" if isinstance(exc, (ValueError, OSError)) else

@@ -121,6 +121,8 @@ def add_commands(sub):
 
 def _check_output(path, option="-o"):
     """Fail early (exit 2) on an output file that cannot be written as an image."""
+    if os.path.isdir(path):
+        raise cli.UsageError(f"{option} {path}: is a directory; give a file name such as {option} out.png")
     ext = os.path.splitext(path)[1].lower()
     if ext not in Image.registered_extensions():
         raise cli.UsageError(f"{option} {path}: unknown image file extension {ext or '(none)'!r}; use .png")
@@ -129,9 +131,17 @@ def _check_output(path, option="-o"):
         raise cli.UsageError(f"{option} {path}: the directory {parent} does not exist")
 
 
+def _save(img, path):
+    """Save the picture and say where (on stdout)."""
+    img.save(path)
+    print(f"wrote {cli._printable(path)}")
+
+
 def _photo(path):
     """The decoded photo, or None after one line on stderr (the command then exits 1)."""
     from .images import ImageError, open_image
+    if not os.path.exists(path):  # as for classify: a PATH that does not exist is a usage error
+        raise cli.UsageError(f"no such file or directory: {cli._printable(path)}")
     try:
         return open_image(path)
     except ImageError as exc:
@@ -160,7 +170,7 @@ def cmd_show_filters(args):
         img = viz.filters(model, args.layer, scale=args.scale, per_input=args.per_input)
     except (ValueError, TypeError) as exc:
         raise _bad_layer(exc) from None
-    img.save(args.output)
+    _save(img, args.output)
     return 0
 
 
@@ -178,7 +188,7 @@ def cmd_show_activations(args):
     _backend_ready(args.backend)
     img = viz.activations(model, photo, args.layer, scale=args.scale, max_channels=args.max_channels,
                           normalize=args.normalize, cmap=args.cmap)
-    img.save(args.output)
+    _save(img, args.output)
     return 0
 
 
@@ -220,8 +230,8 @@ def cmd_explain(args):
     finally:
         bar.close()
     label = viz.class_label(occ.target, labels)
-    viz.draw_occlusion(photo, occ, label=label).save(args.output)
     print(f"{label}: p = {occ.probability:.4f}")
+    _save(viz.draw_occlusion(photo, occ, label=label), args.output)
     return 0
 
 
@@ -246,6 +256,7 @@ def cmd_profile(args):
     if "numba" in names:
         _backend_ready("numba")
     model = alexnet(args.variant, precision=args.precision)
+    cli._check_batch_memory(model, args.batch_size)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     profiles, forward, paths = {}, {}, {}
     for name in names:
@@ -262,10 +273,21 @@ def cmd_profile(args):
         print(json.dumps(_profile_json(args, model, profiles, forward)))
     else:
         print(_profile_table(title, profiles, forward))
+        if "numba" in profiles:
+            from .backends import describe_runtime
+            print(describe_runtime())
     if args.plot:
         plot_profile(profiles, args.plot, title=f"AlexNet ({args.variant}), batch {args.batch_size}: "
                                                 f"time per step (median of {args.repeat})")
     return 0
+
+
+def _runtime_json(profiles):
+    """The threading layer, threads, CPU and ISA the numba rows ran with (None without them)."""
+    if "numba" not in profiles:
+        return None
+    from .backends import runtime_info
+    return runtime_info()
 
 
 def _profile_json(args, model, profiles, forward):
@@ -282,7 +304,7 @@ def _profile_json(args, model, profiles, forward):
     return {"variant": args.variant, "batch_size": args.batch_size, "input_shape": list(model.input_shape),
             "precision": args.precision, "bf16_paths": getattr(args, "bf16_paths", {}),
             "repeat": args.repeat, "warmup": args.warmup, "backends": list(profiles), "note": PROFILE_NOTE,
-            "rows": rows,
+            "rows": rows, "runtime": _runtime_json(profiles),
             "total": {name: {"sum_ms": sum(r["seconds"] for r in prof) * 1e3, "forward_ms": forward[name] * 1e3}
                       for name, prof in profiles.items()}}
 

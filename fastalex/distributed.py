@@ -30,6 +30,7 @@ Dask is optional: ``pip install 'fastalex[dask]'``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -39,7 +40,8 @@ import time
 import uuid
 
 __all__ = ["DASK_HINT", "require_dask", "recipe_of", "load_model", "skeleton", "iter_distributed",
-           "local_cluster", "connect", "fetch_weights", "ModelLoadError", "loads"]
+           "local_cluster", "connect", "check_address", "SchedulerError", "BadSchedulerAddress",
+           "fetch_weights", "ModelLoadError", "loads"]
 
 DASK_HINT = "pip install 'fastalex[dask]'"
 
@@ -142,7 +144,7 @@ def _build(recipe):
         if recipe.get("preprocess"):  # e.g. --preprocess caffe
             model.preprocess = dict(recipe["preprocess"])
         if recipe.get("weight_dtype", "float32") != "float32":  # e.g. --weight-dtype bfloat16
-            model.set_weight_dtype(recipe["weight_dtype"])
+            model.set_weight_dtype(recipe["weight_dtype"], keep_float32=False)
         if recipe.get("precision", "float32") != "float32":  # --precision bfloat16
             model.set_precision(recipe["precision"])
         return model
@@ -178,24 +180,39 @@ def fetch_weights(url) -> str:
     ``<cache_dir>/remote/<hash of the URL>/<file name>`` (written to a temporary name and
     renamed): ``http(s)://`` and ``file://`` with urllib (a hash in the file name, as in
     ``alexnet-owt-7be5be79.pth``, is verified), other schemes (``s3://``, ``gs://``, ...) with
-    fsspec. The copy is a ``.pth`` or ``.npz`` as at the URL."""
+    fsspec. The copy is a ``.pth`` or ``.npz`` as at the URL.
+
+    Every download is bounded (:func:`fastalex._files.open_bounded`): at most
+    :data:`~fastalex._files.MAX_WEIGHTS_BYTES`, within :data:`~fastalex._files.WEIGHTS_DEADLINE`
+    seconds over http(s), and ``file://`` must name a regular file; a download that fails
+    leaves nothing in the cache."""
     import hashlib
 
+    from . import _files
     from . import weights as W
     name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "weights"
     dest = W.cache_dir() / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     if dest.is_file():
         return str(dest)
-    if url.split("://", 1)[0] in ("http", "https", "file"):
-        W._fetch(url, dest, False, W._hash_prefix(name))
-    else:
-        from .classify import _fsspec
 
-        def copy(out):
-            with _fsspec(url).open(url, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    out.write(chunk)
-        W._atomic_write(dest, copy)
+    def copy(out):
+        with _files.open_bounded(url, _files.MAX_WEIGHTS_BYTES, _files.WEIGHTS_DEADLINE) as reader:
+            for chunk in reader:
+                out.write(chunk)
+
+    try:
+        if _files.scheme_of(url) in ("http", "https", "file"):
+            W._fetch(url, dest, False, W._hash_prefix(name))
+        else:
+            W._atomic_write(dest, copy)
+    except _files.FileProblem as problem:
+        raise W.WeightsUnavailableError(f"cannot fetch {url}: it {problem.reason} (the partial "
+                                        "copy was deleted)") from None
+    finally:
+        if not dest.is_file():  # failed: no empty folder left behind either
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()
+                dest.parent.parent.rmdir()  # remote/, if nothing else is there
     return str(dest)
 
 
@@ -321,19 +338,78 @@ def local_cluster(workers, threads_per_worker=None, silence_logs=logging.ERROR, 
         cluster.close()
 
 
-#: seconds to wait for ``--scheduler ADDRESS`` to answer
+#: seconds to wait for ``--scheduler ADDRESS`` to answer (connecting and Dask's handshake)
 CONNECT_TIMEOUT = 30
+
+
+class SchedulerError(ConnectionError):
+    """The scheduler address is not one (``ValueError`` too), or no Dask scheduler answered
+    there in time."""
+
+
+class BadSchedulerAddress(SchedulerError, ValueError):
+    """Not a scheduler address (``garbage``, ``""``, ``foo://x``)."""
+
+
+def check_address(address) -> str:
+    """``address`` if it reads as a Dask scheduler address (``tcp://host:8786``,
+    ``host:8786``, ``tls://...``), else :class:`BadSchedulerAddress`. Nothing is contacted."""
+    require_dask()
+    from distributed.comm.addressing import parse_address, parse_host_port
+    text = address.strip() if isinstance(address, str) else ""
+    if not text:
+        raise BadSchedulerAddress(f"the scheduler address is empty ({address!r}); give one such as "
+                                  "tcp://host:8786")
+    try:
+        scheme, location = parse_address(text)
+        if scheme in ("tcp", "tls"):
+            host, port = parse_host_port(location)
+            if not host or not 0 < int(port) < 65536:
+                raise ValueError(f"no host or port in {text!r}")
+        else:
+            from distributed.comm.registry import get_backend
+            get_backend(scheme)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadSchedulerAddress(f"{address!r} is not a Dask scheduler address ({exc}); give one "
+                                  "such as tcp://host:8786") from None
+    return text
+
+
+def _deadline_client(timeout):
+    """Dask's ``Client`` whose start (connection *and* handshake) ends within ``timeout`` + 1 s:
+    Dask itself bounds only the TCP connection, and waits forever for the handshake of a
+    server that accepts connections but says nothing."""
+    from distributed import Client
+
+    class DeadlineClient(Client):
+        def __init__(self, *args, **kwargs):
+            try:
+                super().__init__(*args, **kwargs)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.close(timeout=2)  # stop its event loop thread and connection pool
+                raise
+
+        async def _start(self, *args, **kwargs):
+            return await asyncio.wait_for(super()._start(*args, **kwargs), timeout + 1)
+
+    return DeadlineClient
 
 
 @contextlib.contextmanager
 def connect(address, timeout=None):
-    """A ``Client`` of the running scheduler at ``address`` (``tcp://host:8786``), closed on exit."""
-    require_dask()
-    from distributed import Client
+    """A ``Client`` of the running scheduler at ``address`` (``tcp://host:8786``), closed on
+    exit. Within ``timeout`` seconds (default :data:`CONNECT_TIMEOUT`) a Dask scheduler must
+    have answered there, else :class:`SchedulerError` naming the address."""
+    address = check_address(address)
+    timeout = timeout or CONNECT_TIMEOUT
     try:
-        client = Client(address, timeout=timeout or CONNECT_TIMEOUT)
-    except (OSError, ValueError) as exc:  # refused, timed out, not an address
-        raise ConnectionError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
+        client = _deadline_client(timeout)(address, timeout=timeout)
+    except (TimeoutError, asyncio.TimeoutError):  # connected, but no handshake came back
+        raise SchedulerError(f"no Dask scheduler answered at {address} within {timeout:g} s (something "
+                             "accepts connections there but does not speak Dask's protocol?)") from None
+    except (OSError, ValueError, TypeError) as exc:  # refused, unknown host, TLS not configured
+        raise SchedulerError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
     try:
         yield client
     finally:

@@ -24,8 +24,9 @@ and ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr`` become RGB.
 
 Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is respected: an image
 with more pixels than that raises :class:`ImageError` (Pillow itself only warns below twice
-the limit). Every failure to read an image raises :class:`ImageError`, naming the file and
-the reason.
+the limit). A file larger than :data:`fastalex._files.MAX_IMAGE_BYTES` (512 MiB) is refused
+too; image URLs have the same cap and a deadline (see :mod:`fastalex._files`). Every failure
+to read an image raises :class:`ImageError`, naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import _files
 from ._files import FileProblem, open_regular
 
 __all__ = ["ImageError", "load_image", "load_images", "open_image", "to_rgb", "preprocess_image",
@@ -190,7 +192,7 @@ def open_image(source) -> Image.Image:
                         f"got {type(source).__name__}")
     path = os.fspath(source)
     try:
-        f, size = open_regular(path)  # a FIFO or device is refused, never waited on
+        f, size = open_regular(path, _files.MAX_IMAGE_BYTES)  # a FIFO or device is refused, never waited on
     except FileProblem as problem:
         raise ImageError(path, _FILE_PROBLEMS.get(problem.reason, problem.reason)) from None
     with f:

@@ -10,6 +10,8 @@ import functools
 import os
 from importlib import resources
 
+from . import _files
+
 __all__ = ["LabelsError", "imagenet_labels", "load_labels", "label_for"]
 
 IMAGENET_NUM_CLASSES = 1000
@@ -39,18 +41,24 @@ def imagenet_labels() -> tuple[str, ...]:
 
 
 def load_labels(path, num_classes: int | None = None) -> tuple[str, ...]:
-    """Class names from a text file, one per line; with ``num_classes`` the count must match.
-    Raises :class:`LabelsError`."""
+    """Class names from a UTF-8 text file (a path or a ``file://`` URL), one per line; with
+    ``num_classes`` the count must match. Only a regular file of at most
+    :data:`fastalex._files.MAX_LABELS_BYTES` (16 MiB) is read: a FIFO or device is refused
+    at once. Raises :class:`LabelsError`."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise LabelsError(f"labels file {path} does not exist") from None
-    except IsADirectoryError:
-        raise LabelsError(f"labels file {path} is a directory") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"cannot read labels file {path}: {exc}") from None
+        if _files.is_url(path) and _files.scheme_of(path) != "file":
+            raise _files.FileProblem("is a URL; a labels file must be local (a path or file:///path)")
+        data = _files.read_bounded(path, _files.MAX_LABELS_BYTES)
+        text = data.decode("utf-8-sig")
+    except _files.FileProblem as problem:
+        if problem.missing:
+            raise LabelsError(f"labels file {path} does not exist") from None
+        raise LabelsError(f"labels file {path} {problem.reason}") from None
+    except UnicodeDecodeError as exc:
+        raise LabelsError(f"cannot read labels file {path}: it is not UTF-8 text ({exc})") from None
+    except OSError as exc:
+        raise LabelsError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
     return _parse(text, path, num_classes)
 
 

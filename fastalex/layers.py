@@ -120,10 +120,12 @@ class _Parametric(Layer):
         if weight is None and rng is None:
             object.__setattr__(self, "weight", np.zeros(self.weight_shape, np.float32))
         else:
-            if weight is None:
+            if weight is None:  # a fresh, finite array of the right shape: no copy, no check
                 weight = _rng(rng).standard_normal(self.weight_shape, dtype=np.float32)
                 weight *= np.float32(math.sqrt(2.0 / fan_in))
-            self.weight = weight
+                object.__setattr__(self, "weight", weight)
+            else:
+                self.weight = weight
         if bias is None and use_bias:
             bias = np.zeros(self.weight_shape[0], np.float32)
         self.bias = bias
@@ -238,8 +240,9 @@ class Dense(_Parametric):
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         self.weight_shape = (out_features, in_features)
         self._weight_dtype = "float32"
+        self._float32 = None  # the float32 weight a conversion started from, if kept (see set_weight_dtype)
         self._init_params(weight, bias_value, bias, in_features, rng)
-        self.set_weight_dtype(weight_dtype)
+        self.set_weight_dtype(weight_dtype, keep_float32=False)  # built for that precision
 
     @property
     def weight(self):
@@ -248,21 +251,45 @@ class Dense(_Parametric):
 
     @weight.setter
     def weight(self, value):  # reached through _set_param / load_state_dict: value is checked float32
+        if self._float32 is not None:  # keeping the float32 weight: the new one is kept instead
+            object.__setattr__(self, "_float32", np.ascontiguousarray(value, dtype=np.float32))
         object.__setattr__(self, "stored_weight", pack(value, self._weight_dtype))
 
     @property
     def weight_dtype(self) -> str:
         return self._weight_dtype
 
-    def set_weight_dtype(self, dtype):
-        """Store the weight as ``dtype`` from now on (converting the current one). Converting
-        a bfloat16/int8 weight starts from its widened values: precision lost stays lost."""
+    @property
+    def keeps_float32(self) -> bool:
+        """Whether a bfloat16/int8 layer still holds the float32 weight it was converted from."""
+        return self._float32 is not None
+
+    def set_weight_dtype(self, dtype, keep_float32=True):
+        """Store the weight as ``dtype`` from now on.
+
+        Converting a float32 weight to bfloat16/int8 keeps the float32 one (unless
+        ``keep_float32=False``, which saves its memory), and every later conversion starts from
+        it, so ``set_weight_dtype("float32")`` gives the exact float32 weight back. A layer
+        without it (built with ``weight_dtype=``, or converted with ``keep_float32=False``)
+        refuses to convert: its float32 values are gone (load the weights again)."""
         dtype = check_weight_dtype(dtype, "Dense")
         check_precision_and_weights(self.precision, dtype, "Dense")
-        if dtype != self._weight_dtype:
-            weight = self.weight
-            self._weight_dtype = dtype
-            self.weight = weight
+        if dtype == self._weight_dtype:
+            if not keep_float32:
+                object.__setattr__(self, "_float32", None)
+            return self
+        if self._weight_dtype == "float32":
+            source = self.stored_weight
+        elif self._float32 is not None:
+            source = self._float32
+        else:
+            raise ValueError(f"Dense: the weight is stored as {self._weight_dtype} and its float32 values "
+                             f"were not kept (built with weight_dtype={self._weight_dtype!r}, or converted "
+                             f"with keep_float32=False), so it cannot become {dtype} without the rounding "
+                             f"carried over; load the weights again with weight_dtype={dtype!r}")
+        self._weight_dtype = dtype
+        object.__setattr__(self, "_float32", source if dtype != "float32" and keep_float32 else None)
+        object.__setattr__(self, "stored_weight", pack(source, dtype))
         return self
 
     @property

@@ -279,16 +279,30 @@ class Sequential(L.Layer):
         kinds = {layer.weight_dtype for _, layer in self.named_layers() if isinstance(layer, L.Dense)}
         return kinds.pop() if len(kinds) == 1 else ("float32" if not kinds else "mixed")
 
-    def set_weight_dtype(self, dtype):
+    def set_weight_dtype(self, dtype, keep_float32=True):
         """Store every dense layer's weight as ``dtype`` (``"float32"``, ``"bfloat16"``,
-        ``"int8"``, see :mod:`fastalex.lowp`); convolutions stay float32. Returns ``self``."""
+        ``"int8"``, see :mod:`fastalex.lowp`); convolutions stay float32. Returns ``self``.
+
+        Converting float32 weights keeps them (``keep_float32=False`` frees that memory), so a
+        later ``set_weight_dtype("float32")`` restores them exactly. A model built with
+        ``weight_dtype="bfloat16"``/``"int8"`` (or converted with ``keep_float32=False``) has
+        no float32 weights to go back to: converting it raises ``ValueError`` (load the
+        weights again) and nothing is changed."""
         check_weight_dtype(dtype, "set_weight_dtype")
         for _, layer in self.named_layers():
             if isinstance(layer, L.Dense):
                 check_precision_and_weights(layer.precision, dtype, "set_weight_dtype")
-        for _, layer in self.named_layers():
-            if isinstance(layer, L.Dense):
-                layer.set_weight_dtype(dtype)
+        dense = [(name, layer) for name, layer in self.named_layers() if isinstance(layer, L.Dense)]
+        lost = [name for name, layer in dense
+                if layer.weight_dtype not in ("float32", dtype) and not layer.keeps_float32]
+        if lost:
+            raise ValueError(f"set_weight_dtype: the dense weights of {', '.join(lost)} are stored as "
+                             f"{self.weight_dtype} and their float32 values were not kept (the model was built "
+                             f"with weight_dtype=, or converted with keep_float32=False), so they cannot become "
+                             f"{dtype} without their rounding; load the weights again, e.g. "
+                             f"alexnet(..., weights=..., weight_dtype={dtype!r})")
+        for _, layer in dense:
+            layer.set_weight_dtype(dtype, keep_float32=keep_float32)
         return self
 
     # -- how products are computed
@@ -385,7 +399,7 @@ class Model(Sequential):
         _load_backend(backend)
         self.num_classes = self.output_shape(self.input_shape)[0]
         check_precision_and_weights(precision, weight_dtype, "Model")
-        self.set_weight_dtype(weight_dtype)
+        self.set_weight_dtype(weight_dtype, keep_float32=False)  # built for that precision
         self.set_precision(precision)
         #: how to build this model again elsewhere (a Dask worker): spec, seed and weights
         #: source; None once its weights came from arrays (see fastalex.distributed.recipe_of)
@@ -417,6 +431,8 @@ class Model(Sequential):
     def __call__(self, x):
         """Logits ``(N, num_classes)`` for a float32 batch ``(N, 3, H, W)`` or ``(num_classes,)`` for one image."""
         x, squeezed = self._batch(x)
+        if len(x) == 0:  # empty in, empty out
+            return np.zeros((0, *self.output_shape(x.shape[1:])), np.float32)
         y = self.forward(x)
         return y[0] if squeezed else y
 
@@ -455,6 +471,9 @@ class Model(Sequential):
             raise ValueError("extract: name at least one layer")
         wanted = {name: self.resolve_layer(name) for name in names}
         x, squeezed = self._batch(x)
+        if len(x) == 0:  # empty in, empty out: each layer's output shape with no rows
+            shapes = {r["name"]: r["output_shape"] for r in self.layer_table(x.shape[1:])}
+            return {name: np.zeros((0, *shapes[leaf]), np.float32) for name, leaf in wanted.items()}
         targets = set(wanted.values())
         found = {}
         with self._awake():
@@ -468,12 +487,18 @@ class Model(Sequential):
         return {name: (found[leaf][0] if squeezed else found[leaf]) for name, leaf in wanted.items()}
 
     def predict(self, x, top=5):
-        """``(probabilities, indices)``, each ``(N, top)`` (or ``(top,)`` for one image), best first."""
+        """``(probabilities, indices)``, each ``(N, top)`` (or ``(top,)`` for one image), best first.
+        ``top``: a positive int (more than the classes gives them all)."""
+        if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
+            raise ValueError(f"predict: top must be a positive int, got {top!r}")
         logits = self(x)
+        if logits.ndim == 2 and len(logits) == 0:
+            k = min(int(top), self.num_classes)
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.intp)
         last = list(self.named_layers())[-1][1]
         ends_in_softmax = isinstance(last, L.Softmax)  # e.g. an ONNX zoo graph: already probabilities
         probs = logits if ends_in_softmax else F.softmax(logits, axis=-1)
-        top = max(1, min(int(top), self.num_classes))
+        top = min(int(top), self.num_classes)
         idx = np.argsort(-probs, axis=-1, kind="stable")[..., :top]
         return np.take_along_axis(probs, idx, axis=-1), idx
 
@@ -543,13 +568,17 @@ class Model(Sequential):
             return []
         if describe is None:
             return []
-        lines = [f"Convolutions on the {name} backend (weights prepared once, when first used):"]
+        lines = [f"Convolutions on the {name} backend (weights prepared once, when first used; the "
+                 f"schedule for each batch size measured on its first pass):"]
         for layer_name, layer in self.named_layers():
             if isinstance(layer, L.Conv2D):
                 plan = layer.plan()
                 text = (get_backend(name).describe_bf16(plan.data) if plan.precision == "bfloat16"
                         else describe(plan.data))
                 lines.append(f"  {layer_name:<12} {text}")
+        runtime = getattr(get_backend(name), "describe_runtime", None)
+        if runtime is not None:
+            lines += runtime().splitlines()
         return lines
 
     def extra_repr(self):
@@ -673,7 +702,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
             raise WeightsMismatchError(
                 f"alexnet: {source} does not fit any AlexNet variant ({', '.join(map(repr, VARIANTS))}); "
                 f"against the {target!r} one: {exc}", source, detail=f"against the {target} AlexNet: {exc}") from None
-        return model.set_weight_dtype(weight_dtype).set_precision(precision)
+        return model.set_weight_dtype(weight_dtype, keep_float32=False).set_precision(precision)
     fit_variant, fit_classes = fits
     if variant is not None and variant != fit_variant:
         raise WeightsMismatchError(
@@ -690,4 +719,4 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
         where = os.fspath(weights)
         model.recipe = {"spec": model.spec, "seed": None,
                         "weights": where if "://" in where else os.path.abspath(where)}
-    return model.set_weight_dtype(weight_dtype).set_precision(precision)
+    return model.set_weight_dtype(weight_dtype, keep_float32=False).set_precision(precision)

@@ -5,53 +5,143 @@
 an incomplete last line; ``--resume`` cuts it off before appending, and skips every path that
 already has a record (errors included: delete a line to try that file again).
 
-**Vectors** (``embed``): ``.npy`` (plus ``<stem>.paths.txt``, one path per line), ``.npz``
-(arrays ``paths`` and ``vectors``) or ``.parquet`` (columns ``path`` and ``vector``; needs
+**Vectors** (``embed``): ``.npy`` (plus ``<stem>.paths.jsonl``), ``.npz`` (arrays ``paths``,
+``vectors`` and ``run``) or ``.parquet`` (columns ``path``, ``path_bytes`` and ``vector``; needs
 pyarrow). These formats cannot be appended to safely, so during a run the vectors go to a
-journal next to the output, ``<output>.journal`` (JSON lines ``{"path", "vector"}``, the vector
-as base64 of little-endian float32, appended and fsynced as above). When the run ends, the
-output is written from the earlier output (with ``--resume``) and the journal to a temporary
-file, renamed into place, and the journal is deleted. An interrupted run leaves its journal;
-``--resume`` reads the output and the journal and skips the paths in them. Images that failed
-are not stored, so ``--resume`` tries them again. A path is never stored twice.
+journal next to the output, ``<output>.journal`` (JSON lines: a header naming the run, then one
+``{"path", "vector"}`` per image, the vector as base64 of little-endian float32, appended and
+fsynced as above). When the run ends the new files are written to ``.part`` names next to the
+output, a ``commit`` line naming them is appended to the journal, they are renamed into place
+and the journal is deleted: the commit line is the one atomic step. A run that dies before it
+leaves the old output and the journal (``--resume`` continues); one that dies after it is
+completed by the next run that opens the output (the renames are done again). Images that
+failed are not stored, so ``--resume`` tries them again. A path is never stored twice.
+
+**File names** are stored exactly, whatever bytes they hold: in JSON (the journal, the paths
+file) as ASCII-escaped strings, a name that is not valid UTF-8 with ``\\udcXX`` escapes (Python's
+``surrogateescape``: ``os.fsencode(name)`` gives the original bytes back); in ``.npz`` as numpy
+unicode (the same escapes); in ``.parquet`` as the ``path_bytes`` column (the bytes, exact) next
+to ``path`` (a string for reading; a byte that is not UTF-8 shows as U+FFFD there).
+
+**The run** (``run=``, a dict of the settings that change the vectors: layer, normalization,
+weights, precision, preprocessing, variant) is recorded in the journal's header and in the
+output; ``resume`` with other settings raises :class:`RunMismatchError` naming the difference.
+
+**One writer**: an output is locked (``fcntl.flock`` on ``<output>.lock``, which holds the
+writer's pid) while a run writes it; a second run gets :class:`OutputBusyError`.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import errno
+import io
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
 
-__all__ = ["JsonLinesOutput", "VectorOutput", "check_vector_path", "VECTOR_FORMATS", "PARQUET_HINT", "read_vectors"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no locking
+    fcntl = None
+
+__all__ = ["JsonLinesOutput", "VectorOutput", "check_vector_path", "VECTOR_FORMATS", "PARQUET_HINT",
+           "read_vectors", "read_run", "OutputError", "OutputBusyError", "RunMismatchError", "JournalError",
+           "DiskFullError", "check_output_path"]
 
 PARQUET_HINT = "pip install 'fastalex[parquet]'"
 VECTOR_FORMATS = (".npy", ".npz", ".parquet")
 FLUSH_SECONDS = 2.0
+JOURNAL_VERSION = 2
+PATHS_VERSION = 2
+_PARQUET_RUN_KEY = b"fastalex.run"
 
 
-def _fsync_append(fd, data: bytes):
+class OutputError(ValueError):
+    """An output (or its journal) that this run cannot use as asked: the CLI exits 2."""
+
+
+class OutputBusyError(OutputError):
+    """Another run is writing the same output."""
+
+
+class RunMismatchError(OutputError):
+    """``resume`` with settings other than those of the run that made the output."""
+
+
+class JournalError(OutputError):
+    """A journal (or JSON-lines output) line that is JSON but not one of its records."""
+
+
+class DiskFullError(OSError):
+    """No space left while writing an output or its journal (the journal keeps what was done)."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+    def __str__(self):
+        return self.args[0]
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+
+
+def _write_all(fd, data):
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def _fsync_append(fd, data: bytes):
+    _write_all(fd, data)
     os.fsync(fd)
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_output_path(path, option="--output"):
+    """``path`` as an output file: OutputError if it is a folder or its folder does not exist."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OutputError(f"{option} {path}: is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise OutputError(f"{option} {path}: the directory {parent} does not exist")
+    return path
 
 
 def scan_jsonl(path, repair=False):
     """The records of a JSON-lines file, skipping unparsable lines. With ``repair``, an
     incomplete last line (a write cut short) is truncated off the file."""
+    return [r for _, r in _scan_numbered(path, repair)]
+
+
+def _scan_numbered(path, repair=False):
+    """``(line number, record)`` of each parsable line (see :func:`scan_jsonl`)."""
     records, good = [], 0
     with open(path, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.endswith(b"\n"):
                 break  # torn: only the last line can lack its newline
             good += len(line)
             try:
-                records.append(json.loads(line))
+                records.append((number, json.loads(line)))
             except ValueError:
                 continue
     if repair and good < os.path.getsize(path):
@@ -61,12 +151,77 @@ def scan_jsonl(path, repair=False):
     return records
 
 
+def _not_a_record(path, number, record, what, fix):
+    text = json.dumps(record)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return JournalError(f"{path} line {number}: {text} is not {what}; {fix}")
+
+
+# ----------------------------------------------------------------------------- the lock
+
+class _Lock:
+    """An exclusive ``flock`` on ``<path>.lock`` (holding this process's pid) while a run writes
+    ``path``. Released (and the lock file removed) by :meth:`release`; a killed process's lock
+    is released by the kernel."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path) + ".lock"
+        self.fd = None
+        if fcntl is None:  # pragma: no cover
+            return
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                owner = _read_pid(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                who = f"pid {owner}" if owner else "another process"
+                raise OutputBusyError(f"{path} is being written by another fastalex run ({who}, "
+                                      f"holding {self.path}); wait for it to end, or write to another "
+                                      f"file") from None
+            try:  # the lock file we hold must still be the one at that name (a run that ended removes it)
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        _write_all(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)  # while still holding it: a waiting run re-checks the name
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def _read_pid(fd):
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return text if text.isdigit() else None
+
+
+# ----------------------------------------------------------------------------- appending
+
 class _Appender:
     """Whole lines appended to ``path`` in batches (one write + fsync per flush)."""
 
     def __init__(self, path, append, flush_every):
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        self.path = path
         self.fd = os.open(path, flags, 0o666)
+        if append:
+            os.lseek(self.fd, 0, os.SEEK_END)
         self.lines: list[str] = []
         self.flush_every = flush_every
         self.last = time.monotonic()
@@ -79,7 +234,13 @@ class _Appender:
     def flush(self):
         if self.lines and self.fd is not None:
             data, self.lines = "".join(self.lines).encode("utf-8", "surrogateescape"), []
-            _fsync_append(self.fd, data)
+            try:
+                _fsync_append(self.fd, data)
+            except OSError as exc:  # the lines are dropped: at worst a torn last line, cut off on resume
+                if exc.errno in _FULL:
+                    raise DiskFullError(f"no space left on the device writing {self.path}: free some "
+                                        f"space, then rerun with --resume (what was written is kept)") from None
+                raise
         self.last = time.monotonic()
 
     def close(self):
@@ -95,21 +256,35 @@ class JsonLinesOutput:
     """``classify --output FILE``: JSON lines; ``done`` holds the paths already in it (resume)."""
 
     def __init__(self, path, resume=False, flush_every=16):
-        self.path = os.fspath(path)
+        self.path = check_output_path(path)
         self.done: set = set()
-        exists = os.path.exists(self.path)
-        if resume and exists:
-            self.done = {r.get("path") for r in scan_jsonl(self.path, repair=True) if isinstance(r, dict)}
-        self._out = _Appender(self.path, append=resume and exists, flush_every=flush_every)
+        self._lock = _Lock(self.path)
+        try:
+            exists = os.path.exists(self.path)
+            if resume and exists:
+                for number, r in _scan_numbered(self.path, repair=True):
+                    if not (isinstance(r, dict) and isinstance(r.get("path", ""), str)
+                            and ("path" in r or isinstance(r.get("input"), int))):
+                        raise _not_a_record(self.path, number, r, 'a record ({"path": ..., ...})',
+                                            "fix or delete that line, or start a new file without --resume")
+                    if "path" in r:
+                        self.done.add(r["path"])
+            self._out = _Appender(self.path, append=resume and exists, flush_every=flush_every)
+        except BaseException:
+            self._lock.release()
+            raise
 
     def write(self, line: str):
         self._out.add(line)
 
     def finish(self):
-        self._out.close()
+        self.close()
 
     def close(self):
-        self._out.close()
+        try:
+            self._out.close()
+        finally:
+            self._lock.release()
 
 
 # ----------------------------------------------------------------------------- vectors
@@ -140,7 +315,14 @@ def _pyarrow():
 
 
 def paths_file(path) -> str:
-    """The paths file that goes with an ``.npy`` output: ``vectors.npy`` -> ``vectors.paths.txt``."""
+    """The paths file that goes with an ``.npy`` output: ``vectors.npy`` -> ``vectors.paths.jsonl``
+    (a header line, then one JSON string per line; see the module doc)."""
+    return os.path.splitext(os.fspath(path))[0] + ".paths.jsonl"
+
+
+def legacy_paths_file(path) -> str:
+    """The paths file of ``.npy`` outputs written by fastalex before the ``.paths.jsonl`` one
+    (one path per line, no escapes: still read)."""
     return os.path.splitext(os.fspath(path))[0] + ".paths.txt"
 
 
@@ -152,18 +334,41 @@ def _decode(text):
     return np.frombuffer(base64.b64decode(text), dtype="<f4")
 
 
+def _read_npy_paths(path):
+    """``(paths, run)`` of an ``.npy`` output's paths file (the new one, else the legacy one)."""
+    new = paths_file(path)
+    if os.path.exists(new):
+        with open(new, "rb") as f:
+            lines = f.read().split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        try:
+            header = json.loads(lines[0]) if lines else None
+            paths = [json.loads(line) for line in lines[1:]]
+        except ValueError as exc:
+            raise OutputError(f"{new} is damaged ({exc}); embed again without --resume") from None
+        if not (isinstance(header, dict) and header.get("fastalex") == "embed paths"
+                and all(isinstance(p, str) for p in paths)):
+            raise OutputError(f"{new} is not a fastalex paths file; embed again without --resume")
+        if header.get("rows") != len(paths):
+            raise OutputError(f"{new} says {header.get('rows')} paths but holds {len(paths)}; "
+                              f"embed again without --resume")
+        return paths, header.get("run")
+    with open(legacy_paths_file(path), "r", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+        return [line[:-1] if line.endswith("\n") else line for line in f], None
+
+
 def read_vectors(path, chunk=4096):
     """``(paths, chunks)`` of an output written by :class:`VectorOutput`: the list of paths and
     an iterator of float32 ``(rows, dim)`` chunks in the same order (files are not read whole
-    where the format allows it)."""
+    where the format allows it). Paths are exactly the names stored (see the module doc)."""
     path = os.fspath(path)
     fmt = _format(path)
     if fmt == ".npy":
-        with open(paths_file(path), "r", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-            paths = [line[:-1] if line.endswith("\n") else line for line in f]
+        paths, _ = _read_npy_paths(path)
         vectors = np.load(path, mmap_mode="r")
         if len(vectors) != len(paths):
-            raise ValueError(f"{path} holds {len(vectors)} vectors but {paths_file(path)} {len(paths)} paths")
+            raise OutputError(f"{path} holds {len(vectors)} vectors but {paths_file(path)} {len(paths)} paths")
         return paths, (np.asarray(vectors[i:i + chunk]) for i in range(0, len(vectors), chunk))
     if fmt == ".npz":
         with np.load(path, allow_pickle=False) as z:
@@ -171,7 +376,10 @@ def read_vectors(path, chunk=4096):
         return paths, iter([vectors] if len(vectors) else [])
     import pyarrow.parquet as pq
     pf = pq.ParquetFile(path)
-    paths = [p for b in pf.iter_batches(columns=["path"]) for p in b.column(0).to_pylist()]
+    column = "path_bytes" if "path_bytes" in pf.schema_arrow.names else "path"
+    paths = [p for b in pf.iter_batches(columns=[column]) for p in b.column(0).to_pylist()]
+    if column == "path_bytes":
+        paths = [os.fsdecode(p) for p in paths]
 
     def chunks():
         for b in pf.iter_batches(columns=["vector"], batch_size=chunk):
@@ -180,33 +388,179 @@ def read_vectors(path, chunk=4096):
     return paths, chunks()
 
 
+def read_run(path):
+    """The run settings recorded in an output of :class:`VectorOutput` (None if it has none:
+    written before fastalex recorded them, or without ``run=``)."""
+    path = os.fspath(path)
+    fmt = _format(path)
+    if fmt == ".npy":
+        return _read_npy_paths(path)[1]
+    if fmt == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["run"])) if "run" in z.files else None
+    import pyarrow.parquet as pq
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[_PARQUET_RUN_KEY]) if _PARQUET_RUN_KEY in meta else None
+
+
+_OPTION = {"layer": "--layer", "normalize": "--normalize", "weights": "--weights", "weight_dtype": "--weight-dtype",
+           "preprocess": "--preprocess", "variant": "--variant", "num_classes": "--num-classes"}
+
+
+def _compare_runs(where, old, new):
+    """RunMismatchError naming each setting that differs between ``old`` and ``new``."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return
+    shown = {k for k in old if k.endswith("_shown")}
+    diffs = []
+    for key in sorted(set(old) & set(new) - shown):
+        if old[key] != new[key]:
+            a, b = old.get(key + "_shown", old[key]), new.get(key + "_shown", new[key])
+            diffs.append(f"{_OPTION.get(key, key)}: {json.dumps(a)} there, {json.dumps(b)} now")
+    if diffs:
+        raise RunMismatchError(f"--resume: {where} belongs to a run with other settings ({'; '.join(diffs)}); "
+                               f"resume with that run's settings, or write to another file (or leave out "
+                               f"--resume to replace it)")
+
+
+class _Commit:
+    """What a finished run renames into place, as a journal line: ``{"commit": [[part, target,
+    size], ...], "remove": [...]}`` (names relative to the output's folder)."""
+
+    @staticmethod
+    def apply(folder, commit, journal):
+        for part, target, size in commit["commit"]:
+            part_path, target_path = os.path.join(folder, part), os.path.join(folder, target)
+            if os.path.exists(part_path):
+                os.replace(part_path, target_path)
+            elif not (os.path.exists(target_path) and os.path.getsize(target_path) == size):
+                raise OutputError(f"{journal} ends in a commit of {part} ({size} bytes) to {target}, but "
+                                  f"neither is there as committed; delete the journal's last line to resume "
+                                  f"from its records")
+        for name in commit.get("remove", ()):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
+        _fsync_dir(os.path.join(folder, "x"))
+
+    @staticmethod
+    def valid(record):
+        def name(n):
+            return isinstance(n, str) and n and os.sep not in n and n not in (".", "..")
+        c = record.get("commit")
+        return (isinstance(c, list) and all(
+            isinstance(p, list) and len(p) == 3 and name(p[0]) and name(p[1]) and isinstance(p[2], int)
+            for p in c) and isinstance(record.get("remove", []), list)
+            and all(name(n) for n in record.get("remove", [])))
+
+
 class VectorOutput:
     """``embed --output FILE`` (``.npy``/``.npz``/``.parquet``) through a journal; see the module doc.
 
     ``done`` holds the paths already stored (with ``resume``). :meth:`write` journals one
     vector, :meth:`finish` writes the output and deletes the journal, :meth:`close` (after an
-    interruption) only closes the journal.
+    interruption) only closes the journal. ``run``: a JSON-able dict of the settings that
+    change the vectors; with ``resume`` it must equal the one recorded (RunMismatchError).
     """
 
-    def __init__(self, path, resume=False, flush_every=16):
-        self.path = os.fspath(path)
+    def __init__(self, path, resume=False, flush_every=16, run=None):
+        self.path = check_output_path(path)
         self.format = _format(self.path)
         self.journal = self.path + ".journal"
+        self.folder = os.path.dirname(os.path.abspath(self.path))
+        self.run = run
         self.done: set = set()
         self.dim = None
-        if resume:
-            if os.path.exists(self.path):
-                paths, chunks = read_vectors(self.path)
-                self.done.update(paths)
-                for c in chunks:
-                    self.dim = c.shape[1]
-                    break
-            if os.path.exists(self.journal):
-                for r in scan_jsonl(self.journal, repair=True):
-                    self.done.add(r["path"])
-                    self.dim = len(_decode(r["vector"]))
-        self._resume = resume
-        self._out = _Appender(self.journal, append=resume, flush_every=flush_every)
+        self._lock = _Lock(self.path)
+        try:
+            self._open(resume, flush_every)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _targets(self):
+        targets = [self.path] + ([paths_file(self.path)] if self.format == ".npy" else [])
+        return [(os.path.join(self.folder, f".{os.path.basename(t)}.part"), t) for t in targets]
+
+    def _open(self, resume, flush_every):
+        header, records = None, []
+        if os.path.exists(self.journal):
+            try:
+                header, records, commit = self._read_journal()
+            except JournalError:
+                if resume:
+                    raise
+                header, records, commit = None, [], None  # a new run: the old journal is dropped
+            if commit is not None:  # a finished run died while renaming: complete it
+                _Commit.apply(self.folder, commit, self.journal)
+                os.unlink(self.journal)
+                header, records = None, []
+        for part, _ in self._targets():  # left by a run that died before its commit: never used
+            if os.path.exists(part):
+                os.unlink(part)
+        self._base = bool(resume and os.path.exists(self.path) and not (header or {}).get("replaces"))
+        if resume and header is not None:
+            _compare_runs(f"the unfinished run in {self.journal}", header.get("run"), self.run)
+        if self._base:
+            _compare_runs(self.path, read_run(self.path), self.run)
+            paths, chunks = read_vectors(self.path)
+            self.done.update(paths)
+            for c in chunks:
+                self.dim = c.shape[1]
+                break
+        if resume and records:
+            self.done.update(r["path"] for _, r in records)
+            dim = len(_decode(records[0][1]["vector"]))
+            if self.dim is not None and dim != self.dim:
+                raise OutputError(f"--resume: {self.path} holds vectors of {self.dim} values but its journal "
+                                  f"{self.journal} vectors of {dim}; delete the journal to keep the output")
+            self.dim = dim
+        append = bool(resume and os.path.exists(self.journal))
+        self._out = _Appender(self.journal, append=append, flush_every=flush_every)
+        if not append or header is None and not records:
+            if append:  # an empty journal: start it again with its header
+                os.ftruncate(self._out.fd, 0)
+            head = {"fastalex": "embed journal", "version": JOURNAL_VERSION, "output": os.path.basename(self.path),
+                    "replaces": not self._base, "run": self.run}
+            _fsync_append(self._out.fd, (json.dumps(head, ensure_ascii=True) + "\n").encode("ascii"))
+
+    def _read_journal(self):
+        """``(header, [(line, record)], commit)`` of the journal; JournalError for a line that is
+        JSON but not one of its lines."""
+        header, records, commit, dim = None, [], None, self.dim
+        fix = "delete that line (its image is embedded again), or the journal to start over"
+        for number, r in _scan_numbered(self.journal, repair=True):
+            if commit is not None:
+                raise _not_a_record(self.journal, number, r, "expected after a commit line", fix)
+            if isinstance(r, dict) and r.get("fastalex") == "embed journal" and number == 1:
+                if r.get("version") != JOURNAL_VERSION:
+                    raise JournalError(f"{self.journal}: journal version {r.get('version')!r}, this fastalex "
+                                       f"reads version {JOURNAL_VERSION}; delete it to start over")
+                header = r
+                continue
+            if isinstance(r, dict) and "commit" in r:
+                if not _Commit.valid(r):
+                    raise _not_a_record(self.journal, number, r, "a valid commit line", fix)
+                commit = r
+                continue
+            ok = isinstance(r, dict) and isinstance(r.get("path"), str) and isinstance(r.get("vector"), str)
+            if ok:
+                try:
+                    raw = base64.b64decode(r["vector"], validate=True)
+                except (binascii.Error, ValueError):
+                    raw = b"x"
+                ok = len(raw) >= 4 and len(raw) % 4 == 0
+                n = len(raw) // 4
+                if ok and dim is not None and n != dim:
+                    raise JournalError(f"{self.journal} line {number}: a vector of {n} values after vectors "
+                                       f"of {dim}; {fix}")
+                dim = n if ok else dim
+            if not ok:
+                raise _not_a_record(self.journal, number, r,
+                                    'a vector record ({"path": "...", "vector": "<base64>"})', fix)
+            records.append((number, r))
+        return header, records, commit
 
     def write(self, path, vector):
         vector = np.asarray(vector, dtype=np.float32).ravel()
@@ -218,13 +572,22 @@ class VectorOutput:
         self._out.add(json.dumps({"path": path, "vector": _encode(vector)}, ensure_ascii=True))
 
     def close(self):
-        self._out.close()
+        try:
+            self._out.close()
+        finally:
+            self._lock.release()
 
     def finish(self):
         """Write the output from the earlier output (resume) and the journal; delete the journal."""
-        self._out.close()
+        try:
+            self._out.close()
+            self._finish()
+        finally:
+            self._lock.release()
+
+    def _finish(self):
         sources = []
-        if self._resume and os.path.exists(self.path):
+        if self._base and os.path.exists(self.path):
             sources.append(read_vectors(self.path))
         sources.append(self._journal_source())
         paths, seen, keep = [], set(), []
@@ -247,13 +610,42 @@ class VectorOutput:
                     if m.any():
                         yield np.ascontiguousarray(c[m], dtype="<f4")
 
-        getattr(self, "_write_" + self.format[1:])(paths, rows(), dim)
+        targets = self._targets()
+        try:
+            getattr(self, "_write_" + self.format[1:])([p for p, _ in targets], paths, rows(), dim)
+            remove = []
+            if self.format == ".npy" and os.path.exists(legacy_paths_file(self.path)):
+                remove.append(os.path.basename(legacy_paths_file(self.path)))
+            commit = {"commit": [[os.path.basename(p), os.path.basename(t), os.path.getsize(p)]
+                                 for p, t in targets], "remove": remove}
+            fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND)
+            size = os.fstat(fd).st_size
+            try:
+                _fsync_append(fd, (json.dumps(commit, ensure_ascii=True) + "\n").encode("ascii"))
+            except BaseException:
+                os.ftruncate(fd, size)  # no commit line: the parts below are deleted
+                raise
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            for part, _ in targets:  # not committed: the old output and the journal stand
+                try:
+                    os.unlink(part)
+                except OSError:
+                    pass
+            if isinstance(exc, OSError) and exc.errno in _FULL:
+                raise DiskFullError(f"no space left on the device writing {self.path} (about "
+                                    f"{_mib(len(paths) * dim * 4)} MiB): nothing was replaced; free some space, "
+                                    f"then rerun with --resume ({self.journal} keeps every vector)") from None
+            raise
+        _Commit.apply(self.folder, commit, self.journal)  # the commit line is durable: from here a rerun completes it
         os.unlink(self.journal)
+        _fsync_dir(self.journal)
 
     def _journal_source(self):
         if not os.path.exists(self.journal):
             return [], iter(())
-        records = scan_jsonl(self.journal)
+        records = [r for _, r in self._read_journal()[1]]
         paths = [r["path"] for r in records]
 
         def chunks(n=1024):
@@ -261,76 +653,91 @@ class VectorOutput:
                 yield np.stack([_decode(r["vector"]) for r in records[i:i + n]])
         return paths, chunks()
 
-    # -- writers: each to a temp file next to the output, renamed into place
+    # -- writers: each to its part file next to the output (renamed into place by the commit)
 
-    def _tmp(self, target):
-        d = os.path.dirname(os.path.abspath(target))
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(target)}.", suffix=".part")
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
-        return tmp
+    @staticmethod
+    def _create(part, size=None):
+        """A new file (mode as for any new file) with ``size`` bytes reserved where the file
+        system can: a full disk fails here, before anything is written."""
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        if size and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno in _FULL:
+                    os.close(fd)
+                    raise
+        return fd
 
-    def _replace(self, tmp, target):
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-
-    def _write_npy(self, paths, rows, dim):
-        tmp, tmp_paths = self._tmp(self.path), self._tmp(paths_file(self.path))
+    def _write_npy(self, parts, paths, rows, dim):
+        part, part_paths = parts
+        header = io.BytesIO()
+        d = {"descr": "<f4", "fortran_order": False, "shape": (len(paths), dim)}
         try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype="<f4", shape=(len(paths), dim))
-            i = 0
+            np.lib.format.write_array_header_1_0(header, d)
+        except ValueError:
+            header = io.BytesIO()
+            np.lib.format.write_array_header_2_0(header, d)
+        head = header.getvalue()
+        fd = self._create(part, len(head) + len(paths) * dim * 4)
+        try:  # ordinary writes (a memmap of a sparse file dies of SIGBUS on a full disk)
+            _write_all(fd, head)
             for r in rows:
-                out[i:i + len(r)] = r
-                i += len(r)
-            out.flush()
-            del out
-            with open(tmp_paths, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-                f.writelines(p + "\n" for p in paths)
-            self._replace(tmp, self.path)
-            self._replace(tmp_paths, paths_file(self.path))
+                _write_all(fd, r.tobytes())
+            os.fsync(fd)
         finally:
-            for t in (tmp, tmp_paths):
-                if os.path.exists(t):
-                    os.unlink(t)
-
-    def _write_npz(self, paths, rows, dim):
-        import zipfile
-        tmp = self._tmp(self.path)
+            os.close(fd)
+        lines = [json.dumps({"fastalex": "embed paths", "version": PATHS_VERSION, "rows": len(paths),
+                             "dim": dim, "run": self.run}, ensure_ascii=True)]
+        lines += [json.dumps(p, ensure_ascii=True) for p in paths]
+        data = ("\n".join(lines) + "\n").encode("ascii")
+        fd = self._create(part_paths, len(data))
         try:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write_npz(self, parts, paths, rows, dim):
+        import zipfile
+        (part,) = parts
+        with open(self._create(part), "wb") as raw:
+            with zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
                 with z.open("paths.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.array(paths, dtype=str) if paths else np.array([], dtype="<U1"))
+                with z.open("run.npy", "w") as f:
+                    np.lib.format.write_array(f, np.array(json.dumps(self.run, ensure_ascii=True)))
                 with z.open("vectors.npy", "w", force_zip64=True) as f:  # streamed: never all in memory
                     np.lib.format.write_array_header_2_0(
                         f, {"descr": "<f4", "fortran_order": False, "shape": (len(paths), dim)})
                     for r in rows:
                         f.write(r.tobytes())
-            self._replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            raw.flush()
+            os.fsync(raw.fileno())
 
-    def _write_parquet(self, paths, rows, dim):
+    def _write_parquet(self, parts, paths, rows, dim):
         pa = _pyarrow()
         import pyarrow.parquet as pq
-        schema = pa.schema([("path", pa.string()), ("vector", pa.list_(pa.float32(), dim))])
-        tmp = self._tmp(self.path)
-        try:
-            with pq.ParquetWriter(tmp, schema) as writer:
+        (part,) = parts
+        schema = pa.schema([("path", pa.string()), ("path_bytes", pa.binary()),
+                            ("vector", pa.list_(pa.float32(), dim))],
+                           metadata={_PARQUET_RUN_KEY: json.dumps(self.run, ensure_ascii=True).encode("ascii")})
+        with open(self._create(part), "wb") as raw:
+            with pq.ParquetWriter(raw, schema) as writer:
                 i = 0
                 for r in rows:
-                    names = [p.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                             for p in paths[i:i + len(r)]]
+                    exact = [os.fsencode(p) for p in paths[i:i + len(r)]]
+                    names = [b.decode("utf-8", "replace") for b in exact]
                     vectors = pa.FixedSizeListArray.from_arrays(pa.array(r.ravel(), pa.float32()), dim)
-                    writer.write_table(pa.table({"path": pa.array(names, pa.string()), "vector": vectors},
+                    writer.write_table(pa.table({"path": pa.array(names, pa.string()),
+                                                 "path_bytes": pa.array(exact, pa.binary()), "vector": vectors},
                                                 schema=schema))
                     i += len(r)
                 if not paths:
                     writer.write_table(schema.empty_table())
-            self._replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            raw.flush()
+            os.fsync(raw.fileno())
+
+
+def _mib(n):
+    return f"{n / 2**20:.1f}"

@@ -18,13 +18,54 @@ global state.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
-__all__ = ["profile", "time_forward", "plot_profile", "step_name", "PLOT_INSTALL"]
+__all__ = ["profile", "time_forward", "plot_profile", "step_name", "PLOT_INSTALL", "forward_bytes",
+           "available_memory", "check_batch_memory"]
 
 PLOT_INSTALL = "pip install 'fastalex[plot]'"
+
+
+def forward_bytes(model, batch) -> int:
+    """A lower bound of the memory a forward pass of ``batch`` images needs, from the model's
+    shapes: the float32 input, plus the largest input and output of any one layer (both are
+    alive while it runs). Workspaces (an unfolded convolution input) come on top."""
+    shape = tuple(model.input_shape)
+    per_image = peak = int(np.prod(shape))
+    for row in model.layer_table(shape):
+        out = int(np.prod(row["output_shape"]))
+        peak, per_image = max(peak, per_image + out), out
+    return 4 * int(batch) * (int(np.prod(shape)) + peak)
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation without swapping (Linux ``MemAvailable``;
+    elsewhere the free physical pages), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_batch_memory(model, batch, option="batch"):
+    """ValueError, before anything is allocated, when ``batch`` images cannot fit in the memory
+    available (see :func:`forward_bytes`); the message says which batch size would."""
+    need, have = forward_bytes(model, batch), available_memory()
+    if have is not None and need > have:
+        per = forward_bytes(model, 1)
+        raise ValueError(f"{option} {batch}: a forward pass needs at least {need / 2**30:.1f} GiB "
+                         f"({per / 2**20:.1f} MiB per image) but {have / 2**30:.1f} GiB of memory is available; "
+                         f"use a smaller {option} (below {have // per}, less the backend's workspace)")
 
 
 def step_name(names) -> str:

@@ -25,7 +25,6 @@ import sys
 import tempfile
 import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _files
 from ._files import FileProblem, open_regular
 from ._torch_pickle import (LazyTensor, UnsafePickleError, WeightsFileError, check_member, read_exactly,
                             read_torch_legacy, read_torch_zip)
@@ -54,7 +54,6 @@ HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params")
 
 _CHUNK = 1 << 20
-_TIMEOUT = 30
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -106,6 +105,12 @@ def save_weights(model_or_state_dict, path) -> Path:
     renamed, so ``path`` is never left half-written. Returns ``path`` as a :class:`Path`
     (exactly as given: no ``.npz`` suffix is appended).
     """
+    stored = getattr(model_or_state_dict, "weight_dtype", "float32")
+    if hasattr(model_or_state_dict, "state_dict") and stored != "float32":
+        raise ValueError(f"save_weights: the model's dense weights are stored as {stored}, so its state_dict() "
+                         f"holds their rounded values; call model.set_weight_dtype('float32') first (it restores "
+                         f"the float32 weights a conversion kept), or pass model.state_dict() to save the "
+                         f"rounded values on purpose")
     sd = model_or_state_dict.state_dict() if hasattr(model_or_state_dict, "state_dict") else model_or_state_dict
     if not isinstance(sd, Mapping):
         raise TypeError(f"save_weights: expected a model or a state dict, got {type(sd).__name__}")
@@ -149,7 +154,7 @@ def load_weights(path) -> dict[str, np.ndarray]:
     path = Path(os.fspath(path))
     source = f"weights file '{path}'"
     try:
-        f, size = open_regular(path)
+        f, size = open_regular(path, _files.MAX_WEIGHTS_BYTES)
     except FileProblem as problem:
         raise (WeightsFileNotFoundError if problem.missing else WeightsFileError)(
             f"{source} {problem.reason}") from None
@@ -377,6 +382,24 @@ class PublishedWeights:
                 f"them (rm '{p['npz']}' '{p['digest']}') or run `fastalex weights download --force`.")
         return p["npz"]
 
+    def raw_problem(self) -> str | None:
+        """What is wrong with the ``<stem>.pth`` in the cache (one copied there by hand): None
+        if there is none or its SHA-256 starts with :attr:`hash_prefix`, else a sentence saying
+        it failed its hash check, where it is and what to do."""
+        raw = self.paths()["raw"]
+        try:
+            if not raw.is_file():
+                return None
+            digest = _sha256(raw)
+        except OSError as exc:
+            return f"{raw} cannot be read ({exc.strerror or exc}); delete it or fix its permissions"
+        if digest.startswith(self.hash_prefix):
+            return None
+        return (f"{raw} failed its hash check: its SHA-256 is {digest[:16]}..., but the official "
+                f"{self.file_name}'s starts with {self.hash_prefix}, so it is damaged (a partial "
+                f"copy?) or another file. Delete it (rm '{raw}') and copy the official "
+                f"{self.file_name} there again, or download it")
+
     def download(self, url=None, progress=None, force=False) -> Path:
         """The cached ``.npz`` of these weights, downloading and converting them if needed.
 
@@ -417,8 +440,15 @@ class PublishedWeights:
                 if found is not None:
                     return found
             raw = p["raw"]
-            if force or not raw.is_file() or not _sha256(raw).startswith(self.hash_prefix):
-                _fetch(url, raw, progress, self.hash_prefix)
+            problem = None if force else self.raw_problem()
+            if force or problem is not None or not raw.is_file():
+                try:
+                    _fetch(url, raw, progress, self.hash_prefix)
+                except WeightsUnavailableError as exc:
+                    if problem is None:
+                        raise
+                    raise WeightsUnavailableError(f"{problem}. (Downloading them instead failed: "
+                                                  f"{str(exc).replace(_HOW_TO, '').strip()})") from None
             try:
                 state = load_weights(raw)
             except WeightsFileError as exc:
@@ -495,19 +525,21 @@ def _remove_stale_parts(directory: Path, stem: str):
 
 def _fetch(url: str, dest: Path, progress: bool, expected: str | None):
     """Download ``url`` to ``dest`` through :func:`_atomic_write` (a ``.part`` file renamed into
-    place only when complete), verifying the length and that the SHA-256 starts with ``expected``."""
+    place only when complete, deleted otherwise), verifying the length and that the SHA-256
+    starts with ``expected``. The download goes through :func:`fastalex._files.open_bounded`:
+    at most :data:`~fastalex._files.MAX_WEIGHTS_BYTES`, within
+    :data:`~fastalex._files.WEIGHTS_DEADLINE` seconds, and a ``file://`` URL must name a
+    regular file (a FIFO or ``/dev/zero`` is refused at once)."""
 
     def download(out):
         sha = hashlib.sha256()
-        request = urllib.request.Request(url, headers={"User-Agent": "fastalex"})
-        with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
+        with _files.open_bounded(url, _files.MAX_WEIGHTS_BYTES, _files.WEIGHTS_DEADLINE) as reader:
+            total = reader.size
             from tqdm import tqdm
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                       disable=not progress, desc=dest.name, leave=True) as bar:
                 done = 0
-                while chunk := response.read(_CHUNK):
+                for chunk in reader:
                     out.write(chunk)
                     sha.update(chunk)
                     done += len(chunk)
@@ -526,6 +558,14 @@ def _fetch(url: str, dest: Path, progress: bool, expected: str | None):
         _atomic_write(dest, download)
     except WeightsUnavailableError:
         raise
+    except FileProblem as problem:
+        if _files.is_url(url) and _files.scheme_of(url) == "file":
+            where = f"the local file {_file_url_path(url)}"
+            if problem.missing:
+                raise WeightsUnavailableError(f"cannot copy {url}: {where} does not exist. {_HOW_TO}") from None
+            raise WeightsUnavailableError(f"cannot copy {url}: {where} {problem.reason}. {_HOW_TO}") from None
+        raise WeightsUnavailableError(f"cannot download {url}: it {problem.reason} (the partial "
+                                      f"download was deleted). {_HOW_TO}") from None
     except urllib.error.HTTPError as exc:
         raise WeightsUnavailableError(f"cannot download {url}: HTTP {exc.code} {exc.reason}. {_HOW_TO}") from None
     except urllib.error.URLError as exc:  # refused, DNS, no route: most likely offline
@@ -539,6 +579,13 @@ def _fetch(url: str, dest: Path, progress: bool, expected: str | None):
                                       "set FASTALEX_HOME to a writable directory with room") from None
     except ValueError as exc:
         raise WeightsUnavailableError(f"cannot download {url!r}: {exc}. {_HOW_TO}") from None
+
+
+def _file_url_path(url):
+    try:
+        return _files.local_path(url)
+    except FileProblem:
+        return url
 
 
 def download_imagenet(url=None, progress=None, force=False) -> Path:

@@ -97,7 +97,7 @@ def test_errors_are_one_line_and_an_exit_code(photo, tmp_path, capsys, monkeypat
         (2, ["show", "filters", "--layer", "features.1", "--random-weights", "-o", out],
          "is a ReLU, not a convolution"),
         (2, ["show", "activations", photo, "--layer", "conv9", "--random-weights", "-o", out], "unknown layer 'conv9'"),
-        (1, ["show", "activations", tmp_path / "missing.jpg", "--random-weights", "-o", out], "no such file"),
+        (2, ["show", "activations", tmp_path / "missing.jpg", "--random-weights", "-o", out], "no such file"),
         (2, ["explain", photo, "--random-weights", "-o", tmp_path / "x.txt"], "unknown image file extension"),
         (2, ["explain", photo, "--random-weights", "-o", tmp_path / "no" / "x.png"], "does not exist"),
         (2, ["explain", photo, "--random-weights", "--class", "1000", "-o", out], "classes 0 to 999"),

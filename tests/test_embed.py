@@ -121,7 +121,8 @@ def test_vector_output_journal_resume_and_no_duplicates(tmp_path, ext):
     assert paths == names  # each once, in order; the first copy of a path wins
     np.testing.assert_array_equal(vectors, np.stack([vec[p] for p in names]))
     if ext == ".npy":
-        assert open(paths_file(path)).read().splitlines() == names
+        lines = open(paths_file(path)).read().splitlines()  # a header, then one JSON string a line
+        assert json.loads(lines[0])["rows"] == len(names) and [json.loads(line) for line in lines[1:]] == names
     with pytest.raises(ValueError, match="same --layer"):
         VectorOutput(path, resume=True).write("/x/new.jpg", np.zeros(3, np.float32))
 
@@ -188,7 +189,7 @@ def test_embed_cli_resume_after_interrupt(photos, tmp_path, monkeypatch, capsys,
         assert cli.main(["embed", str(photos), "-o", str(part), "--layer", "fc6", "--normalize", *ARGS]) == 130
     assert "rerun with --resume" in capsys.readouterr().err
     assert not part.exists()
-    journal = scan_jsonl(str(part) + ".journal")  # everything done before the interrupt is kept
+    journal = [r for r in scan_jsonl(str(part) + ".journal") if "path" in r]  # everything done before the interrupt is kept
     assert [os.path.basename(r["path"]) for r in journal] == ["p0.jpg", "p1.jpg", "p2.jpg"]  # + broken.png
     assert cli.main(["embed", str(photos), "-o", str(part), "--layer", "fc6", "--normalize", "--resume",
                      *ARGS]) == 1
@@ -197,8 +198,12 @@ def test_embed_cli_resume_after_interrupt(photos, tmp_path, monkeypatch, capsys,
     p_part, v_part = read_vectors(part)
     assert p_part == p_full == good_files(photos)
     np.testing.assert_allclose(np.concatenate(list(v_part)), np.concatenate(list(v_full)), rtol=1e-6)
-    assert cli.main(["embed", str(photos), "-o", str(part), "--layer", "fc6", "--resume", *ARGS]) == 1
+    assert cli.main(["embed", str(photos), "-o", str(part), "--layer", "fc6", "--normalize", "--resume",
+                     *ARGS]) == 1
     assert read_vectors(part)[0] == p_full  # nothing new, nothing twice; the broken file is retried
+    # other settings are another run: refused, naming the difference
+    assert cli.main(["embed", str(photos), "-o", str(part), "--layer", "fc6", "--resume", *ARGS]) == 2
+    assert "--normalize: true there, false now" in capsys.readouterr().err
 
 
 def test_classify_cli_output_and_resume(photos, tmp_path, monkeypatch, capsys, numpy_backend):

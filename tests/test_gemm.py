@@ -1,6 +1,6 @@
 """The register-blocked product of the fast backend (``backends/_gemm.py``) against NumPy.
 
-The micro-kernel is LLVM IR (a Numba intrinsic): tiles of 1 to 6 rows by 32 columns, any depth,
+The micro-kernel is LLVM IR (a Numba intrinsic): tiles of 1 to 6 rows by NR (32 or 16) columns, any depth,
 any row strides and column offsets. Here every row count a tile can leave over, depths from 1
 up, several panels, batches and column slices (a group's channels), and the columns of ``c``
 outside the slice stay untouched.
@@ -61,11 +61,12 @@ def test_random_products(E, T, K, P, ak, cn, lda_extra):
 
 
 def test_pack_b_pads_and_orders_panels():
-    b = _array(0, (2, 3, 40))
+    nr = _gemm.NR                      # the target's panel width: 32 with AVX-512, else 16
+    b = _array(0, (2, 3, nr + 8))
     p = _gemm.pack_b(b)
-    assert p.shape == (2, 2, 3, 32) and p.flags.c_contiguous
-    np.testing.assert_array_equal(p[:, 0], b[:, :, :32])
-    np.testing.assert_array_equal(p[:, 1, :, :8], b[:, :, 32:])
+    assert p.shape == (2, 2, 3, nr) and p.flags.c_contiguous
+    np.testing.assert_array_equal(p[:, 0], b[:, :, :nr])
+    np.testing.assert_array_equal(p[:, 1, :, :8], b[:, :, nr:])
     assert (p[:, 1, :, 8:] == 0).all()
 
 

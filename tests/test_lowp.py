@@ -180,10 +180,15 @@ def test_dense_stores_low_precision_and_exposes_float32(dtype, backend):
     with pytest.raises(ValueError, match="contains 1 NaN"):
         d.weight = np.where(np.arange(180).reshape(6, 30) == 7, np.nan, exact)
 
-    d.set_weight_dtype("float32")
-    assert isinstance(d.stored_weight, np.ndarray) and np.array_equal(d.stored_weight, exact)
+    with pytest.raises(ValueError, match="float32 values were not kept"):  # built in low precision
+        d.set_weight_dtype("float32")
+    assert isinstance(d.stored_weight, LowpWeight) and d.weight_dtype == dtype  # unchanged
     with pytest.raises(ValueError, match="Dense: unknown weight_dtype 'half'"):
         d.set_weight_dtype("half")
+    d = L.Dense(30, 6, rng=4).set_weight_dtype(dtype)  # converted: keeps its float32 weight
+    d.weight = exact + 0.01                         # ... and the one assigned since
+    d.set_weight_dtype("float32")
+    assert isinstance(d.stored_weight, np.ndarray) and np.array_equal(d.stored_weight, exact + 0.01)
 
 
 def test_model_weight_dtype_state_dict_and_loading(tmp_path):
@@ -202,14 +207,17 @@ def test_model_weight_dtype_state_dict_and_loading(tmp_path):
             assert np.array_equal(state[key], from_bfloat16(to_bfloat16(ref))), key
     assert "Dense weights: bfloat16" in m.summary() and "Dense weights" not in m32.summary()
 
-    save_weights(m, tmp_path / "w.npz")                 # saved widened, as float32
+    with pytest.raises(ValueError, match="save_weights: the model's dense weights are stored as bfloat16"):
+        save_weights(m, tmp_path / "w.npz")             # never the rounded weights without saying so
+    save_weights(m.state_dict(), tmp_path / "w.npz")    # on purpose: saved widened, as float32
     assert all(v.dtype == np.float32 for v in load_weights(tmp_path / "w.npz").values())
     m.load_state_dict(m32.state_dict())                 # loading into a converted model packs again
     assert isinstance(m["classifier"][4].stored_weight, LowpWeight)
     assert np.array_equal(m.state_dict()["classifier.4.weight"], state["classifier.4.weight"])
 
-    m.set_weight_dtype("float32")
-    assert m.weight_dtype == "float32"
+    with pytest.raises(ValueError, match=r"set_weight_dtype: the dense weights of classifier\.1, .* were not kept"):
+        m.set_weight_dtype("float32")
+    m = m32
     m["classifier"][1].set_weight_dtype("int8")
     assert m.weight_dtype == "mixed"
     with pytest.raises(ValueError, match="alexnet: unknown weight_dtype 'float16'"):
@@ -256,3 +264,30 @@ def test_onnx_models_take_a_weight_dtype():
     m.set_weight_dtype("bfloat16")
     assert m.weight_dtype == "bfloat16"
     assert np.abs(m(x) - ref).max() <= 1e-2 * np.abs(ref).max()
+
+
+def test_set_weight_dtype_back_to_float32_is_exact(backend, tmp_path):
+    """Issue 19 item 7: int8 (or bfloat16) and back gives the very float32 weights and logits,
+    so save_weights never writes rounded weights without being asked to."""
+    from fastalex import build, load_weights, save_weights
+    from fixture_specs import reduced_spec
+    m = build(reduced_spec("torchvision"), seed=2, backend=backend)
+    state = {k: v.copy() for k, v in m.state_dict().items()}
+    x = np.random.default_rng(3).standard_normal((2, *m.input_shape), dtype=np.float32)
+    before = m(x)
+    m.set_weight_dtype("int8")
+    assert not np.array_equal(m(x), before)  # int8 rounding changes the logits
+    m.set_weight_dtype("bfloat16").set_weight_dtype("float32")  # each conversion starts from float32
+    assert m.weight_dtype == "float32"
+    for key, value in m.state_dict().items():
+        assert np.array_equal(value, state[key]), key
+    np.testing.assert_array_equal(m(x), before)
+    save_weights(m, tmp_path / "w.npz")
+    saved = load_weights(tmp_path / "w.npz")
+    assert all(np.array_equal(saved[k], state[k]) for k in state)
+    m.set_weight_dtype("int8", keep_float32=False)  # memory back: then there is no way back
+    with pytest.raises(ValueError, match="were not kept"):
+        m.set_weight_dtype("float32")
+    with pytest.raises(ValueError, match="stored as int8"):
+        save_weights(m, tmp_path / "w.npz")
+    assert all(np.array_equal(v, state[k]) for k, v in load_weights(tmp_path / "w.npz").items())

@@ -186,3 +186,21 @@ def _target_in(env):
 def test_numba_cpu_name_and_features_choose_the_kernels_tile():
     assert _target_in({"NUMBA_CPU_NAME": "generic"}) == ["sse2", "2", "16", "2", "16"]
     assert _target_in({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""})[:3] == ["avx2", "6", "16"]
+
+
+def test_the_tune_command_measures_ahead_and_keeps_the_choices(tmp_path):
+    env = {**os.environ, "FASTALEX_TUNE": "1", "FASTALEX_TUNE_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "fastalex", "tune", "--variant", "torchvision", "--batch-sizes", "1,2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.split()[:3] == ["torchvision", "2", "features.0"] and "measured" in line for line in lines)
+    assert any(line.split()[:3] == ["torchvision", "2", "classifier.1"] for line in lines)
+    saved = json.loads(next(tmp_path.glob("*.json")).read_text())["schedules"]
+    assert any(k.startswith("conv2d|(2, 3, 224, 224)") for k in saved)
+    assert lines[-1] == f"kept in {next(tmp_path.glob('*.json'))}"
+    off = subprocess.run(cmd, capture_output=True, text=True, env={**env, "FASTALEX_TUNE": "0"}, cwd=ROOT,
+                         timeout=120)
+    assert off.returncode == 2 and "schedule tuning is off (FASTALEX_TUNE=0" in off.stderr
+    bad = subprocess.run(cmd[:-1] + ["1,x"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "expected positive integers" in bad.stderr

@@ -229,3 +229,26 @@ def _apply_threading_layer(strict=False):
             f"configure_threads: Numba's threads already run on the {active!r} layer, "
             f"{_threading_layer!r} cannot be chosen any more; call configure_threads() "
             f"before any parallel Numba code runs, or set NUMBA_THREADING_LAYER")
+
+
+def runtime_info() -> dict:
+    """What the fast kernels run with: the threading layer, the thread count, the CPU and the
+    instruction set they are compiled for (``summary()``, ``bench`` and ``profile`` print it)."""
+    import numba
+    from . import _target, _tune
+    t = _target.target()
+    return {"threading_layer": threading_layer(), "threads": numba.get_num_threads(),
+            "cpu": t.cpu_model, "compiled_for": t.cpu_name, "isa": t.isa, "bf16_units": list(t.bf16_units),
+            "micro_kernel": f"{t.mr}x{t.nr}",
+            "tuning": "on" if _tune.enabled() else "off (FASTALEX_TUNE=0)",
+            "wisdom": str(_tune.wisdom_path()) if _tune.enabled() else None}
+
+
+def describe_runtime() -> str:
+    """:func:`runtime_info` in two lines."""
+    info = runtime_info()
+    from . import _target
+    tuning = info["tuning"] + (f", kept in {info['wisdom']}" if info["wisdom"] else "")
+    return (f"threads: {info['threads']} on Numba's {info['threading_layer']!r} layer; "
+            f"schedules tuned: {tuning}\n"
+            f"CPU: {_target.target().describe()}")

@@ -128,6 +128,14 @@ _NO_BIAS = np.zeros(0, np.float32)  # "no bias" as an array: one kernel signatur
 _NO_SCALE = _NO_BIAS                 # likewise "scale 1" for the dense kernel
 
 
+def describe_runtime() -> str:
+    """The threading layer, threads, CPU and instruction set the kernels run with."""
+    from . import describe_runtime as describe
+    dense = sorted((k.split("|")[2], k.split("|")[1], v) for k, v in _tune.choices().items() if k.startswith("linear|"))
+    lines = [f"  dense {w} input {x}: {name} ({origin})" for w, x, (name, origin) in dense]
+    return "\n".join((["Dense layers:"] + lines if lines else []) + [describe()])
+
+
 def _launch(kernel, *args):
     """Run a parallel kernel, one launch at a time in this process."""
     with _LAUNCH:
