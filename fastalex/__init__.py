@@ -11,6 +11,7 @@ A readable NumPy reference path and a fast path of parallel Numba kernels behind
 from .errors import FastalexError
 from . import errors, functional, layers
 from .backends import configure_threads, get_backend_name, set_backend
+from .precision import bf16_paths, set_bf16_path
 from .models import Model, Sequential, WeightsMismatchError, alexnet, build, detect_variant
 from .weights import IMAGENET1K_V1, WeightsFileError, WeightsUnavailableError, load_weights, save_weights
 from .images import ImageError, load_image, load_images
@@ -30,4 +31,5 @@ if "numba" in _sys.modules:  # Numba already imported: choose its threading laye
 __all__ = ["FastalexError", "errors", "alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend", "configure_threads",
            "get_backend_name", "load_weights", "save_weights", "WeightsFileError", "WeightsUnavailableError",
            "WeightsMismatchError", "detect_variant", "IMAGENET1K_V1", "load_image", "load_images", "ImageError",
-           "imagenet_labels", "classify", "embed", "load_onnx", "OnnxError", "viz", "__version__"]
+           "imagenet_labels", "classify", "embed", "load_onnx", "OnnxError", "viz", "bf16_paths", "set_bf16_path",
+           "__version__"]

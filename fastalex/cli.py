@@ -111,11 +111,33 @@ def _add_run_options(p):
 
 
 def _add_weight_dtype(p):
-    from .lowp import WEIGHT_DTYPES
+    from .lowp import PRECISIONS, WEIGHT_DTYPES
     p.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="float32",
                    help="storage of the dense layers' weights: float32 (default), bfloat16 (half the "
                         "bytes, faster at small batches) or int8 (per-channel scales); convolutions "
                         "stay float32")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="how convolutions and dense layers compute: float32 (default, exact) or "
+                        "bfloat16 (inputs and weights rounded to bfloat16, float32 sums; on AMX or "
+                        "AVX512-BF16 where the CPU has them)")
+
+
+def _precision(args):
+    """``--precision``, checked against ``--weight-dtype`` (a usage error if they clash)."""
+    from .lowp import check_precision_and_weights
+    precision = getattr(args, "precision", "float32")
+    try:
+        check_precision_and_weights(precision, getattr(args, "weight_dtype", "float32"), "--precision")
+    except ValueError:
+        raise UsageError(f"--precision {precision} rounds every weight to bfloat16 itself and cannot use "
+                         f"--weight-dtype int8; use --weight-dtype float32 or bfloat16") from None
+    return precision
+
+
+def bf16_note(model) -> str:
+    """``", bfloat16 products on amx"`` (the path that runs) or ``""`` for float32."""
+    path = model.bf16_path
+    return "" if path is None else f", bfloat16 products on {path}"
 
 
 def _presets():
@@ -280,7 +302,13 @@ def _apply_preprocess(model, args):
 
 
 def load_model(args):
-    """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend."""
+    """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend,
+    computing in --precision."""
+    precision = _precision(args)
+    return _load_model(args).set_precision(precision)
+
+
+def _load_model(args):
     from .models import WeightsMismatchError, alexnet
     from .weights import WeightsUnavailableError
     weight_dtype = getattr(args, "weight_dtype", "float32")  # commands without --weight-dtype
@@ -343,6 +371,7 @@ def model_recipe(args):
     from .backends import get_backend_name
     recipe["backend"] = args.backend or get_backend_name()
     recipe["weight_dtype"] = getattr(args, "weight_dtype", "float32")
+    recipe["precision"] = _precision(args)
     if getattr(args, "preprocess", None):
         from .images import preprocess_preset
         recipe["preprocess"] = preprocess_preset(args.preprocess, crop=recipe["spec"]["input_shape"][1:])
@@ -743,6 +772,7 @@ def cmd_bench(args):
             _compile_note("numba")
         except ImportError:
             pass
+    precision = _precision(args)
     if args.weights is not None:
         if not is_onnx(args.weights):
             raise UsageError(f"bench --weights takes an .onnx model, got {args.weights}")
@@ -750,9 +780,14 @@ def cmd_bench(args):
     else:
         variant = args.variant or "torchvision"
         model, title = alexnet(variant, weight_dtype=args.weight_dtype), f"AlexNet ({variant})"
+    model.set_precision(precision)
     _check_batch_memory(model, args.batch_size)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
+    model.backend = names[0]
+    path = bf16_note(model)
+    model.backend = None
     print(f"{title}, batch {args.batch_size} x {model.input_shape}, {args.weight_dtype} dense weights, "
+          f"{precision} precision{path + f' ({names[0]})' if path else ''}, "
           f"median and min of {args.repeat} runs after {args.warmup} warm-up")
     header = (f"{'engine':<12} {'median/batch':>13} {'min/batch':>10} {'median/image':>13} {'images/s':>9}"
               f"  {'vs numba':>8}")

@@ -111,6 +111,9 @@ def add_commands(sub):
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
     p.add_argument("--json", action="store_true", help="print the table as one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the times as a bar chart (needs matplotlib)")
+    from .lowp import PRECISIONS
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="how convolutions and dense layers compute: float32 (default) or bfloat16")
     p.set_defaults(func=cmd_profile)
 
 
@@ -252,16 +255,20 @@ def cmd_profile(args):
         names = [args.backend or get_backend_name()]
     if "numba" in names:
         _backend_ready("numba")
-    model = alexnet(args.variant)
+    model = alexnet(args.variant, precision=args.precision)
     cli._check_batch_memory(model, args.batch_size)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
-    profiles, forward = {}, {}
+    profiles, forward, paths = {}, {}, {}
     for name in names:
         model.backend = name
+        paths[name] = model.bf16_path
         profiles[name] = model.profile(x, repeat=args.repeat, warmup=args.warmup)
         forward[name] = time_forward(model, x, repeat=args.repeat, warmup=0)
-    title = (f"AlexNet ({args.variant}), batch {args.batch_size} x {model.input_shape}: "
+    precision = args.precision if args.precision == "float32" else (
+        "bfloat16 on " + ", ".join(f"{p} ({n})" for n, p in paths.items()))
+    title = (f"AlexNet ({args.variant}), batch {args.batch_size} x {model.input_shape}, {precision}: "
              f"median of {args.repeat} runs after {args.warmup} warm-up")
+    args.bf16_paths = paths
     if args.json:
         print(json.dumps(_profile_json(args, model, profiles, forward)))
     else:
@@ -295,6 +302,7 @@ def _profile_json(args, model, profiles, forward):
             row["speedup"] = _speedup(profiles["numpy"][i], profiles["numba"][i])
         rows.append(row)
     return {"variant": args.variant, "batch_size": args.batch_size, "input_shape": list(model.input_shape),
+            "precision": args.precision, "bf16_paths": getattr(args, "bf16_paths", {}),
             "repeat": args.repeat, "warmup": args.warmup, "backends": list(profiles), "note": PROFILE_NOTE,
             "rows": rows, "runtime": _runtime_json(profiles),
             "total": {name: {"sum_ms": sum(r["seconds"] for r in prof) * 1e3, "forward_ms": forward[name] * 1e3}

@@ -95,7 +95,7 @@ def _key(recipe):
     except OSError:
         stamp = None
     return (str(weights), stamp, repr(recipe["spec"]), recipe.get("seed"), recipe.get("backend"),
-            repr(recipe.get("preprocess")), recipe.get("weight_dtype"))
+            repr(recipe.get("preprocess")), recipe.get("weight_dtype"), recipe.get("precision"))
 
 
 _MODELS: dict = {}
@@ -142,6 +142,8 @@ def _build(recipe):
             model.preprocess = dict(recipe["preprocess"])
         if recipe.get("weight_dtype", "float32") != "float32":  # e.g. --weight-dtype bfloat16
             model.set_weight_dtype(recipe["weight_dtype"], keep_float32=False)
+        if recipe.get("precision", "float32") != "float32":  # --precision bfloat16
+            model.set_precision(recipe["precision"])
         return model
     except Exception as exc:
         reason = str(exc) or type(exc).__name__

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends import get_backend, get_backend_name
 from .backends.contract import hook
-from .lowp import LowpWeight
+from .lowp import LowpWeight, check_precision
 from .shapes import INT64_MAX, check_allocatable, conv_output_size, padding_sides, pool_output_size
 
 __all__ = [
@@ -254,13 +254,17 @@ class ConvPlan(NamedTuple):
     dilation: tuple
     groups: int
     data: object          # the backend's own form of the weights (None: nothing to prepare)
+    precision: str = "float32"
 
 
-def prepare_conv2d(weight, bias=None, stride=1, dilation=1, groups=1, backend=None) -> ConvPlan:
+def prepare_conv2d(weight, bias=None, stride=1, dilation=1, groups=1, backend=None,
+                   precision="float32") -> ConvPlan:
     """Prepare a convolution's weights once for many :func:`conv2d` calls (``plan=``).
 
     The fast backend plans its Winograd algorithm here and transforms the weights (a few ms
     for a large layer) the first time a batch needs them, instead of on every call; the reference backend has nothing to prepare.
+    With ``precision="bfloat16"`` the weights are rounded to bfloat16 and packed for the
+    bf16 products (see :func:`conv2d`).
     ``Conv2D`` layers do this by themselves. The plan refers to ``weight`` and ``bias``
     (no copy) and is valid while they are unchanged: layers make their parameters read-only
     once planned, so a change is an assignment of new arrays, which makes a new plan.
@@ -274,15 +278,19 @@ def prepare_conv2d(weight, bias=None, stride=1, dilation=1, groups=1, backend=No
     if weight.shape[0] % groups:
         raise ValueError(f"{op}: groups={groups} must divide the output channels of weight {_shape(weight)}")
     bias = _bias(bias, weight.shape[0], op)
+    precision = check_precision(precision, op)
     name = get_backend_name() if backend is None else backend
     impl = get_backend(name)
-    prepare = hook(impl, "prepare_conv2d")
-    data = None if prepare is None else prepare(weight, bias, stride, dilation, groups)
-    return ConvPlan(name, weight, bias, stride, dilation, groups, data)
+    if precision == "bfloat16":
+        data = impl.prepare_bf16(weight, bias, stride, dilation, groups)
+    else:
+        prepare = hook(impl, "prepare_conv2d")
+        data = None if prepare is None else prepare(weight, bias, stride, dilation, groups)
+    return ConvPlan(name, weight, bias, stride, dilation, groups, data, precision)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
-           backend=None, plan=None):
+           backend=None, plan=None, precision="float32"):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``, with an optional fused ReLU.
 
     ``x`` is ``(N, C, H, W)`` or ``(C, H, W)``; ``weight`` is ``(out, C/groups, kh, kw)``;
@@ -290,9 +298,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     ``(h, w)`` pairs; ``padding`` may also be a 4-tuple ``(left, right, top, bottom)`` (as
     :func:`pad`) for different padding on each side, e.g. ONNX's or TensorFlow's "same";
     ``activation`` is None or ``"relu"``. ``plan``: the result of :func:`prepare_conv2d` for
-    these very ``weight`` and ``bias`` arrays and arguments.
+    these very ``weight`` and ``bias`` arrays and arguments (and ``precision``).
+
+    ``precision``: ``"float32"`` (default: float32 products) or ``"bfloat16"``: input and
+    weight rounded to bfloat16 (nearest, ties to even) on the way into the products, which are
+    summed in float32 (on AMX or AVX512-BF16 units where the CPU has them); bias and ReLU in
+    float32.
     """
     op = "conv2d"
+    precision = check_precision(precision, op)
     x, squeezed = _image_batch(x, op)
     weight = _as_float32(weight, op, "weight")
     if weight.ndim != 4:
@@ -326,11 +340,16 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
             raise TypeError(f"{op}: plan must come from prepare_conv2d, got {type(plan).__name__}")
         name = get_backend_name() if backend is None else backend
         if (plan.backend != name or plan.weight is not weight or plan.bias is not bias
-                or (plan.stride, plan.dilation, plan.groups) != (stride, dilation, groups)):
-            raise ValueError(f"{op}: the plan was prepared for other weights, arguments or backend "
-                             f"(make a new one with prepare_conv2d)")
+                or (plan.stride, plan.dilation, plan.groups) != (stride, dilation, groups)
+                or plan.precision != precision):
+            raise ValueError(f"{op}: the plan was prepared for other weights, arguments, backend or "
+                             f"precision (make a new one with prepare_conv2d)")
         data = plan.data
-    y = get_backend(backend).conv2d(x, weight, bias, stride, padding, dilation, groups, relu_, data)
+    impl = get_backend(backend)
+    if precision == "bfloat16":
+        y = impl.conv2d_bf16(x, weight, bias, stride, padding, dilation, groups, relu_, data)
+    else:
+        y = impl.conv2d(x, weight, bias, stride, padding, dilation, groups, relu_, data)
     return _unbatch(y, squeezed)
 
 
@@ -447,14 +466,54 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, backend=None):
 
 # ----------------------------------------------------------------------------- dense and friends
 
-def linear(x, weight, bias=None, activation=None, backend=None):
+class LinearPlan(NamedTuple):
+    """A dense layer's weight prepared once for bfloat16 products (see :func:`prepare_linear`)."""
+
+    backend: str
+    weight: object        # the float32 array or LowpWeight it was made from
+    bias: object
+    precision: str
+    data: object          # the backend's own form
+
+
+def prepare_linear(weight, bias=None, precision="bfloat16", backend=None) -> LinearPlan:
+    """Prepare a dense weight once for many :func:`linear` calls (``plan=``) in ``precision``
+    (for ``"bfloat16"``: rounded and packed for the bf16 products; ``"float32"``: nothing)."""
+    op = "prepare_linear"
+    precision = check_precision(precision, op)
+    w = _dense_weight(weight, op)
+    bias = _bias(bias, w.shape[0], op)
+    name = get_backend_name() if backend is None else backend
+    data = get_backend(name).prepare_bf16(_float_weight(w), bias, None, None, 1) \
+        if precision == "bfloat16" else None
+    return LinearPlan(name, weight, bias, precision, data)
+
+
+def _dense_weight(weight, op):
+    w = weight if isinstance(weight, LowpWeight) else _as_float32(weight, op, "weight")
+    if w.ndim != 2:
+        raise ValueError(f"{op}: weight must be (out_features, in_features), got {_shape(w)}")
+    return w
+
+
+def _float_weight(weight):
+    return weight.to_float32() if isinstance(weight, LowpWeight) else weight
+
+
+def linear(x, weight, bias=None, activation=None, backend=None, precision="float32", plan=None):
     """``x @ weight.T + bias`` with ``weight`` of shape ``(out, in)``; ``x`` is ``(N, in)`` or ``(in,)``.
 
     ``weight`` is a float32 array, or a :class:`fastalex.lowp.LowpWeight` (bfloat16 or int8
     storage, see :func:`fastalex.lowp.pack`): it is then widened inside the product, which
     accumulates in float32.
+
+    ``precision="bfloat16"``: input and (widened) weight rounded to bfloat16 on the way into
+    the products, summed in float32 (AMX / AVX512-BF16 where the CPU has them); ``plan`` from
+    :func:`prepare_linear` for this very weight and bias saves rounding and packing the weight
+    on every call.
     """
     op = "linear"
+    precision = check_precision(precision, op)
     x = _as_float32(x, op)
     squeezed = x.ndim == 1
     if squeezed:
@@ -473,6 +532,19 @@ def linear(x, weight, bias=None, activation=None, backend=None):
     bias = _bias(bias, weight.shape[0], op)
     check_allocatable(op, (x.shape[0], weight.shape[0]))
     impl = get_backend(backend)
+    if precision == "bfloat16":
+        data = None
+        if plan is not None:
+            if not isinstance(plan, LinearPlan):
+                raise TypeError(f"{op}: plan must come from prepare_linear, got {type(plan).__name__}")
+            name = get_backend_name() if backend is None else backend
+            if (plan.backend != name or plan.weight is not weight or plan.bias is not bias
+                    or plan.precision != precision):
+                raise ValueError(f"{op}: the plan was prepared for another weight, bias, backend or "
+                                 f"precision (make a new one with prepare_linear)")
+            data = plan.data
+        y = impl.linear_bf16(x, _float_weight(weight), bias, _activation(activation, op), data)
+        return y[0] if squeezed else y
     y = (impl.linear_lowp if lowp else impl.linear)(x, weight, bias, _activation(activation, op))
     return y[0] if squeezed else y
 

@@ -14,6 +14,9 @@ groups, sizes, ...) are checked when a layer is built, by the functions the func
 checks them with (``functional.check_*``): same rules, same messages.
 ``Dense`` may store its weight in bfloat16 or int8 (``weight_dtype``, see
 :mod:`fastalex.lowp`); its ``weight`` attribute still reads and writes float32.
+``Conv2D`` and ``Dense`` compute in ``precision`` ``"float32"`` (default) or ``"bfloat16"``
+(inputs and weights rounded to bfloat16, float32 sums; the weights are rounded and packed once,
+when the layer is first run, and again only when they are assigned anew).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 import numpy as np
 
 from . import functional as F
-from .lowp import check_weight_dtype, pack
+from .lowp import check_precision, check_precision_and_weights, check_weight_dtype, pack
 from .shapes import conv_output_size, padding_sides
 
 __all__ = [
@@ -136,9 +139,11 @@ class Conv2D(_Parametric):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, activation=None, weight=None, bias_value=None, rng=0):
+                 groups=1, bias=True, activation=None, weight=None, bias_value=None, rng=0,
+                 precision="float32"):
         super().__init__()
         op = "conv2d"
+        self.precision = check_precision(precision, op)
         stride, padding, dilation, groups, _ = F.check_conv_args(stride, padding, dilation, groups,
                                                                 activation, op)
         in_channels = F.check_int(in_channels, op, "in_channels", 1)
@@ -156,7 +161,7 @@ class Conv2D(_Parametric):
         """``activation`` (None or ``"relu"``) is applied on top of the layer's own, fused."""
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                         self.groups, activation or self.activation, backend=self.backend,
-                        plan=self.plan())
+                        plan=self.plan(), precision=self.precision)
 
     def plan(self):
         """The weights prepared by the backend in use (:func:`fastalex.functional.prepare_conv2d`),
@@ -165,14 +170,20 @@ class Conv2D(_Parametric):
         from .backends import get_backend_name
         name = self.backend or get_backend_name()
         plans = self.__dict__.setdefault("_plans", {})
-        plan = plans.get(name)
+        plan = plans.get((name, self.precision))
         if plan is None or plan.weight is not self.weight or plan.bias is not self.bias:
             for arr in (self.weight, self.bias):
                 if arr is not None:
                     arr.flags.writeable = False
-            plan = plans[name] = F.prepare_conv2d(self.weight, self.bias, self.stride, self.dilation,
-                                                  self.groups, backend=name)
+            plan = plans[(name, self.precision)] = F.prepare_conv2d(
+                self.weight, self.bias, self.stride, self.dilation, self.groups, backend=name,
+                precision=self.precision)
         return plan
+
+    def set_precision(self, precision):
+        """Compute in ``precision`` (``"float32"`` or ``"bfloat16"``) from now on. Returns ``self``."""
+        self.precision = check_precision(precision, "Conv2D")
+        return self
 
     def output_shape(self, input_shape):
         c, h, w = _expect_image(self, input_shape)
@@ -197,7 +208,7 @@ class Conv2D(_Parametric):
             s += f", groups={self.groups}"
         if self.activation:
             s += f", activation={self.activation!r}"
-        return s
+        return s + (f", precision={self.precision!r}" if self.precision != "float32" else "")
 
 
 class Dense(_Parametric):
@@ -209,12 +220,20 @@ class Dense(_Parametric):
     and accumulates in float32. ``layer.weight`` is always a float32 ``(out, in)`` array (for
     low-precision storage a widened copy: what the layer computes with), so ``state_dict()``
     and saved weights stay float32; ``layer.stored_weight`` is what is kept and used.
+
+    ``precision`` is how the product is computed: ``"float32"`` (default) or ``"bfloat16"``
+    (input and weight rounded to bfloat16, float32 sums, on bf16 units where the CPU has them).
+    ``weight_dtype`` only changes how the weight is stored; ``precision="bfloat16"`` keeps its
+    own packed bfloat16 copy of the weight, so it goes with ``weight_dtype`` ``"float32"`` or
+    ``"bfloat16"`` (int8 is refused).
     """
 
     def __init__(self, in_features, out_features, bias=True, activation=None, weight=None,
-                 bias_value=None, rng=0, weight_dtype="float32"):
+                 bias_value=None, rng=0, weight_dtype="float32", precision="float32"):
         super().__init__()
         op = "linear"
+        check_precision_and_weights(precision, weight_dtype, op)
+        self.precision = precision
         F.check_activation(activation, op)
         in_features = F.check_int(in_features, op, "in_features", 1)
         out_features = F.check_int(out_features, op, "out_features", 1)
@@ -254,6 +273,7 @@ class Dense(_Parametric):
         without it (built with ``weight_dtype=``, or converted with ``keep_float32=False``)
         refuses to convert: its float32 values are gone (load the weights again)."""
         dtype = check_weight_dtype(dtype, "Dense")
+        check_precision_and_weights(self.precision, dtype, "Dense")
         if dtype == self._weight_dtype:
             if not keep_float32:
                 object.__setattr__(self, "_float32", None)
@@ -276,10 +296,40 @@ class Dense(_Parametric):
     def num_params(self) -> int:
         return self.in_features * self.out_features + (0 if self.bias is None else self.bias.size)
 
+    def set_precision(self, precision):
+        """Compute in ``precision`` (``"float32"`` or ``"bfloat16"``) from now on. Returns ``self``."""
+        check_precision_and_weights(precision, self._weight_dtype, "Dense")
+        self.precision = precision
+        if precision == "float32":  # writable again where the bf16 plan froze them
+            for arr in self.__dict__.pop("_frozen", ()):
+                arr.flags.writeable = True
+            self.__dict__.pop("_plans", None)
+        return self
+
+    def plan(self):
+        """For ``precision="bfloat16"``: the weight rounded and packed by the backend in use
+        (:func:`fastalex.functional.prepare_linear`), made on first use and kept until ``weight``
+        or ``bias`` is assigned anew; None for float32."""
+        if self.precision == "float32":
+            return None
+        from .backends import get_backend_name
+        name = self.backend or get_backend_name()
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get((name, self.precision))
+        if plan is None or plan.weight is not self.stored_weight or plan.bias is not self.bias:
+            frozen = self.__dict__["_frozen"] = []
+            for arr in (self.stored_weight, self.bias):  # as Conv2D.plan: no change behind its back
+                if isinstance(arr, np.ndarray) and arr.flags.writeable:
+                    arr.flags.writeable = False  # (writable again with precision float32)
+                    frozen.append(arr)
+            plan = plans[(name, self.precision)] = F.prepare_linear(
+                self.stored_weight, self.bias, self.precision, backend=name)
+        return plan
+
     def forward(self, x, activation=None):
         """``activation`` (None or ``"relu"``) is applied on top of the layer's own, fused."""
         return F.linear(x, self.stored_weight, self.bias, activation or self.activation,
-                        backend=self.backend)
+                        backend=self.backend, precision=self.precision, plan=self.plan())
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):
@@ -294,7 +344,8 @@ class Dense(_Parametric):
         s = f"{self.in_features}, {self.out_features}"
         if self.activation:
             s += f", activation={self.activation!r}"
-        return s + (f", weight_dtype={self._weight_dtype!r}" if self._weight_dtype != "float32" else "")
+        s += f", weight_dtype={self._weight_dtype!r}" if self._weight_dtype != "float32" else ""
+        return s + (f", precision={self.precision!r}" if self.precision != "float32" else "")
 
 
 class _Pool(Layer):

@@ -20,11 +20,37 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["WEIGHT_DTYPES", "check_weight_dtype", "to_bfloat16", "from_bfloat16", "quantize_int8",
+__all__ = ["PRECISIONS", "check_precision", "check_precision_and_weights", "WEIGHT_DTYPES", "check_weight_dtype", "to_bfloat16", "from_bfloat16", "quantize_int8",
            "dequantize_int8", "LowpWeight", "pack"]
 
 #: storage dtypes a dense weight can have; float32 is the default (no conversion)
 WEIGHT_DTYPES = ("float32", "bfloat16", "int8")
+
+
+#: how convolutions and dense layers compute (``precision=``): ``"float32"`` (default, exact
+#: float32 products) or ``"bfloat16"`` (inputs and weights rounded to bfloat16, nearest even;
+#: products summed in float32, on the CPU's AMX or AVX512-BF16 units where it has them)
+PRECISIONS = ("float32", "bfloat16")
+
+
+def check_precision(name, op="precision"):
+    """``name`` if it is one of :data:`PRECISIONS`, else a ``ValueError`` (prefixed with ``op``)."""
+    if not isinstance(name, str) or name not in PRECISIONS:
+        valid = ", ".join(repr(n) for n in PRECISIONS)
+        raise ValueError(f"{op}: unknown precision {name!r}; valid precisions are {valid}")
+    return name
+
+
+def check_precision_and_weights(precision, weight_dtype, op):
+    """Both checked, and compatible: ``precision="bfloat16"`` rounds every weight to bfloat16
+    itself, so it goes with ``weight_dtype`` ``"float32"`` (the default) or ``"bfloat16"`` (the
+    same numbers), not with ``"int8"``."""
+    check_precision(precision, op)
+    check_weight_dtype(weight_dtype, op)
+    if precision == "bfloat16" and weight_dtype == "int8":
+        raise ValueError(f"{op}: precision='bfloat16' computes with bfloat16 weights; it cannot use "
+                         f"weight_dtype='int8' (use weight_dtype='float32' or 'bfloat16')")
+    return precision, weight_dtype
 
 
 def check_weight_dtype(name, op="weight_dtype"):

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import functional as F
 from . import layers as L
-from .lowp import check_weight_dtype
+from .lowp import check_precision, check_precision_and_weights, check_weight_dtype
 
 __all__ = ["Sequential", "Model", "build", "alexnet", "detect_variant", "param_shapes",
            "WeightsMismatchError", "VARIANTS", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -287,6 +287,9 @@ class Sequential(L.Layer):
         no float32 weights to go back to: converting it raises ``ValueError`` (load the
         weights again) and nothing is changed."""
         check_weight_dtype(dtype, "set_weight_dtype")
+        for _, layer in self.named_layers():
+            if isinstance(layer, L.Dense):
+                check_precision_and_weights(layer.precision, dtype, "set_weight_dtype")
         dense = [(name, layer) for name, layer in self.named_layers() if isinstance(layer, L.Dense)]
         lost = [name for name, layer in dense
                 if layer.weight_dtype not in ("float32", dtype) and not layer.keeps_float32]
@@ -298,6 +301,28 @@ class Sequential(L.Layer):
                              f"alexnet(..., weights=..., weight_dtype={dtype!r})")
         for _, layer in dense:
             layer.set_weight_dtype(dtype, keep_float32=keep_float32)
+        return self
+
+    # -- how products are computed
+    @property
+    def precision(self) -> str:
+        """How the convolutions and dense layers compute (``"mixed"`` if they differ)."""
+        kinds = {layer.precision for _, layer in self.named_layers() if isinstance(layer, (L.Conv2D, L.Dense))}
+        return kinds.pop() if len(kinds) == 1 else ("float32" if not kinds else "mixed")
+
+    def set_precision(self, precision):
+        """Compute every convolution and dense layer in ``precision``: ``"float32"`` (exact
+        float32 products) or ``"bfloat16"`` (inputs and weights rounded to bfloat16, float32
+        sums, on the CPU's AMX or AVX512-BF16 units where it has them: see
+        :func:`fastalex.bf16_paths`). Bias, ReLU, pooling, LRN and softmax stay float32.
+        Returns ``self``."""
+        check_precision(precision, "set_precision")
+        layers = [layer for _, layer in self.named_layers() if isinstance(layer, (L.Conv2D, L.Dense))]
+        for layer in layers:
+            if isinstance(layer, L.Dense):
+                check_precision_and_weights(precision, layer.weight_dtype, "set_precision")
+        for layer in layers:
+            layer.set_precision(precision)
         return self
 
     def extra_repr(self):
@@ -360,7 +385,7 @@ def _build_children(entries, rng):
 class Model(Sequential):
     """A :class:`Sequential` built from a spec, with prediction, a summary and preprocessing info."""
 
-    def __init__(self, spec, seed=0, backend=None, weight_dtype="float32"):
+    def __init__(self, spec, seed=0, backend=None, weight_dtype="float32", precision="float32"):
         # seed=None: zero placeholders for weights that are about to be loaded (no 1 s of RNG)
         rng = None if seed is None else np.random.default_rng(seed)
         super().__init__(_build_children(spec["layers"], rng))
@@ -371,7 +396,9 @@ class Model(Sequential):
         self.backend = backend
         _load_backend(backend)
         self.num_classes = self.output_shape(self.input_shape)[0]
+        check_precision_and_weights(precision, weight_dtype, "Model")
         self.set_weight_dtype(weight_dtype, keep_float32=False)  # built for that precision
+        self.set_precision(precision)
         #: how to build this model again elsewhere (a Dask worker): spec, seed and weights
         #: source; None once its weights came from arrays (see fastalex.distributed.recipe_of)
         self.recipe = None if seed is None else {"spec": spec, "seed": seed, "weights": None}
@@ -521,9 +548,20 @@ class Model(Sequential):
         if any(d.weight_dtype != "float32" for d in dense):
             stored = sum(d.stored_weight.nbytes for d in dense)
             lines.append(f"Dense weights: {self.weight_dtype} ({stored / 2**20:.1f} MiB stored)")
+        if self.precision != "float32":
+            lines.append(f"Precision: {self.precision} products, float32 sums; path: {self.bf16_path}")
         lines.append(rule)
         lines += self._plan_lines()
         return "\n".join(lines)
+
+    @property
+    def bf16_path(self) -> str | None:
+        """The path bfloat16 products run on (``"amx"``, ``"avx512_bf16"`` or ``"emulation"``)
+        on this model's backend; None when the model computes in float32."""
+        if self.precision == "float32":
+            return None
+        from .backends import get_backend
+        return get_backend(self.backend).bf16_path()
 
     def _plan_lines(self):
         """How the backend runs each convolution (its plan, made once), when it says."""
@@ -540,7 +578,10 @@ class Model(Sequential):
                  f"schedule for each batch size measured on its first pass):"]
         for layer_name, layer in self.named_layers():
             if isinstance(layer, L.Conv2D):
-                lines.append(f"  {layer_name:<12} {describe(layer.plan().data)}")
+                plan = layer.plan()
+                text = (get_backend(name).describe_bf16(plan.data) if plan.precision == "bfloat16"
+                        else describe(plan.data))
+                lines.append(f"  {layer_name:<12} {text}")
         runtime = getattr(get_backend(name), "describe_runtime", None)
         if runtime is not None:
             lines += runtime().splitlines()
@@ -561,9 +602,9 @@ def _load_backend(name):
         pass
 
 
-def build(spec, seed=0, backend=None, weight_dtype="float32") -> Model:
+def build(spec, seed=0, backend=None, weight_dtype="float32", precision="float32") -> Model:
     """A :class:`Model` from a spec dict (see :func:`original_spec` for the format)."""
-    return Model(spec, seed=seed, backend=backend, weight_dtype=weight_dtype)
+    return Model(spec, seed=seed, backend=backend, weight_dtype=weight_dtype, precision=precision)
 
 
 from .errors import WeightsMismatchError  # noqa: E402  (defined with the other exceptions)
@@ -613,7 +654,7 @@ def _describe_weights(weights) -> str:
 
 
 def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
-            weight_dtype="float32") -> Model:
+            weight_dtype="float32", precision="float32") -> Model:
     """An AlexNet.
 
     ``variant``: ``"original"`` (the 2012 paper: LRN, groups, 227x227) or ``"torchvision"``
@@ -623,7 +664,10 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
     ``backend``: ``"numba"``, ``"numpy"`` or None (the process default). ``weight_dtype``: how
     the dense layers store their weights, ``"float32"`` (default), ``"bfloat16"`` or ``"int8"``
     (per-output-channel scales); they are converted once, after loading, and the convolutions
-    stay float32 (see :mod:`fastalex.lowp`).
+    stay float32 (see :mod:`fastalex.lowp`). ``precision``: how convolutions and dense layers
+    compute, ``"float32"`` (default) or ``"bfloat16"`` (inputs and weights rounded to bfloat16,
+    float32 sums, on AMX or AVX512-BF16 where the CPU has them; see docs/precision.md); it goes
+    with ``weight_dtype`` ``"float32"`` or ``"bfloat16"``.
 
     ``variant`` and ``num_classes`` default to what the weights fit (read from their keys and
     shapes: :func:`detect_variant`); without weights, to ``"original"`` and 1000. Naming a
@@ -636,10 +680,10 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
         raise ValueError(f"alexnet: num_classes must be a positive int, got {num_classes!r}")
-    check_weight_dtype(weight_dtype, "alexnet")
+    check_precision_and_weights(precision, weight_dtype, "alexnet")
     if weights is None:
         return Model(VARIANTS[variant or "original"](num_classes or 1000), seed=seed, backend=backend,
-                     weight_dtype=weight_dtype)
+                     weight_dtype=weight_dtype, precision=precision)
     from .weights import published_weights, resolve_weights
     meta = published_weights(weights)
     if meta is not None:
@@ -657,7 +701,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
             raise WeightsMismatchError(
                 f"alexnet: {source} does not fit any AlexNet variant ({', '.join(map(repr, VARIANTS))}); "
                 f"against the {target!r} one: {exc}", source, detail=f"against the {target} AlexNet: {exc}") from None
-        return model.set_weight_dtype(weight_dtype, keep_float32=False)  # built for that precision
+        return model.set_weight_dtype(weight_dtype, keep_float32=False).set_precision(precision)
     fit_variant, fit_classes = fits
     if variant is not None and variant != fit_variant:
         raise WeightsMismatchError(
@@ -674,4 +718,4 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
         where = os.fspath(weights)
         model.recipe = {"spec": model.spec, "seed": None,
                         "weights": where if "://" in where else os.path.abspath(where)}
-    return model.set_weight_dtype(weight_dtype, keep_float32=False)  # built for that precision
+    return model.set_weight_dtype(weight_dtype, keep_float32=False).set_precision(precision)

@@ -66,7 +66,7 @@ def _onnx():
 
 # ----------------------------------------------------------------------------- public API
 
-def load_onnx(path, backend=None, preprocess="torchvision"):
+def load_onnx(path, backend=None, preprocess="torchvision", precision="float32"):
     """The :class:`~fastalex.models.Model` of the ONNX file ``path``.
 
     ``backend``: ``"numba"``, ``"numpy"`` or None (the process default). ``preprocess``: the
@@ -76,12 +76,15 @@ def load_onnx(path, backend=None, preprocess="torchvision"):
     the crop is the graph's input size (height x width: a non-square input gets a non-square
     crop, and the model refuses inputs of another size, as ONNX Runtime does). Raises :class:`OnnxError` for unreadable, unsupported
     or unsafe files and ``ImportError`` (naming ``pip install 'fastalex[onnx]'``) without onnx.
+    ``precision``: ``"float32"`` (default) or ``"bfloat16"`` (see :meth:`Model.set_precision`).
     """
+    from .lowp import check_precision
     from .models import build
+    check_precision(precision, "load_onnx")
     spec, state = read_onnx(path, preprocess=preprocess)
     model = build(spec, seed=None, backend=backend)
     model.load_state_dict(state)
-    return model
+    return model.set_precision(precision)
 
 
 def read_onnx(path, preprocess="torchvision"):

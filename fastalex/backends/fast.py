@@ -649,3 +649,43 @@ def relu(x):
     y = np.empty_like(x)
     _launch(_relu, x.reshape(-1), y.reshape(-1))
     return y
+
+
+# ----------------------------------------------------------------------------- bfloat16 (precision="bfloat16")
+# Added for issue 18, apart from the float32 functions above: products in bfloat16 with float32
+# sums on the CPU's best bf16 units (AMX, AVX512-BF16) or an emulation, see ._bf16.
+
+def bf16_path() -> str:
+    """The path this backend's bfloat16 products run on (``_bf16.active_path()``)."""
+    from . import _bf16
+    return _bf16.active_path()
+
+
+def prepare_bf16(weight, bias, stride, dilation, groups):
+    """A convolution's weight rounded to bfloat16 and packed once (``_bf16.Bf16Plan``); a dense
+    layer's with ``stride=None``."""
+    from . import _bf16
+    if stride is None:
+        return _bf16.plan_dense(weight, bias)
+    return _bf16.plan_conv(weight, bias, stride, dilation, groups)
+
+
+def describe_bf16(plan) -> str:
+    return plan.describe(bf16_path())
+
+
+def conv2d_bf16(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
+    """``act(conv(bf16(x), bf16(weight)) + bias)``, float32 sums (``plan``: from
+    :func:`prepare_bf16` for these arguments, else packed now)."""
+    from . import _bf16
+    if plan is None:
+        plan = prepare_bf16(weight, bias, stride, dilation, groups)
+    return _bf16.conv2d(_writable(x), plan, padding, bool(relu), _launch)
+
+
+def linear_bf16(x, weight, bias, relu, plan=None):
+    """``act(bf16(x) @ bf16(weight).T + bias)``, float32 sums."""
+    from . import _bf16
+    if plan is None:
+        plan = prepare_bf16(weight, bias, None, None, 1)
+    return _bf16.linear(_writable(x), plan, bool(relu), _launch)

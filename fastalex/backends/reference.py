@@ -168,3 +168,36 @@ def linear_lowp(x, weight, bias, relu):
 def relu(x):
     """``max(x, 0)``."""
     return np.maximum(x, np.float32(0.0))
+
+
+# ----------------------------------------------------------------------------- bfloat16 (precision="bfloat16")
+# The reference of issue 18's bfloat16 products: inputs and weights rounded to bfloat16
+# (nearest, ties to even), then the float32 functions above (a product of two bfloat16 values
+# is exact in float32; the sums are float32, in NumPy's order).
+
+def bf16_path() -> str:
+    return "emulation"
+
+
+def _round(a):
+    from ..lowp import from_bfloat16, to_bfloat16
+    return from_bfloat16(to_bfloat16(a))
+
+
+def prepare_bf16(weight, bias, stride, dilation, groups):
+    """The weight rounded to bfloat16 (float32 values), once."""
+    return _round(weight)
+
+
+def describe_bf16(plan) -> str:
+    return "bfloat16 emulation: weight rounded once, float32 products of rounded inputs"
+
+
+def conv2d_bf16(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
+    w = _round(weight) if plan is None else plan
+    return conv2d(_round(x), w, bias, stride, padding, dilation, groups, relu)
+
+
+def linear_bf16(x, weight, bias, relu, plan=None):
+    w = _round(weight) if plan is None else plan
+    return linear(_round(x), w, bias, relu)
