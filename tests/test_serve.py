@@ -565,3 +565,21 @@ def test_bad_options_are_usage_errors(capsys, option, value, message):
     from fastalex import cli
     assert cli.main(["serve", "--random-weights", option, value]) == 2
     assert message in capsys.readouterr().err
+
+
+@needs_serve
+def test_the_precision_option_reaches_the_model(home):
+    """``--precision bfloat16`` (the model options of ``classify``): /v1/model says so, and
+    /v1/classify answers from the bfloat16 model."""
+    s = ServerProcess(["--random-weights", "--precision", "bfloat16"], server_env(home))
+    try:
+        status, _, body = request(s, "GET", "/v1/model")
+        assert status == 200 and as_json(body)["precision"] == "bfloat16"
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(3).integers(0, 255, (240, 300, 3), dtype=np.uint8)).save(buf, "PNG")
+        status, _, body = post_image(s, "/v1/classify?top=3", buf.getvalue(), "image/png")
+        assert status == 200, body
+        top = as_json(body)["top"]
+        assert len(top) == 3 and all(0.0 <= t["probability"] <= 1.0 for t in top)
+    finally:
+        s.kill()
