@@ -516,6 +516,7 @@ def _embed_run(args, model):
         weights, shown = _file_digest(local), args.weights
     return {"layer": skel.resolve_layer(args.layer), "normalize": bool(args.normalize), "weights": weights,
             "weights_shown": shown, "weight_dtype": getattr(args, "weight_dtype", "float32"),
+            "precision": getattr(args, "precision", "float32"),
             "preprocess": json.loads(json.dumps(preprocess)), "variant": skel.variant,
             "num_classes": skel.num_classes}
 

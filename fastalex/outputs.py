@@ -404,6 +404,7 @@ def read_run(path):
 
 
 _OPTION = {"layer": "--layer", "normalize": "--normalize", "weights": "--weights", "weight_dtype": "--weight-dtype",
+           "precision": "--precision",
            "preprocess": "--preprocess", "variant": "--variant", "num_classes": "--num-classes"}
 
 

@@ -168,6 +168,7 @@ def test_cli_resume_continues_only_its_own_run(tmp_path, monkeypatch, capsys, nu
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, rtol=1e-5)
     np.testing.assert_allclose(vectors, plain / np.linalg.norm(plain, axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
     for option, shown in ((["--layer", "fc6"], "--layer"), (["--weight-dtype", "bfloat16"], "--weight-dtype"),
+                          (["--precision", "bfloat16"], "--precision"),
                           (["--preprocess", "caffe"], "--preprocess"), (["--variant", "original"], "--variant")):
         assert cli.main(["embed", str(photos), "-o", str(out), "--resume", "--normalize", *option, *ARGS]) == 2
         assert f"{shown}: " in capsys.readouterr().err, option
