@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._bf16 import MB, NR, amx_permitted, write_block
+from ._bf16_common import MB, NR, amx_permitted, write_block
 
 if not amx_permitted():  # a tile instruction without Linux's permission kills the process (SIGILL)
     raise ImportError("fastalex: Linux did not grant this process the AMX tile state "

@@ -18,7 +18,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._bf16 import MB, NR, write_block
+from ._bf16_common import MB, NR, write_block
 
 MR = 6
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
