@@ -582,7 +582,7 @@ class Model(Sequential):
                 text = (get_backend(name).describe_bf16(plan.data) if plan.precision == "bfloat16"
                         else describe(plan.data))
                 lines.append(f"  {layer_name:<12} {text}")
-        runtime = getattr(get_backend(name), "describe_runtime", None)
+        runtime = hook(get_backend(name), "describe_runtime")
         if runtime is not None:
             lines += runtime().splitlines()
         return lines

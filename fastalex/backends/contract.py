@@ -17,6 +17,8 @@ their own; callers find them with :func:`hook`, which only knows the names in
   ``Model.summary()`` (:class:`DescribesPlan`).
 - ``forward_pass()``: a context manager entered around a model's whole forward pass
   (the numba backend keeps the other cores awake between its kernels) (:class:`WrapsForwardPass`).
+- ``describe_runtime()``: lines saying how the kernels run (threading layer, threads, CPU,
+  instruction set, tuned dense schedules), for ``Model.summary()`` (:class:`DescribesRuntime`).
 
 ``tests/test_backend_contract.py`` checks every registered backend against this module.
 """
@@ -30,7 +32,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Backend", "PreparesConv2d", "DescribesPlan", "WrapsForwardPass", "REQUIRED", "OPTIONAL_HOOKS",
+__all__ = ["Backend", "PreparesConv2d", "DescribesPlan", "WrapsForwardPass", "DescribesRuntime", "REQUIRED",
+           "OPTIONAL_HOOKS",
            "hook", "check_backend"]
 
 
@@ -77,11 +80,16 @@ class WrapsForwardPass(Protocol):
     def forward_pass(self) -> AbstractContextManager: ...
 
 
+@runtime_checkable
+class DescribesRuntime(Protocol):
+    def describe_runtime(self) -> str: ...
+
+
 #: the required functions, from :class:`Backend`
 REQUIRED = tuple(name for name, value in vars(Backend).items() if inspect.isfunction(value) and name[0] != "_")
 #: hook name -> the protocol that declares it
 OPTIONAL_HOOKS = {"prepare_conv2d": PreparesConv2d, "describe_plan": DescribesPlan,
-                  "forward_pass": WrapsForwardPass}
+                  "forward_pass": WrapsForwardPass, "describe_runtime": DescribesRuntime}
 
 
 def hook(backend: ModuleType, name: str) -> Callable | None:
