@@ -34,17 +34,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import FastalexError
+
 #: the operators a spelled-out LRN is made of (the data path and its shape computations)
 OPS = frozenset({"Mul", "Pow", "Reshape", "Pad", "AveragePool", "Squeeze", "Unsqueeze", "If", "Add",
                  "Shape", "Gather", "Concat", "Constant", "ConstantOfShape", "Slice", "Transpose", "Cast",
                  "Equal", "Identity"})
 
 
-class Mismatch(ValueError):
+class Mismatch(FastalexError, ValueError):
     """The region is not torch's LRN; the message says which step differs."""
 
 
-class PatternError(ValueError):
+class PatternError(FastalexError, ValueError):
     """A region that looks like torch's LRN but cannot be taken out of the graph as one node."""
 
     def __init__(self, node, reason):

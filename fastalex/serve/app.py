@@ -42,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 from .. import __version__
 from ..classify import ClassifyTask, Prediction
 from ..embedding import EmbedTask
+from ..errors import FastalexError
 from ..images import ImageError, _bomb_check, _describe, get_preprocess, open_image, preprocess_image
 from .batcher import Batcher, QueueFullError
 from .metrics import Metrics
@@ -72,7 +73,7 @@ SECURITY_HEADERS = [
 PROFILE_RUNS = {"numba": (5, 1), "numpy": (1, 0)}
 
 
-class ApiError(Exception):
+class ApiError(FastalexError):
     """Answered as ``{"error": message}`` with ``status``."""
 
     def __init__(self, status, message, headers=None):

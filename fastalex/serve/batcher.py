@@ -21,10 +21,12 @@ import time
 
 import numpy as np
 
+from ..errors import FastalexError
+
 __all__ = ["Batcher", "QueueFullError"]
 
 
-class QueueFullError(RuntimeError):
+class QueueFullError(FastalexError, RuntimeError):
     """More images are waiting than the batcher accepts (the server answers 503)."""
 
 
