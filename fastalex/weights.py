@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _files
+from ._home import cache_home
 from ._files import FileProblem, open_regular
 from ._torch_pickle import (LazyTensor, UnsafePickleError, WeightsFileError, check_member, read_exactly,
                             read_torch_legacy, read_torch_zip)
@@ -276,13 +277,7 @@ def _strip_prefix(state, prefix="module."):
 def cache_dir() -> Path:
     """Where downloads are kept: ``$FASTALEX_HOME``, else ``$XDG_CACHE_HOME/fastalex``,
     else ``~/.cache/fastalex``. Not created here."""
-    home = os.environ.get("FASTALEX_HOME")
-    if home:
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg).expanduser() / "fastalex"
-    return Path.home() / ".cache" / "fastalex"
+    return cache_home()
 
 
 def _hash_prefix(filename: str):

@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import conv_output_size
+from ._gemm import bias_relu_row
 from ._bf16_common import KB, MB, NR, amx_permitted, write_block  # noqa: F401  (part of this module's API)
 
 #: every path, best first
@@ -244,17 +245,6 @@ def _pack_rows(x, bp):
                     bp[0, q, kp, col, e] = _round1(bits[n, k]) if (n < N and k < K) else np.uint16(0)
 
 
-@njit(**_SER)
-def _bias_relu_row(src, dst, b, relu):
-    if relu:
-        for p in range(dst.shape[0]):
-            v = src[p] + b
-            dst[p] = np.float32(0.0) if v < 0.0 else v
-    else:
-        for p in range(dst.shape[0]):
-            dst[p] = src[p] + b
-
-
 @njit(**_PAR)
 def _conv_epilogue(c, y, n0, nb, og, bias, relu):
     """``y[n0+s, o, p] = act(C[o // og, o % og, s*P + p] + bias[o])``."""
@@ -262,7 +252,7 @@ def _conv_epilogue(c, y, n0, nb, og, bias, relu):
     has_bias = bias.shape[0] > 0
     for t in prange(nb * O):
         s, o = t // O, t % O
-        _bias_relu_row(c[o // og, o % og, s * P:(s + 1) * P], y[n0 + s, o],
+        bias_relu_row(c[o // og, o % og, s * P:(s + 1) * P], y[n0 + s, o],
                        bias[o] if has_bias else np.float32(0.0), relu)
 
 

@@ -216,6 +216,18 @@ def batched_gemm(a, bp, c, T, ak, cn, dk, dn):
         product_task(af, a.shape[2], ak, dk, bf, G, E, P, K, cf, c.shape[2], cn, dn, T, np.int64(task))
 
 
+@njit(**_SER)
+def bias_relu_row(src, dst, b, relu):
+    """``dst[p] = src[p] + b``, then ``max(., 0)`` if ``relu`` (NaN stays NaN, as ``np.maximum``)."""
+    if relu:
+        for p in range(src.shape[0]):
+            v = src[p] + b
+            dst[p] = np.float32(0.0) if v < 0.0 else v
+    else:
+        for p in range(src.shape[0]):
+            dst[p] = src[p] + b
+
+
 # ----------------------------------------------------------------------------- dense layers
 
 #: rows of the weight per task of :func:`dense` (a multiple of MR)

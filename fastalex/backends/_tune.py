@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from .._home import cache_home
 from . import _target
 from .tunables import TUNE_MAX_SECONDS, TUNE_REPEATS as REPEATS
 
@@ -58,12 +59,7 @@ def tuning_dir() -> Path:
     numba_cache = os.environ.get("NUMBA_CACHE_DIR")
     if numba_cache:
         return Path(numba_cache).expanduser() / "fastalex-tuning"
-    home = os.environ.get("FASTALEX_HOME")
-    if home:
-        return Path(home).expanduser() / "tuning"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() / "fastalex" if xdg else Path.home() / ".cache" / "fastalex"
-    return base / "tuning"
+    return cache_home() / "tuning"
 
 
 def wisdom_path() -> Path:

@@ -74,7 +74,6 @@ from __future__ import annotations
 import os
 import threading
 
-import numba
 import numpy as np
 from numba import njit, prange, uint64
 
@@ -208,19 +207,7 @@ def _bias_relu(y, bias, relu):
     has_bias = bias.shape[0] > 0
     for t in prange(N * O):
         n, o = t // O, t % O
-        _bias_relu_row(y[n, o], y[n, o], bias[o] if has_bias else np.float32(0.0), relu)
-
-
-@njit(**_SER)
-def _bias_relu_row(src, dst, b, relu):
-    """``dst[p] = src[p] + b``, then ``max(., 0)`` if ``relu`` (NaN stays NaN, as ``np.maximum``)."""
-    if relu:
-        for p in range(src.shape[0]):
-            v = src[p] + b
-            dst[p] = np.float32(0.0) if v < 0.0 else v
-    else:
-        for p in range(src.shape[0]):
-            dst[p] = src[p] + b
+        _gemm.bias_relu_row(y[n, o], y[n, o], bias[o] if has_bias else np.float32(0.0), relu)
 
 
 @njit(**_PAR)
@@ -230,7 +217,7 @@ def _scatter_bias_relu(tmp, y, n0, nb, bias, relu):
     has_bias = bias.shape[0] > 0
     for t in prange(nb * O):
         s, o = t // O, t % O
-        _bias_relu_row(tmp[o, s * P:(s + 1) * P], y[n0 + s, o],
+        _gemm.bias_relu_row(tmp[o, s * P:(s + 1) * P], y[n0 + s, o],
                        bias[o] if has_bias else np.float32(0.0), relu)
 
 
