@@ -27,10 +27,11 @@ import threading
 import urllib.parse
 import urllib.request
 
+from ._optional import require
 from .errors import FastalexError
 
 __all__ = ["FileProblem", "TooLarge", "DeadlineExceeded", "open_regular", "is_url", "scheme_of", "local_path",
-           "open_bounded", "read_bounded", "describe_size",
+           "fsspec_for", "open_bounded", "read_bounded", "describe_size",
            "MAX_IMAGE_BYTES", "MAX_WEIGHTS_BYTES", "MAX_LABELS_BYTES", "IMAGE_DEADLINE",
            "WEIGHTS_DEADLINE", "READ_TIMEOUT"]
 
@@ -142,6 +143,12 @@ def is_url(path) -> bool:
 
 def scheme_of(url) -> str:
     return url.split("://", 1)[0].lower()
+
+
+def fsspec_for(url):
+    """The ``fsspec`` module, to read ``url`` (``s3://``, ``gs://``, ...); ImportError naming
+    the extra that installs it when it is missing."""
+    return require("fsspec", extra="dask", purpose=f"reading {url}", alternative="pip install fsspec")
 
 
 def local_path(url) -> str:
@@ -285,8 +292,7 @@ class BoundedReader:
             raise
 
     def _open_fsspec(self):
-        from .classify import _fsspec
-        self._file = _fsspec(self.source).open(self.source, "rb").open()
+        self._file = fsspec_for(self.source).open(self.source, "rb").open()
 
     def __iter__(self):
         source = self._response if self._response is not None else self._file

@@ -138,19 +138,14 @@ def _expand_one(x):
         raise TypeError(f"classify: inputs must be paths, PIL images or arrays, got {type(x).__name__}")
 
 
-def _fsspec(url):
-    from ._optional import require
-    return require("fsspec", extra="dask", purpose=f"reading {url}", alternative="pip install fsspec")
-
-
 def _expand_url(url):
     """A URL names one image, except a folder URL (ending in ``/``), which is listed with
     fsspec (recursively, image extensions only, sorted), as local folders are."""
-    if not url.endswith("/") or url.split("://", 1)[0] in ("http", "https"):
+    if not url.endswith("/") or _files.scheme_of(url) in ("http", "https"):
         yield _Item(url, url)
         return
     try:
-        fs, root = _fsspec(url).core.url_to_fs(url)
+        fs, root = _files.fsspec_for(url).core.url_to_fs(url)
         names = sorted(fs.find(root))
     except Exception as exc:
         yield _Item(url, error=f"cannot list directory ({type(exc).__name__}: {exc})")
