@@ -73,7 +73,7 @@ def _positive_int(text):
 
 
 def _variants():
-    from .models import VARIANTS
+    from .specs import VARIANTS
     return list(VARIANTS)
 
 
@@ -379,7 +379,7 @@ def model_recipe(args):
 
 
 def _model_recipe(args):
-    from .models import VARIANTS
+    from .specs import VARIANTS
     if args.random_weights:
         _err("WARNING: --random-weights: the model has random weights; its predictions and labels "
              "are MEANINGLESS (use this only to test the pipeline)")

@@ -69,7 +69,7 @@ def recipe_of(model) -> dict:
     weights to a file the workers can read and load the model from it.
     """
     if model is None:
-        from .models import torchvision_spec
+        from .specs import torchvision_spec
         return {"spec": torchvision_spec(1000), "seed": None, "weights": "imagenet", "backend": None}
     if isinstance(model, dict) and "spec" in model:
         return {"seed": None, "weights": None, "backend": None, **model}

@@ -9,12 +9,13 @@ with it see the same numbers here::
     ToTensor()              uint8 -> [0, 1]
     Normalize(mean, std)    per channel, in float32
 
-The sizes, mean and std come from the model spec (``model.preprocess``), never from here.
-A preprocess dict may also say ``"channel_order": "BGR"`` (Caffe's order) and
-``"pixel_max": 255.0`` (pixels in [0, 255] instead of [0, 1]); :data:`PRESETS` names the two
-common ones for models that carry no preprocessing of their own (ONNX files):
+A model's preprocessing is ``model.preprocess``, a dict of ``resize``, ``crop``, ``mean`` and
+``std``; it may also say ``"channel_order": "BGR"`` (Caffe's order) and ``"pixel_max": 255.0``
+(pixels in [0, 255] instead of [0, 1]). The presets are here, in :data:`PRESETS`:
 ``torchvision`` (RGB, [0, 1], ImageNet mean/std) and ``caffe`` (BGR, [0, 255], the mean
-(104, 117, 123) subtracted, no scaling). :func:`preprocess_preset` makes one for an input size.
+(104, 117, 123) subtracted, no scaling). A model spec names its preset and its sizes
+(``{"preset": "torchvision", "resize": 256, "crop": 227}``, see :mod:`fastalex.specs`);
+:func:`expand_preset` fills in the rest, :func:`preprocess_preset` makes one for an input size.
 
 Before that, every image becomes 8-bit RGB: the EXIF orientation is applied, an animated
 image gives its first frame, alpha (``LA``, ``RGBA``, ``P`` with transparency, ...) is
@@ -39,9 +40,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import _files
 from ._files import FileProblem, open_regular
+from .specs import VARIANTS
 
 __all__ = ["ImageError", "load_image", "load_images", "open_image", "to_rgb", "preprocess_image",
-           "get_preprocess", "preprocess_preset", "PRESETS", "IMAGE_EXTENSIONS"]
+           "get_preprocess", "preprocess_preset", "expand_preset", "PRESETS", "IMAGE_EXTENSIONS",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 #: file extensions picked up when a directory is searched for images (compared lower-case)
 IMAGE_EXTENSIONS = frozenset({
@@ -66,9 +69,13 @@ from .errors import ImageError  # noqa: E402  (defined with the other exceptions
 
 # ----------------------------------------------------------------------------- preprocessing spec
 
+#: the mean and standard deviation of ImageNet's pixels on [0, 1], per RGB channel
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 #: preset name -> the preprocessing without its sizes (see :func:`preprocess_preset`)
 PRESETS = {
-    "torchvision": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+    "torchvision": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
     "caffe": {"mean": (104.0, 117.0, 123.0), "std": (1.0, 1.0, 1.0), "channel_order": "BGR",
               "pixel_max": 255.0},
 }
@@ -98,16 +105,30 @@ def crop_size(crop) -> tuple[int, int]:
     return int(crop), int(crop)
 
 
+def expand_preset(preprocess: dict) -> dict:
+    """``preprocess`` with the mean, std (and channel order, pixel scale) of the preset it names
+    filled in: ``{"preset": "torchvision", "resize": 256, "crop": 227}`` -> ``{"resize": 256,
+    "crop": 227, "mean": ..., "std": ...}``. A dict that names no preset, or has its own mean,
+    comes back as is (a copy)."""
+    name = preprocess.get("preset")
+    if name is None or "mean" in preprocess:
+        return dict(preprocess)
+    if name not in PRESETS:
+        raise ValueError(f"unknown preprocess preset {name!r}; valid presets are "
+                         + ", ".join(repr(p) for p in PRESETS))
+    return {**{k: v for k, v in preprocess.items() if k != "preset"}, **PRESETS[name]}
+
+
 def get_preprocess(variant="torchvision") -> dict:
     """The preprocessing dict (``resize``, ``crop``, ``mean``, ``std``, optionally
-    ``channel_order`` and ``pixel_max``) of a variant name, a preset name (``"caffe"``, for
-    224x224), a model (anything with a ``preprocess`` attribute) or a dict given as is."""
+    ``channel_order`` and ``pixel_max``) of a variant name (its spec names its preset and sizes),
+    a preset name (``"caffe"``, for 224x224), a model (anything with a ``preprocess``
+    attribute) or a dict (a preset it names is filled in, see :func:`expand_preset`)."""
     if isinstance(variant, dict):
-        spec = variant
+        spec = expand_preset(variant)
     elif isinstance(variant, str):
-        from .models import VARIANTS
         if variant in VARIANTS:
-            spec = VARIANTS[variant]()["preprocess"]
+            spec = expand_preset(VARIANTS[variant]()["preprocess"])
         elif variant in PRESETS:
             spec = preprocess_preset(variant)
         else:

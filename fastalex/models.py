@@ -1,10 +1,9 @@
-"""Models as data: a spec (a list of named layer specs) becomes a :class:`Model`.
+"""Models as data: a spec (a list of named layer specs, see :mod:`fastalex.specs`) becomes a
+:class:`Model`.
 
-Two AlexNets are described here, the 2012 paper's (LRN, overlapping pooling, grouped
-convolutions from the two-GPU split) and torchvision's (the one with published ImageNet
-weights). Layer names follow the equivalent ``torch.nn.Sequential`` so state-dict keys
-(``features.0.weight`` ... ``classifier.6.bias``) line up with torch's. A new variant is a
-new spec, not new code.
+The two AlexNets' specs are in :mod:`fastalex.specs`; :func:`alexnet` builds one by name, with
+weights (published ones come from :mod:`fastalex.hub`). A new variant is a new spec, not new
+code.
 """
 
 from __future__ import annotations
@@ -17,89 +16,17 @@ import numpy as np
 
 from . import functional as F
 from . import layers as L
+from . import specs
+from ._moved import moved
+from .images import expand_preset
 from .lowp import check_precision, check_precision_and_weights, check_weight_dtype
 
 __all__ = ["Sequential", "Model", "build", "alexnet", "detect_variant", "param_shapes",
-           "WeightsMismatchError", "VARIANTS", "IMAGENET_MEAN", "IMAGENET_STD"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+           "WeightsMismatchError"]
 
 LAYER_TYPES = {cls.__name__: cls for cls in (
     L.Conv2D, L.MaxPool2D, L.AvgPool2D, L.AdaptiveAvgPool2D, L.LocalResponseNorm, L.Dense,
     L.ReLU, L.Softmax, L.Flatten, L.Dropout)}
-
-
-# ----------------------------------------------------------------------------- specs (data)
-
-def _alexnet_aliases(pool5):
-    """Short names for :meth:`Model.extract`, as Caffe names its blobs: ``fc6``/``fc7`` are the
-    dense layers' outputs *after* their ReLU (Caffe's ReLUs run in place); ``fc8``/``logits``
-    are the raw class scores; ``pool5`` is the last pooling (before flattening)."""
-    return {"pool5": pool5, "fc6": "classifier.2", "fc7": "classifier.5",
-            "fc8": "classifier.6", "logits": "classifier.6"}
-
-
-def original_spec(num_classes: int = 1000) -> dict:
-    """The 2012 paper's AlexNet (Krizhevsky, Sutskever & Hinton): 3x227x227 in, 60,965,224 params."""
-    lrn = ("LocalResponseNorm", dict(size=5, alpha=1e-4, beta=0.75, k=2.0))
-    pool = ("MaxPool2D", dict(kernel_size=3, stride=2))
-    relu = ("ReLU", {})
-    return {
-        "variant": "original",
-        "input_shape": (3, 227, 227),
-        "preprocess": {"resize": 256, "crop": 227, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-        "aliases": _alexnet_aliases(pool5="features.14"),
-        "layers": [
-            ("features", [
-                ("Conv2D", dict(in_channels=3, out_channels=96, kernel_size=11, stride=4)), relu, lrn, pool,
-                ("Conv2D", dict(in_channels=96, out_channels=256, kernel_size=5, padding=2, groups=2)), relu, lrn, pool,
-                ("Conv2D", dict(in_channels=256, out_channels=384, kernel_size=3, padding=1)), relu,
-                ("Conv2D", dict(in_channels=384, out_channels=384, kernel_size=3, padding=1, groups=2)), relu,
-                ("Conv2D", dict(in_channels=384, out_channels=256, kernel_size=3, padding=1, groups=2)), relu,
-                pool,
-            ]),
-            ("flatten", ("Flatten", {})),
-            ("classifier", [
-                ("Dropout", dict(p=0.5)), ("Dense", dict(in_features=9216, out_features=4096)), relu,
-                ("Dropout", dict(p=0.5)), ("Dense", dict(in_features=4096, out_features=4096)), relu,
-                ("Dense", dict(in_features=4096, out_features=num_classes)),
-            ]),
-        ],
-    }
-
-
-def torchvision_spec(num_classes: int = 1000) -> dict:
-    """torchvision's ``alexnet()``: 3x224x224 in (any size >= 63), 61,100,840 params."""
-    pool = ("MaxPool2D", dict(kernel_size=3, stride=2))
-    relu = ("ReLU", {})
-    return {
-        "variant": "torchvision",
-        "input_shape": (3, 224, 224),
-        "preprocess": {"resize": 256, "crop": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-        "aliases": _alexnet_aliases(pool5="features.12"),
-        "layers": [
-            ("features", [
-                ("Conv2D", dict(in_channels=3, out_channels=64, kernel_size=11, stride=4, padding=2)), relu, pool,
-                ("Conv2D", dict(in_channels=64, out_channels=192, kernel_size=5, padding=2)), relu, pool,
-                ("Conv2D", dict(in_channels=192, out_channels=384, kernel_size=3, padding=1)), relu,
-                ("Conv2D", dict(in_channels=384, out_channels=256, kernel_size=3, padding=1)), relu,
-                ("Conv2D", dict(in_channels=256, out_channels=256, kernel_size=3, padding=1)), relu,
-                pool,
-            ]),
-            ("avgpool", ("AdaptiveAvgPool2D", dict(output_size=6))),
-            ("flatten", ("Flatten", {})),
-            ("classifier", [
-                ("Dropout", dict(p=0.5)), ("Dense", dict(in_features=9216, out_features=4096)), relu,
-                ("Dropout", dict(p=0.5)), ("Dense", dict(in_features=4096, out_features=4096)), relu,
-                ("Dense", dict(in_features=4096, out_features=num_classes)),
-            ]),
-        ],
-    }
-
-
-#: variant name -> spec function taking ``num_classes``
-VARIANTS = {"original": original_spec, "torchvision": torchvision_spec}
 
 
 # ----------------------------------------------------------------------------- containers
@@ -392,7 +319,7 @@ class Model(Sequential):
         self.spec = spec
         self.variant = spec.get("variant", "custom")
         self.input_shape = tuple(spec["input_shape"])
-        self.preprocess = dict(spec.get("preprocess", {}))
+        self.preprocess = expand_preset(spec.get("preprocess", {}))
         self.backend = backend
         _load_backend(backend)
         self.num_classes = self.output_shape(self.input_shape)[0]
@@ -603,7 +530,7 @@ def _load_backend(name):
 
 
 def build(spec, seed=0, backend=None, weight_dtype="float32", precision="float32") -> Model:
-    """A :class:`Model` from a spec dict (see :func:`original_spec` for the format)."""
+    """A :class:`Model` from a spec dict (see :func:`fastalex.specs.original_spec` for the format)."""
     return Model(spec, seed=seed, backend=backend, weight_dtype=weight_dtype, precision=precision)
 
 
@@ -612,7 +539,7 @@ from .errors import WeightsMismatchError  # noqa: E402  (defined with the other 
 
 def param_shapes(variant, num_classes=1000) -> dict[str, tuple]:
     """``{key: shape}`` of a variant's state dict (no weights are initialized)."""
-    model = Model(VARIANTS[variant](num_classes), seed=None)
+    model = Model(specs.VARIANTS[variant](num_classes), seed=None)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -630,7 +557,7 @@ def detect_variant(state) -> tuple[str, int] | None:
     ('torchvision', 7)
     """
     n = _classes_of(state)
-    for variant in VARIANTS:
+    for variant in specs.VARIANTS:
         shapes = param_shapes(variant, n)
         if set(shapes) == set(state) and all(tuple(np.shape(state[k])) == s for k, s in shapes.items()):
             return variant, n
@@ -644,7 +571,7 @@ def _closest_variant(state) -> str:
     def score(variant):
         return sum(1 for k, s in param_shapes(variant, n).items()
                    if k in state and tuple(np.shape(state[k])) == s)
-    return max(VARIANTS, key=score)
+    return max(specs.VARIANTS, key=score)
 
 
 def _describe_weights(weights) -> str:
@@ -674,15 +601,15 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
     variant or a class count the weights do not fit raises :class:`WeightsMismatchError` (a
     ``ValueError``) that names the variant and class count they do fit.
     """
-    if variant is not None and variant not in VARIANTS:
+    if variant is not None and variant not in specs.VARIANTS:
         raise ValueError(f"alexnet: unknown variant {variant!r}; valid variants are "
-                         + ", ".join(repr(v) for v in VARIANTS))
+                         + ", ".join(repr(v) for v in specs.VARIANTS))
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
         raise ValueError(f"alexnet: num_classes must be a positive int, got {num_classes!r}")
     check_precision_and_weights(precision, weight_dtype, "alexnet")
     if weights is None:
-        return Model(VARIANTS[variant or "original"](num_classes or 1000), seed=seed, backend=backend,
+        return Model(specs.VARIANTS[variant or "original"](num_classes or 1000), seed=seed, backend=backend,
                      weight_dtype=weight_dtype, precision=precision)
     from .weights import published_weights, resolve_weights
     meta = published_weights(weights)
@@ -694,12 +621,12 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
         source, fits = _describe_weights(weights), detect_variant(state)
     if fits is None:
         target = variant or _closest_variant(state)
-        model = Model(VARIANTS[target](num_classes or _classes_of(state)), seed=None, backend=backend)
+        model = Model(specs.VARIANTS[target](num_classes or _classes_of(state)), seed=None, backend=backend)
         try:
             model.load_state_dict(state)
         except ValueError as exc:
             raise WeightsMismatchError(
-                f"alexnet: {source} does not fit any AlexNet variant ({', '.join(map(repr, VARIANTS))}); "
+                f"alexnet: {source} does not fit any AlexNet variant ({', '.join(map(repr, specs.VARIANTS))}); "
                 f"against the {target!r} one: {exc}", source, detail=f"against the {target} AlexNet: {exc}") from None
         return model.set_weight_dtype(weight_dtype, keep_float32=False).set_precision(precision)
     fit_variant, fit_classes = fits
@@ -710,7 +637,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
     if num_classes is not None and num_classes != fit_classes:
         raise WeightsMismatchError(
             f"alexnet: {source} has {fit_classes} classes, not num_classes={num_classes}", source, fits)
-    model = Model(VARIANTS[fit_variant](fit_classes), seed=None, backend=backend)
+    model = Model(specs.VARIANTS[fit_variant](fit_classes), seed=None, backend=backend)
     model.load_state_dict(state)  # strict: every parameter is replaced
     if meta is not None:  # how other processes (Dask workers) get the same weights
         model.recipe = {"spec": model.spec, "seed": None, "weights": meta.name}
@@ -719,3 +646,9 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
         model.recipe = {"spec": model.spec, "seed": None,
                         "weights": where if "://" in where else os.path.abspath(where)}
     return model.set_weight_dtype(weight_dtype, keep_float32=False).set_precision(precision)
+
+
+#: moved in 0.2: the specs to fastalex.specs, the ImageNet statistics to fastalex.images
+__getattr__ = moved("fastalex.models", {
+    "VARIANTS": "fastalex.specs", "original_spec": "fastalex.specs", "torchvision_spec": "fastalex.specs",
+    "IMAGENET_MEAN": "fastalex.images", "IMAGENET_STD": "fastalex.images"})

@@ -334,8 +334,8 @@ class PublishedWeights:
     @property
     def preprocess(self) -> dict:
         """``{"resize", "crop", "mean", "std"}``: the evaluation transform these weights expect."""
-        from .models import VARIANTS
-        return dict(VARIANTS[self.variant](self.num_classes)["preprocess"])
+        from .images import get_preprocess
+        return get_preprocess(self.variant)
 
     transforms = preprocess
 

@@ -11,7 +11,8 @@ from PIL import Image
 import fastalex
 from fastalex.classify import Prediction, expand_inputs, iter_classify
 from fastalex.labels import LabelsError, imagenet_labels, load_labels
-from fastalex.models import IMAGENET_MEAN, IMAGENET_STD, build
+from fastalex.images import IMAGENET_MEAN, IMAGENET_STD
+from fastalex.models import build
 
 
 def tiny_spec(num_classes):

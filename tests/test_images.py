@@ -7,7 +7,7 @@ from PIL import Image
 
 from fastalex import ImageError, load_image, load_images
 from fastalex.images import center_crop_box, get_preprocess, open_image, resized_size, to_rgb
-from fastalex.models import IMAGENET_MEAN, IMAGENET_STD
+from fastalex.images import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
 STD = np.asarray(IMAGENET_STD, dtype=np.float32)

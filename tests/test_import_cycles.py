@@ -15,18 +15,11 @@ from support.import_graph import cycle_imports, import_graph, simple_cycles, str
 #: (importer, imported), without the "fastalex." prefix
 KNOWN = {
     # the shared batch pipeline lives in classify; distributed reaches back for its private parts
-    ("classify", "distributed"), ("distributed", "classify"),
+    ("classify", "distributed"), ("distributed", "classify"), ("classify", "models"),
     # the distributed runner builds models and reads weights; weights fetches URLs with it
-    ("distributed", "models"), ("distributed", "weights"), ("distributed", "images"),
-    ("weights", "distributed"),
-    # models resolves published weights; weights looks variants up in models
-    ("models", "weights"), ("weights", "models"),
-    # images finds a variant's preprocessing in models; classify builds the default model
-    ("images", "models"), ("classify", "images"), ("classify", "models"),
-    # _files (bounded reads of paths and URLs) opens URLs with classify's fsspec helper, which
-    # pulls every module that reads files into the cycle (merged from main, December 2026)
-    ("_files", "classify"), ("classify", "_files"), ("distributed", "_files"), ("images", "_files"),
-    ("labels", "_files"), ("weights", "_files"), ("classify", "labels"), ("weights", "labels"),
+    ("distributed", "models"), ("distributed", "weights"), ("weights", "distributed"),
+    # models resolves published weights (alexnet(weights="imagenet"))
+    ("models", "weights"),
     # the insight commands use cli's helpers; cli registers them
     ("cli", "cli_insight"), ("cli_insight", "cli"),
     # the serve command (merged from main) is registered by cli and uses its helpers

@@ -6,7 +6,8 @@ import pytest
 import fastalex
 from support import assert_agree
 from fastalex import layers as L
-from fastalex.models import Sequential, build, original_spec, torchvision_spec
+from fastalex.models import Sequential, build
+from fastalex.specs import original_spec, torchvision_spec
 
 ORIGINAL_KEYS = [f"features.{i}.{p}" for i in (0, 4, 8, 10, 12) for p in ("weight", "bias")] + \
                 [f"classifier.{i}.{p}" for i in (1, 4, 6) for p in ("weight", "bias")]

@@ -337,7 +337,7 @@ def test_full_size_torchvision_export_matches_onnxruntime(tmp_path):
     pytest.importorskip("onnxruntime")
     sys.path.insert(0, str(Path(__file__).parent))
     from tools.make_fixtures import torch_model
-    from fastalex.models import torchvision_spec
+    from fastalex.specs import torchvision_spec
     torch.manual_seed(0)
     net = torch_model(torchvision_spec())
     path = tmp_path / "alexnet.onnx"
@@ -711,7 +711,7 @@ def test_full_size_torch_exported_2012_alexnet_matches_onnxruntime(tmp_path):
     pytest.importorskip("onnxruntime")
     sys.path.insert(0, str(Path(__file__).parent))
     from make_fixtures import torch_model
-    from fastalex.models import original_spec
+    from fastalex.specs import original_spec
     torch.manual_seed(0)
     net = torch_model(original_spec())
     path = tmp_path / "alexnet2012.onnx"

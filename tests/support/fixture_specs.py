@@ -1,7 +1,7 @@
 """Shared by ``tests/tools/make_fixtures.py`` (run by hand, with torch) and the tests (run without torch).
 
 * :func:`reduced_spec`: a narrow AlexNet of either variant, derived from the real spec in
-  :mod:`fastalex.models` (same kernels, strides, padding, groups, LRN and pooling; channels and
+  :mod:`fastalex.specs` (same kernels, strides, padding, groups, LRN and pooling; channels and
   the classifier shrunk) so the committed fixtures stay small.
 * :func:`write_torch_file`: writes files in ``torch.save``'s zip and legacy formats from numpy
   arrays, without torch, so tests can craft edge cases (and malicious pickles) of their own.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastalex.models import VARIANTS
+from fastalex.specs import VARIANTS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
