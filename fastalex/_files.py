@@ -1,4 +1,5 @@
-"""Reading inputs safely: regular files only, a size cap, and an overall deadline for downloads.
+"""Reading inputs safely (regular files only, a size cap, and an overall deadline for
+downloads), the URL rule, and writing a file atomically.
 
 Weights, images and labels are read only from regular files (symlinks followed). A FIFO,
 socket, device or directory is refused before anything is read: reading a FIFO would wait
@@ -21,17 +22,19 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 import socket
 import stat
 import threading
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from ._optional import require
 from .errors import FastalexError
 
 __all__ = ["FileProblem", "TooLarge", "DeadlineExceeded", "open_regular", "is_url", "scheme_of", "local_path",
-           "fsspec_for", "open_bounded", "read_bounded", "describe_size",
+           "fsspec_for", "open_bounded", "read_bounded", "describe_size", "atomic_write",
            "MAX_IMAGE_BYTES", "MAX_WEIGHTS_BYTES", "MAX_LABELS_BYTES", "IMAGE_DEADLINE",
            "WEIGHTS_DEADLINE", "READ_TIMEOUT"]
 
@@ -354,3 +357,41 @@ def read_bounded(source, max_bytes, deadline=None) -> bytes:
     """All the bytes of ``source``, read through :func:`open_bounded`."""
     with open_bounded(source, max_bytes, deadline) as reader:
         return reader.read()
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _umask() -> int:
+    """The process's umask (read from /proc where possible: ``os.umask`` can only be read by
+    setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write):
+    """Run ``write(fileobj)`` on a temp file next to ``path`` and move it into place. The file
+    gets the permissions of any new file (``0o666`` minus the umask), not the temp file's 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -351,7 +351,7 @@ def _local_weights(weights):
     from .classify import is_url
     if not is_url(weights):
         return weights
-    from .distributed import fetch_weights
+    from .hub import fetch_weights
     from .weights import WeightsUnavailableError
     try:
         return fetch_weights(weights)
@@ -388,7 +388,8 @@ def _model_recipe(args):
     if args.weights == "imagenet":
         _check_imagenet_args(args)
         if args.workers:  # local workers share this machine's cache: fill it once, here
-            from .weights import WeightsUnavailableError, download_imagenet
+            from .hub import download_imagenet
+            from .weights import WeightsUnavailableError
             try:
                 download_imagenet()
             except WeightsUnavailableError as exc:
@@ -682,10 +683,10 @@ def cmd_summary(args):
 
 
 def cmd_weights_download(args):
-    from . import weights as W
+    from . import hub
     try:
-        path = W.download_imagenet(url=args.url, progress=None, force=args.force)
-    except W.WeightsUnavailableError as exc:  # the same failure as classify's: exit 2
+        path = hub.download_imagenet(url=args.url, progress=None, force=args.force)
+    except hub.WeightsUnavailableError as exc:  # the same failure as classify's: exit 2
         raise UsageError(str(exc)) from None
     print(path)
     return 0
@@ -693,7 +694,7 @@ def cmd_weights_download(args):
 
 def cmd_weights_path(args):
     """The cache directory and the ImageNet weights' entry, checked as ``classify`` checks it."""
-    from . import weights as W
+    from . import hub as W
     print(f"cache directory: {W.cache_dir()}")
     found = W.IMAGENET1K_V1.cached()  # a damaged entry raises, with how to clear it
     if found is not None:

@@ -39,11 +39,13 @@ import threading
 import time
 import uuid
 
+from ._files import is_url
+from ._moved import moved
 from ._optional import install_hint, require
 
 __all__ = ["DASK_HINT", "require_dask", "recipe_of", "load_model", "skeleton", "iter_distributed",
            "local_cluster", "connect", "check_address", "SchedulerError", "BadSchedulerAddress",
-           "fetch_weights", "ModelLoadError", "loads"]
+           "ModelLoadError", "loads"]
 
 DASK_HINT = install_hint("dask")
 
@@ -90,7 +92,7 @@ def _key(recipe):
     read again), spec, seed and backend."""
     weights = recipe.get("weights")
     try:
-        st = os.stat(weights) if isinstance(weights, str) and "://" not in weights else None
+        st = os.stat(weights) if isinstance(weights, str) and not is_url(weights) else None
         stamp = (st.st_size, st.st_mtime_ns) if st else None
     except OSError:
         stamp = None
@@ -134,7 +136,7 @@ def _build(recipe):
         if weights is None:
             model = Model(recipe["spec"], seed=recipe.get("seed", 0), backend=recipe.get("backend"))
         else:
-            from .weights import resolve_weights
+            from .hub import resolve_weights
             state = resolve_weights(weights, variant=recipe["spec"].get("variant", "torchvision"))
             model = Model(recipe["spec"], seed=None, backend=recipe.get("backend"))
             model.load_state_dict(state)
@@ -170,47 +172,6 @@ def skeleton(recipe):
         from .models import Model
         _SKELETONS[key] = Model(recipe["spec"], seed=None)
     return _SKELETONS[key]
-
-
-def fetch_weights(url) -> str:
-    """A local copy of the weights file at ``url``, downloaded once per machine into
-    ``<cache_dir>/remote/<hash of the URL>/<file name>`` (written to a temporary name and
-    renamed): ``http(s)://`` and ``file://`` with urllib (a hash in the file name, as in
-    ``alexnet-owt-7be5be79.pth``, is verified), other schemes (``s3://``, ``gs://``, ...) with
-    fsspec. The copy is a ``.pth`` or ``.npz`` as at the URL.
-
-    Every download is bounded (:func:`fastalex._files.open_bounded`): at most
-    :data:`~fastalex._files.MAX_WEIGHTS_BYTES`, within :data:`~fastalex._files.WEIGHTS_DEADLINE`
-    seconds over http(s), and ``file://`` must name a regular file; a download that fails
-    leaves nothing in the cache."""
-    import hashlib
-
-    from . import _files
-    from . import weights as W
-    name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "weights"
-    dest = W.cache_dir() / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
-    if dest.is_file():
-        return str(dest)
-
-    def copy(out):
-        with _files.open_bounded(url, _files.MAX_WEIGHTS_BYTES, _files.WEIGHTS_DEADLINE) as reader:
-            for chunk in reader:
-                out.write(chunk)
-
-    try:
-        if _files.scheme_of(url) in ("http", "https", "file"):
-            W._fetch(url, dest, False, W._hash_prefix(name))
-        else:
-            W._atomic_write(dest, copy)
-    except _files.FileProblem as problem:
-        raise W.WeightsUnavailableError(f"cannot fetch {url}: it {problem.reason} (the partial "
-                                        "copy was deleted)") from None
-    finally:
-        if not dest.is_file():  # failed: no empty folder left behind either
-            with contextlib.suppress(OSError):
-                dest.parent.rmdir()
-                dest.parent.parent.rmdir()  # remote/, if nothing else is there
-    return str(dest)
 
 
 # ----------------------------------------------------------------------------- running
@@ -411,3 +372,7 @@ def connect(address, timeout=None):
         yield client
     finally:
         client.close()
+
+
+#: moved in 0.2: fetching weights from URLs is fastalex.hub's
+__getattr__ = moved("fastalex.distributed", {"fetch_weights": "fastalex.hub"})

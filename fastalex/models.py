@@ -17,6 +17,7 @@ import numpy as np
 from . import functional as F
 from . import layers as L
 from . import specs
+from ._files import is_url
 from ._moved import moved
 from .images import expand_preset
 from .lowp import check_precision, check_precision_and_weights, check_weight_dtype
@@ -586,7 +587,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
 
     ``variant``: ``"original"`` (the 2012 paper: LRN, groups, 227x227) or ``"torchvision"``
     (224x224, the published ImageNet weights). ``weights``: None (He-normal init from ``seed``),
-    ``"imagenet"`` (torchvision's published weights, :data:`fastalex.weights.IMAGENET1K_V1`,
+    ``"imagenet"`` (torchvision's published weights, :data:`fastalex.hub.IMAGENET1K_V1`,
     downloaded once and cached), a path to a ``.npz``/``.pth`` file, or a state dict.
     ``backend``: ``"numba"``, ``"numpy"`` or None (the process default). ``weight_dtype``: how
     the dense layers store their weights, ``"float32"`` (default), ``"bfloat16"`` or ``"int8"``
@@ -611,7 +612,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
     if weights is None:
         return Model(specs.VARIANTS[variant or "original"](num_classes or 1000), seed=seed, backend=backend,
                      weight_dtype=weight_dtype, precision=precision)
-    from .weights import published_weights, resolve_weights
+    from .hub import published_weights, resolve_weights
     meta = published_weights(weights)
     if meta is not None:
         state = resolve_weights(meta, variant=variant)  # refuses another variant before downloading
@@ -644,7 +645,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
     elif isinstance(weights, (str, os.PathLike)):  # a file or URL they can load again
         where = os.fspath(weights)
         model.recipe = {"spec": model.spec, "seed": None,
-                        "weights": where if "://" in where else os.path.abspath(where)}
+                        "weights": where if is_url(where) else os.path.abspath(where)}
     return model.set_weight_dtype(weight_dtype, keep_float32=False).set_precision(precision)
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 import fastalex
 from fastalex import _files, cli
-from fastalex import weights as W
+from fastalex import hub as W
 from fastalex.images import ImageError, load_image
 from fastalex.labels import LabelsError, load_labels
 from fastalex.models import build

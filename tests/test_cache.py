@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fastalex
-import fastalex.weights as W
+import fastalex.hub as W
 from fastalex import cli
 from fastalex.weights import CachedWeightsError, WeightsUnavailableError, load_weights, save_weights
 from support.download import PAYLOAD, SHA, TINY, Server
@@ -101,7 +101,7 @@ def test_a_damaged_cache_entry_is_caught_on_use_and_says_how_to_clear_it(server,
 def test_the_official_file_copied_into_the_cache_by_hand_is_found(isolated_cache, tiny_is_imagenet,
                                                                    monkeypatch, capsys):
     assert W.IMAGENET1K_V1.paths()["raw"].name == TINY.file_name
-    assert fastalex.weights.PUBLISHED["imagenet1k_v1"].paths()["raw"].name == "alexnet-owt-7be5be79.pth"
+    assert fastalex.hub.PUBLISHED["imagenet1k_v1"].paths()["raw"].name == "alexnet-owt-7be5be79.pth"
     monkeypatch.setenv("FASTALEX_WEIGHTS_URL", f"http://127.0.0.1:{_closed_port()}/x.pth")  # offline
     isolated_cache.mkdir()
     (isolated_cache / "someone-elses.npz").write_bytes(b"x")  # not the ImageNet entry
@@ -170,7 +170,7 @@ class SlowServer:
 
 DOWNLOAD = textwrap.dedent("""
     import sys
-    import fastalex.weights as W
+    import fastalex.hub as W
     meta = W.PublishedWeights(name="TINY", url="unused", file_name=sys.argv[2], hash_prefix=sys.argv[3])
     print(meta.download(url=sys.argv[1], progress=False))
 """)

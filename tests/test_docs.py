@@ -36,7 +36,7 @@ def imagenet_stand_in(tmp_path_factory):
     """A cache holding torchvision's AlexNet with seeded random weights where the ImageNet
     weights go, with the digest fastalex records: ``weights="imagenet"`` loads it offline."""
     import fastalex
-    from fastalex import weights as W
+    from fastalex import hub as W
     home = tmp_path_factory.mktemp("fastalex-home")
     saved = os.environ.get("FASTALEX_HOME")
     os.environ["FASTALEX_HOME"] = str(home)

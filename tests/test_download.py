@@ -8,8 +8,9 @@ import hashlib
 import numpy as np
 import pytest
 
-import fastalex.weights as W
-from fastalex.weights import WeightsUnavailableError, cache_dir, download_imagenet, load_weights, resolve_weights
+import fastalex.hub as W
+from fastalex.hub import WeightsUnavailableError, cache_dir, download_imagenet, resolve_weights
+from fastalex.weights import load_weights
 from support.download import GOOD_NAME, PAYLOAD, SHA, TINY, Server
 from support.download import cache_files as _files, closed_port as _closed_port, expected_weights as _expected
 

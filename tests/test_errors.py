@@ -70,7 +70,7 @@ def test_cli_prints_the_library_message_as_it_is(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FASTALEX_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("FASTALEX_WEIGHTS_URL", f"http://127.0.0.1:{port}/alexnet-owt-7be5be79.pth")
     with pytest.raises(fastalex.WeightsUnavailableError) as info:
-        fastalex.weights.download_imagenet(progress=False)
+        fastalex.hub.download_imagenet(progress=False)
     assert cli.main(["weights", "download"]) == 2
     err = capsys.readouterr().err
     assert err == f"fastalex: error: {info.value}\n"

@@ -15,11 +15,7 @@ from support.import_graph import cycle_imports, import_graph, simple_cycles, str
 #: (importer, imported), without the "fastalex." prefix
 KNOWN = {
     # the shared batch pipeline lives in classify; distributed reaches back for its private parts
-    ("classify", "distributed"), ("distributed", "classify"), ("classify", "models"),
-    # the distributed runner builds models and reads weights; weights fetches URLs with it
-    ("distributed", "models"), ("distributed", "weights"), ("weights", "distributed"),
-    # models resolves published weights (alexnet(weights="imagenet"))
-    ("models", "weights"),
+    ("classify", "distributed"), ("distributed", "classify"),
     # the insight commands use cli's helpers; cli registers them
     ("cli", "cli_insight"), ("cli_insight", "cli"),
     # the serve command (merged from main) is registered by cli and uses its helpers

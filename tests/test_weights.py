@@ -16,8 +16,8 @@ import pytest
 
 import fastalex
 from fastalex.models import alexnet, build
-from fastalex.weights import (UnsafePickleError, WeightsFileError, load_weights, resolve_weights,
-                              save_weights)
+from fastalex.hub import resolve_weights
+from fastalex.weights import UnsafePickleError, WeightsFileError, load_weights, save_weights
 from support.fixture_specs import (FIXTURES, LEGACY_MAGIC, Global, Storage, StorageSlice, Tensor, reduced_spec,
                            write_torch_file)
 

@@ -10,7 +10,7 @@ import socket
 import threading
 from pathlib import Path
 
-import fastalex.weights as W
+import fastalex.hub as W
 from fastalex.weights import load_weights
 
 from .fixture_specs import FIXTURES
