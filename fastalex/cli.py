@@ -348,7 +348,7 @@ def _model_from_state(args, state):
 
 def _local_weights(weights):
     """``weights`` itself, or for a URL its copy in the cache (fetched once)."""
-    from .classify import is_url
+    from ._files import is_url
     if not is_url(weights):
         return weights
     from .hub import fetch_weights
@@ -399,7 +399,7 @@ def _model_recipe(args):
     # read once here: the variant and classes come from the file, and it must fit before the
     # workers try (a file the workers read elsewhere is not checked by this)
     model = _model_from_state(args, _load_state(_local_weights(args.weights)))
-    from .classify import is_url
+    from ._files import is_url
     source = args.weights if is_url(args.weights) else os.path.abspath(args.weights)
     return {"spec": model.spec, "seed": None, "weights": source, "backend": args.backend}
 
@@ -483,7 +483,7 @@ def _connect(address):
 def _check_inputs_exist(paths):
     """A PATH that does not exist is a usage error (exit 2), found before the weights are loaded;
     a file that exists but cannot be read is a failed input (exit 1)."""
-    from .classify import is_url
+    from ._files import is_url
     missing = [p for p in paths if not is_url(p) and not os.path.exists(p)]
     if missing:
         raise UsageError("no such file or directory: " + ", ".join(_printable(p) for p in missing))

@@ -43,7 +43,7 @@ from ._files import is_url
 from ._moved import moved
 from ._optional import install_hint, require
 
-__all__ = ["DASK_HINT", "require_dask", "recipe_of", "load_model", "skeleton", "iter_distributed",
+__all__ = ["DASK_HINT", "require_dask", "recipe_of", "load_model", "skeleton", "runner", "iter_distributed",
            "local_cluster", "connect", "check_address", "SchedulerError", "BadSchedulerAddress",
            "ModelLoadError", "loads"]
 
@@ -186,12 +186,12 @@ _FORWARD = threading.Lock()
 def _run_on_worker(recipe, task, batch, start):
     """One batch on a worker: the model from this process's cache, decoding outside and the
     forward pass inside the process's forward lock."""
-    from .classify import _decode_batch, _forward
     from .images import get_preprocess
+    from .pipeline import decode_batch, forward_batch
     model = load_model(recipe)
-    decoded, _ = _decode_batch(batch, get_preprocess(model))
+    decoded, _ = decode_batch(batch, get_preprocess(model))
     with _FORWARD:
-        return _forward(task, model, batch, decoded, start)
+        return forward_batch(task, model, batch, decoded, start)
 
 
 def _check_items(items):
@@ -199,6 +199,16 @@ def _check_items(items):
         if item.path is None:
             raise TypeError("client=: inputs must be paths or URLs the workers can read, not "
                             "in-memory images or arrays")
+
+
+def runner(client):
+    """The pipeline's runner (see :func:`fastalex.pipeline.iter_results`) for the workers of
+    ``client``: ``runner(client)(items, model, task, batch_size, timings)``."""
+
+    def run(items, model, task, batch_size, timings=None):
+        return iter_distributed(client, items, model, task, batch_size, timings=timings)
+
+    return run
 
 
 def iter_distributed(client, items, model, task, batch_size, timings=None, window=None):

@@ -5,8 +5,8 @@
     results = fastalex.embed(["photos/"], model=model, layer="fc7", normalize=True)
     vectors = np.stack([e.vector for e in results if e.ok])     # (N, 4096) float32
 
-The same pipeline as :func:`fastalex.classify` (discovery, batching, prefetching, per-file
-errors, ``client=`` for a Dask cluster); only the batch step differs: it runs
+The same pipeline as :func:`fastalex.classify` (:mod:`fastalex.pipeline`: discovery, batching,
+prefetching, per-file errors, ``client=`` for a Dask cluster); only the batch step differs: it runs
 :meth:`~fastalex.Model.extract` up to ``layer`` and flattens each image's output.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .classify import _check_positive, expand_inputs, iter_results
+from .pipeline import check_positive, expand_inputs, iter_results
 
 __all__ = ["Embedding", "EmbedTask", "embed", "iter_embed", "check_layer"]
 
@@ -71,10 +71,13 @@ def check_layer(model, layer):
 def iter_embed(inputs, model=None, layer="fc7", normalize=False, batch_size=16, prefetch=True,
                timings=None, client=None):
     """Like :func:`embed` but a generator of :class:`Embedding`, in input order, as batches finish."""
-    batch_size = _check_positive("batch_size", batch_size)
+    batch_size = check_positive("batch_size", batch_size)
     check_layer(model, layer)
-    yield from iter_results(inputs, model, EmbedTask(layer, normalize), batch_size, prefetch, timings,
-                            client)
+    runner = None
+    if client is not None:  # the Dask runner, handed to the pipeline
+        from .distributed import runner as dask_runner
+        runner = dask_runner(client)
+    yield from iter_results(inputs, model, EmbedTask(layer, normalize), batch_size, prefetch, timings, runner)
 
 
 def embed(inputs, model=None, layer="fc7", normalize=False, batch_size=16, progress=False, client=None):

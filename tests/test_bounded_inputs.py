@@ -167,7 +167,7 @@ def leftovers(directory: Path):
 # ----------------------------------------------------------------------------- the one reader
 
 def test_is_url_is_one_helper():
-    from fastalex.classify import is_url
+    from fastalex._files import is_url
     assert is_url is _files.is_url
     assert is_url("https://x/a.jpg") and is_url("file:///tmp/a.jpg") and is_url("s3://b/k")
     assert not is_url("/tmp/a.jpg") and not is_url("a:b.jpg") and not is_url(Path("x"))

@@ -14,8 +14,6 @@ from support.import_graph import cycle_imports, import_graph, simple_cycles, str
 
 #: (importer, imported), without the "fastalex." prefix
 KNOWN = {
-    # the shared batch pipeline lives in classify; distributed reaches back for its private parts
-    ("classify", "distributed"), ("distributed", "classify"),
     # the insight commands use cli's helpers; cli registers them
     ("cli", "cli_insight"), ("cli_insight", "cli"),
     # the serve command (merged from main) is registered by cli and uses its helpers
@@ -32,7 +30,7 @@ def test_no_new_import_cycle_and_the_known_list_is_exact():
 
 def test_imports_inside_functions_count():
     edges, graph = import_graph()
-    # classify imports distributed only inside a function; it is an edge all the same
+    # classify imports the Dask runner only inside a function; it is an edge all the same
     details = graph.get_import_details(importer="fastalex.classify", imported="fastalex.distributed")
     assert details and all(d["line_contents"].startswith("from .distributed") for d in details)
     assert "fastalex.distributed" in edges["fastalex.classify"]

@@ -24,6 +24,9 @@ MOVED = [
     ("fastalex.weights", "IMAGENET_URL", "fastalex.hub"),
     ("fastalex.weights", "HASH_REGEX", "fastalex.hub"),
     ("fastalex.distributed", "fetch_weights", "fastalex.hub"),
+    ("fastalex.classify", "read_url", "fastalex.pipeline"),
+    ("fastalex.classify", "as_items", "fastalex.pipeline"),
+    ("fastalex.classify", "is_url", "fastalex._files"),
 ]
 
 
@@ -39,6 +42,12 @@ def test_from_import_of_a_moved_name_warns_too():
         from fastalex.weights import IMAGENET1K_V1
     import fastalex
     assert IMAGENET1K_V1 is fastalex.IMAGENET1K_V1
+
+
+def test_the_classify_module_is_reached_although_fastalex_classify_is_the_function():
+    import sys
+    with pytest.warns(DeprecationWarning, match="fastalex.pipeline"):
+        sys.modules["fastalex.classify"].read_url  # noqa: B018
 
 
 def test_a_name_that_never_existed_is_still_an_attribute_error():

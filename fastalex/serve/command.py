@@ -173,7 +173,7 @@ def _check_weights(args):
     """Fail now (exit 2), not after binding, on a weights file that is not there."""
     if args.random_weights or args.weights == "imagenet":
         return
-    from ..classify import is_url
+    from .._files import is_url
     if not is_url(args.weights) and not os.path.exists(args.weights):
         raise cli.UsageError(f"weights file {args.weights} does not exist (give a .npz/.pth/.onnx file, "
                              f"'imagenet', or use --random-weights)")
