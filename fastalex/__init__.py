@@ -12,7 +12,8 @@ from .errors import FastalexError
 from . import errors, functional, layers
 from .backends import configure_threads, get_backend_name, set_backend
 from .precision import bf16_paths, set_bf16_path
-from .models import Model, Sequential, WeightsMismatchError, alexnet, build, detect_variant
+from .sequential import Sequential
+from .models import Model, WeightsMismatchError, alexnet, build, detect_variant
 from .weights import WeightsFileError, WeightsUnavailableError, load_weights, save_weights
 from .hub import IMAGENET1K_V1
 from .images import ImageError, load_image, load_images
