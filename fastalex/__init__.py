@@ -21,6 +21,7 @@ from .labels import imagenet_labels
 from .onnx_import import OnnxError, load_onnx
 from .classify import classify  # the name is the function; import helpers with ``from fastalex.classify import ...``
 from .embedding import embed
+from .loading import ModelChoiceError, load_model
 from . import viz  # pictures: viz.filters, viz.activations, viz.explain
 
 __version__ = "0.1.0"
@@ -33,5 +34,5 @@ if "numba" in _sys.modules:  # Numba already imported: choose its threading laye
 __all__ = ["FastalexError", "errors", "alexnet", "build", "Model", "Sequential", "functional", "layers", "set_backend", "configure_threads",
            "get_backend_name", "load_weights", "save_weights", "WeightsFileError", "WeightsUnavailableError",
            "WeightsMismatchError", "detect_variant", "IMAGENET1K_V1", "load_image", "load_images", "ImageError",
-           "imagenet_labels", "classify", "embed", "load_onnx", "OnnxError", "viz", "bf16_paths", "set_bf16_path",
+           "imagenet_labels", "classify", "embed", "load_model", "ModelChoiceError", "load_onnx", "OnnxError", "viz", "bf16_paths", "set_bf16_path",
            "__version__"]

@@ -122,18 +122,6 @@ def _add_weight_dtype(p):
                         "AVX512-BF16 where the CPU has them)")
 
 
-def _precision(args):
-    """``--precision``, checked against ``--weight-dtype`` (a usage error if they clash)."""
-    from .lowp import check_precision_and_weights
-    precision = getattr(args, "precision", "float32")
-    try:
-        check_precision_and_weights(precision, getattr(args, "weight_dtype", "float32"), "--precision")
-    except ValueError:
-        raise UsageError(f"--precision {precision} rounds every weight to bfloat16 itself and cannot use "
-                         f"--weight-dtype int8; use --weight-dtype float32 or bfloat16") from None
-    return precision
-
-
 def bf16_note(model) -> str:
     """``", bfloat16 products on amx"`` (the path that runs) or ``""`` for float32."""
     path = model.bf16_path
@@ -244,165 +232,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _check_imagenet_args(args):
-    """``--weights imagenet`` fits torchvision's variant with 1000 classes only."""
-    if args.variant not in (None, "torchvision"):
-        raise UsageError(f"no published ImageNet weights exist for --variant {args.variant} (the 2012 "
-                         "paper's network); use --variant torchvision, --weights FILE or --random-weights")
-    if args.num_classes not in (None, 1000):
-        raise UsageError(f"the ImageNet weights have 1000 classes, not {args.num_classes}")
-
-
 def _err(message):
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
-def _load_state(path):
-    from .weights import WeightsFileNotFoundError, load_weights
+@contextlib.contextmanager
+def usage_errors(*kinds):
+    """Library errors of ``kinds`` (default: every FastalexError, and ImportError for a missing
+    extra) are usage errors: exit 2, with the library's message printed as it is."""
     try:
-        return load_weights(path)
-    except WeightsFileNotFoundError as exc:
-        raise UsageError(f"{exc} (give a .npz/.pth file, 'imagenet', or use --random-weights)") from None
-
-
-def is_onnx(path) -> bool:
-    return isinstance(path, str) and path.lower().endswith(".onnx")
-
-
-def load_onnx_model(args):
-    """The model of an .onnx --weights file: it brings its architecture, so --variant is an error."""
-    if getattr(args, "variant", None):
-        raise UsageError(f"--variant {args.variant} cannot be combined with an .onnx model "
-                         f"({args.weights} brings its own architecture)")
-    if not os.path.exists(args.weights):
-        raise UsageError(f"model file {args.weights} does not exist")
-    from .onnx_import import OnnxError, load_onnx
-    try:
-        backend = getattr(args, "backend", None)
-        model = load_onnx(args.weights, backend=None if backend == "all" else backend,
-                          preprocess=getattr(args, "preprocess", None) or "torchvision")
-    except ImportError as exc:
+        yield
+    except kinds or (FastalexError, ImportError) as exc:
+        if isinstance(exc, UsageError):
+            raise
         raise UsageError(str(exc)) from None
-    except OnnxError as exc:
-        raise UsageError(f"cannot use ONNX model {exc}") from None
-    num_classes = getattr(args, "num_classes", None)
-    if num_classes is not None and num_classes != model.num_classes:
-        raise UsageError(f"--num-classes {num_classes} but the model {args.weights} has "
-                         f"{model.num_classes} classes")
-    return model
 
 
-def _apply_preprocess(model, args):
-    """``--preprocess PRESET`` replaces the model's own preprocessing (crop: the model's input size)."""
-    preset = getattr(args, "preprocess", None)
-    if preset:
-        from .images import preprocess_preset
-        model.preprocess = preprocess_preset(preset, crop=model.input_shape[1:])
-    return model
+RANDOM_WARNING = ("WARNING: --random-weights: the model has random weights; its predictions and labels "
+                  "are MEANINGLESS (use this only to test the pipeline)")
+
+
+def model_choices(args) -> dict:
+    """The options of a command as the arguments of :func:`fastalex.load_model` (commands
+    without some of the options get its defaults)."""
+    random = bool(getattr(args, "random_weights", False))
+    backend = getattr(args, "backend", None)
+    return dict(weights=None if random else getattr(args, "weights", None), variant=getattr(args, "variant", None),
+                num_classes=getattr(args, "num_classes", None), random_weights=random,
+                precision=getattr(args, "precision", "float32"), weight_dtype=getattr(args, "weight_dtype", "float32"),
+                backend=None if backend == "all" else backend, preprocess=getattr(args, "preprocess", None))
 
 
 def load_model(args):
-    """The model for ``classify`` from --variant/--weights/--random-weights/--num-classes/--backend,
-    computing in --precision."""
-    precision = _precision(args)
-    return _load_model(args).set_precision(precision)
-
-
-def _load_model(args):
-    from .models import WeightsMismatchError, alexnet
-    from .weights import WeightsUnavailableError
-    weight_dtype = getattr(args, "weight_dtype", "float32")  # commands without --weight-dtype
-    if not args.random_weights and is_onnx(args.weights):  # an .onnx file brings its architecture
-        return load_onnx_model(args).set_weight_dtype(weight_dtype, keep_float32=False)
-    if args.random_weights:
-        model = alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000,
-                        backend=args.backend, seed=0, weight_dtype=weight_dtype)
-        _err("WARNING: --random-weights: the model has random weights; its predictions and labels "
-             "are MEANINGLESS (use this only to test the pipeline)")
-        return model
-    if args.weights == "imagenet":
-        _check_imagenet_args(args)
-        try:
-            return alexnet("torchvision", weights="imagenet", backend=args.backend, weight_dtype=weight_dtype)
-        except WeightsUnavailableError as exc:
-            raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: {exc}") from None
-    return _model_from_state(args, _load_state(_local_weights(args.weights)))
-
-
-def _model_from_state(args, state):
-    from .models import WeightsMismatchError, alexnet
-    weight_dtype = getattr(args, "weight_dtype", "float32")
-    try:
-        return alexnet(args.variant, num_classes=args.num_classes, weights=state, backend=args.backend,
-                       weight_dtype=weight_dtype)
-    except WeightsMismatchError as exc:
-        if exc.fits is None:
-            raise UsageError(f"weights file {args.weights} does not fit any AlexNet variant ({exc.detail})") from None
-        variant, classes = exc.fits
-        if args.variant not in (None, variant):
-            raise UsageError(f"weights file {args.weights} fits --variant {variant} ({classes} classes), "
-                             f"not --variant {args.variant}; leave --variant out") from None
-        raise UsageError(f"--num-classes {args.num_classes} but the weights file {args.weights} "
-                         f"has {classes} classes") from None
-
-
-def _local_weights(weights):
-    """``weights`` itself, or for a URL its copy in the cache (fetched once)."""
-    from ._files import is_url
-    if not is_url(weights):
-        return weights
-    from .hub import fetch_weights
-    from .weights import WeightsUnavailableError
-    try:
-        return fetch_weights(weights)
-    except (OSError, ValueError, ImportError, WeightsUnavailableError) as exc:
-        message = str(exc)  # the library message, as it is
-        raise UsageError(message if weights in message else f"cannot fetch the weights {weights}: {message}") from None
+    """The model of the command's options, as :func:`fastalex.load_model` chooses it (the
+    choices are checked before the random-weights warning, which comes before any loading)."""
+    from .loading import choose_model
+    with usage_errors():
+        choice = choose_model(**model_choices(args))
+        if choice.kind == "random":
+            _err(RANDOM_WARNING)
+        return choice.load()
 
 
 def model_recipe(args):
-    """What the workers of a distributed run build (see :func:`fastalex.distributed.recipe_of`):
-    the spec, and the weights as a path or URL the workers read themselves. The backend is
-    this process's (--backend, or $FASTALEX_BACKEND here), so the workers compute as it would."""
-    if not args.random_weights and is_onnx(args.weights):
-        raise UsageError("an .onnx model cannot run on --workers/--scheduler yet: convert it once "
-                         "(fastalex.save_weights(fastalex.load_onnx(FILE), 'model.npz')) and pass the .npz")
-    recipe = _model_recipe(args)
-    from .backends import get_backend_name
-    recipe["backend"] = args.backend or get_backend_name()
-    recipe["weight_dtype"] = getattr(args, "weight_dtype", "float32")
-    recipe["precision"] = _precision(args)
-    if getattr(args, "preprocess", None):
-        from .images import preprocess_preset
-        recipe["preprocess"] = preprocess_preset(args.preprocess, crop=recipe["spec"]["input_shape"][1:])
-    return recipe
-
-
-def _model_recipe(args):
-    from .specs import VARIANTS
+    """What the workers of a distributed run build (:func:`fastalex.distributed.model_recipe`):
+    local workers (--workers) share this machine's cache, so the published weights are
+    downloaded here first."""
+    from .distributed import model_recipe
+    with usage_errors():
+        recipe = model_recipe(**model_choices(args), fill_cache=bool(getattr(args, "workers", None)))
     if args.random_weights:
-        _err("WARNING: --random-weights: the model has random weights; its predictions and labels "
-             "are MEANINGLESS (use this only to test the pipeline)")
-        spec = VARIANTS[args.variant or "torchvision"](args.num_classes or 1000)
-        return {"spec": spec, "seed": 0, "weights": None, "backend": args.backend}
-    if args.weights == "imagenet":
-        _check_imagenet_args(args)
-        if args.workers:  # local workers share this machine's cache: fill it once, here
-            from .hub import download_imagenet
-            from .weights import WeightsUnavailableError
-            try:
-                download_imagenet()
-            except WeightsUnavailableError as exc:
-                raise UsageError(f"the ImageNet weights are not cached and cannot be downloaded: {exc}") from None
-        return {"spec": VARIANTS["torchvision"](1000), "seed": None, "weights": "imagenet",
-                "backend": args.backend}
-    # read once here: the variant and classes come from the file, and it must fit before the
-    # workers try (a file the workers read elsewhere is not checked by this)
-    model = _model_from_state(args, _load_state(_local_weights(args.weights)))
-    from ._files import is_url
-    source = args.weights if is_url(args.weights) else os.path.abspath(args.weights)
-    return {"spec": model.spec, "seed": None, "weights": source, "backend": args.backend}
-
+        _err(RANDOM_WARNING)
+    return recipe
 
 
 def _compile_note(backend):
@@ -513,7 +394,9 @@ def _embed_run(args, model):
     elif args.weights == "imagenet":
         weights = shown = "imagenet"
     else:
-        local = args.weights if is_onnx(args.weights) else _local_weights(args.weights)
+        from .hub import weights_file
+        with usage_errors():
+            local = weights_file(args.weights)
         weights, shown = _file_digest(local), args.weights
     return {"layer": skel.resolve_layer(args.layer), "normalize": bool(args.normalize), "weights": weights,
             "weights_shown": shown, "weight_dtype": getattr(args, "weight_dtype", "float32"),
@@ -574,7 +457,7 @@ def _run_images(args, kind):
         raise UsageError("no images found in " + ", ".join(args.paths)
                          + " (searched recursively for image file extensions)")
     t0 = time.perf_counter()
-    model = model_recipe(args) if distributed else _apply_preprocess(load_model(args), args)
+    model = model_recipe(args) if distributed else load_model(args)
     t_model = time.perf_counter() - t0
     num_classes = model.num_classes if not distributed else _recipe_classes(model)
     labels = None
@@ -672,13 +555,15 @@ def _recipe_classes(recipe):
 
 
 def cmd_summary(args):
-    from .models import alexnet
-    if args.weights is not None:
-        if not is_onnx(args.weights):
-            raise UsageError(f"summary --weights takes an .onnx model, got {args.weights}")
-        print(load_onnx_model(args).summary())
-        return 0
-    print(alexnet(args.variant or "torchvision", num_classes=args.num_classes or 1000).summary())
+    from .loading import is_onnx, load_model
+    if args.weights is not None and not is_onnx(args.weights):
+        raise UsageError(f"summary --weights takes an .onnx model, got {args.weights}")
+    with usage_errors():
+        if args.weights is not None:
+            model = load_model(onnx=args.weights, variant=args.variant, num_classes=args.num_classes)
+        else:
+            model = load_model(random_weights=True, variant=args.variant, num_classes=args.num_classes)
+    print(model.summary())
     return 0
 
 
@@ -703,7 +588,7 @@ def cmd_weights_path(args):
         paths = W.IMAGENET1K_V1.paths()
         problem = W.IMAGENET1K_V1.raw_problem()  # a hand-copied .pth: checked as classify checks it
         if problem is not None:
-            raise UsageError(f"{problem} (`{PROG} weights download`).")
+            raise UsageError(problem)
         if paths["raw"].is_file():
             hint = f"{paths['raw'].name} is there (its hash checks out) and will be converted on first use"
         elif paths["npz"].is_file():
@@ -764,7 +649,6 @@ def cmd_bench(args):
     import numpy as np
 
     from .backends import BACKENDS
-    from .models import alexnet
     names = list(BACKENDS) if args.backend == "all" else [args.backend]
     names.sort(key=lambda n: n != "numba")  # numba first
     if "numba" in names:
@@ -774,15 +658,19 @@ def cmd_bench(args):
             _compile_note("numba")
         except ImportError:
             pass
-    precision = _precision(args)
-    if args.weights is not None:
-        if not is_onnx(args.weights):
-            raise UsageError(f"bench --weights takes an .onnx model, got {args.weights}")
-        model, title = load_onnx_model(args).set_weight_dtype(args.weight_dtype, keep_float32=False), args.weights
-    else:
-        variant = args.variant or "torchvision"
-        model, title = alexnet(variant, weight_dtype=args.weight_dtype), f"AlexNet ({variant})"
-    model.set_precision(precision)
+    from .loading import is_onnx, load_model
+    if args.weights is not None and not is_onnx(args.weights):
+        raise UsageError(f"bench --weights takes an .onnx model, got {args.weights}")
+    with usage_errors():
+        if args.weights is not None:
+            model = load_model(onnx=args.weights, weight_dtype=args.weight_dtype, precision=args.precision)
+            title = args.weights
+        else:
+            variant = args.variant or "torchvision"
+            model = load_model(random_weights=True, variant=variant, weight_dtype=args.weight_dtype,
+                               precision=args.precision)
+            title = f"AlexNet ({variant})"
+    precision = args.precision
     _check_batch_memory(model, args.batch_size)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     model.backend = names[0]

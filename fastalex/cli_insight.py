@@ -239,7 +239,7 @@ def cmd_profile(args):
     import numpy as np
 
     from .backends import BACKENDS, get_backend_name
-    from .models import alexnet
+    from .loading import load_model
     from .profiling import _matplotlib_figure, plot_profile, time_forward
     if args.plot:
         _check_output(args.plot, "--plot")
@@ -255,7 +255,8 @@ def cmd_profile(args):
         names = [args.backend or get_backend_name()]
     if "numba" in names:
         _backend_ready("numba")
-    model = alexnet(args.variant, precision=args.precision)
+    with cli.usage_errors():
+        model = load_model(random_weights=True, variant=args.variant, precision=args.precision)
     cli._check_batch_memory(model, args.batch_size)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     profiles, forward, paths = {}, {}, {}

@@ -43,7 +43,8 @@ from ._files import is_url
 from ._moved import moved
 from ._optional import install_hint, require
 
-__all__ = ["DASK_HINT", "require_dask", "recipe_of", "load_model", "skeleton", "runner", "iter_distributed",
+__all__ = ["DASK_HINT", "require_dask", "recipe_of", "model_recipe", "load_model", "skeleton", "runner",
+           "iter_distributed",
            "local_cluster", "connect", "check_address", "SchedulerError", "BadSchedulerAddress",
            "ModelLoadError", "loads"]
 
@@ -85,6 +86,45 @@ def recipe_of(model) -> dict:
     dense = [layer for _, layer in model.named_layers() if hasattr(layer, "weight_dtype")]
     return {**recipe, "backend": model.backend, "preprocess": dict(model.preprocess),
             "weight_dtype": dense[0].weight_dtype if dense else "float32"}
+
+
+def model_recipe(weights=None, *, variant=None, num_classes=None, onnx=None, random_weights=False,
+                 precision="float32", weight_dtype="float32", backend=None, preprocess=None, seed=0,
+                 fill_cache=False) -> dict:
+    """The recipe of the model :func:`fastalex.load_model` makes of the same choices (checked the
+    same way, by :func:`fastalex.loading.choose_model`), without loading here what the workers
+    load themselves: random weights travel as their seed, published weights as their name (each
+    worker's cache; ``fill_cache``: download them here first, for local workers sharing this
+    machine's cache), a weights file or URL as its path, read once here to check that it fits
+    (a file the workers read elsewhere is not checked by this). ``backend`` None: this process's
+    default, so the workers compute as it would."""
+    from .backends import get_backend_name
+    from .errors import ModelChoiceError
+    from .loading import choose_model
+    from .specs import VARIANTS
+    choice = choose_model(weights, variant=variant, num_classes=num_classes, onnx=onnx,
+                          random_weights=random_weights, precision=precision, weight_dtype=weight_dtype,
+                          backend=backend, preprocess=preprocess, seed=seed)
+    if choice.kind == "onnx":
+        raise ModelChoiceError("an ONNX model cannot run on a Dask cluster yet: convert it once "
+                               "(fastalex.save_weights(fastalex.load_onnx(FILE), 'model.npz')) and pass the .npz")
+    if choice.kind == "random":
+        recipe = {"spec": VARIANTS[variant or "torchvision"](num_classes or 1000), "seed": seed, "weights": None}
+    elif choice.kind == "published":
+        meta = choice.weights
+        if fill_cache:
+            meta.fetch()
+        recipe = {"spec": VARIANTS[meta.variant](meta.num_classes), "seed": None, "weights": meta.name}
+    else:  # a file or URL: read once here, to check that it fits and learn its spec
+        import dataclasses
+        model = dataclasses.replace(choice, precision="float32", weight_dtype="float32", preprocess=None).load()
+        recipe = recipe_of(model)
+        recipe = {"spec": recipe["spec"], "seed": None, "weights": recipe["weights"]}
+    recipe.update(backend=backend or get_backend_name(), weight_dtype=weight_dtype, precision=precision)
+    if preprocess is not None:
+        from .images import preprocess_preset
+        recipe["preprocess"] = preprocess_preset(preprocess, crop=recipe["spec"]["input_shape"][1:])
+    return recipe
 
 
 def _key(recipe):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __all__ = ["FastalexError", "WeightsFileError", "UnsafePickleError", "WeightsFileNotFoundError",
            "CachedWeightsError", "WeightsUnavailableError", "WeightsMismatchError", "ImageError",
-           "OnnxError", "LabelsError", "ModelLoadError"]
+           "OnnxError", "LabelsError", "ModelLoadError", "ModelChoiceError"]
 
 
 class FastalexError(Exception):
@@ -53,6 +53,11 @@ class WeightsMismatchError(FastalexError, ValueError):
         self.source, self.fits, self.detail = source, fits, detail
 
 
+class ModelChoiceError(FastalexError, ValueError):
+    """Model choices that do not go together (:func:`fastalex.load_model`): weights and random
+    weights, an ONNX model and a variant, int8 weights computed in bfloat16, ..."""
+
+
 class ModelLoadError(FastalexError, RuntimeError):
     """A worker could not build the model from its recipe (weights missing or unreadable)."""
 
@@ -69,11 +74,12 @@ class ImageError(FastalexError, ValueError):
 
 
 class OnnxError(FastalexError, ValueError):
-    """An ONNX file that cannot be read or run: ``path`` names it, ``reason`` says why."""
+    """An ONNX file that cannot be read or run: ``path`` names it, ``reason`` says why; the
+    message is "cannot use ONNX model PATH: REASON"."""
 
     def __init__(self, path, reason):
         self.path, self.reason = str(path), str(reason)
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(f"cannot use ONNX model {self.path}: {self.reason}")
 
 
 class LabelsError(FastalexError, ValueError):

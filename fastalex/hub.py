@@ -32,13 +32,13 @@ import numpy as np
 from . import _files
 from ._files import FileProblem, atomic_write
 from ._home import cache_home
-from .errors import CachedWeightsError, WeightsFileError, WeightsUnavailableError
+from .errors import CachedWeightsError, WeightsFileError, WeightsMismatchError, WeightsUnavailableError
 from .images import get_preprocess
 from .labels import imagenet_labels
 from .weights import load_weights, save_weights
 
 __all__ = ["PublishedWeights", "IMAGENET1K_V1", "PUBLISHED", "published_weights", "download_imagenet",
-           "fetch_weights", "resolve_weights", "cache_dir", "IMAGENET_URL", "HASH_REGEX"]
+           "fetch_weights", "weights_file", "resolve_weights", "cache_dir", "IMAGENET_URL", "HASH_REGEX"]
 
 #: torchvision's ImageNet weights for its AlexNet (legacy torch format, 233 MB)
 IMAGENET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
@@ -227,9 +227,32 @@ class PublishedWeights:
             raw.unlink(missing_ok=True)
             return p["npz"]
 
+    def fetch(self, url=None, progress=None) -> Path:
+        """The cached ``.npz``, downloaded first if needed (see :meth:`download`). A download
+        that fails raises :class:`WeightsUnavailableError` saying that the weights are not
+        cached, then why they cannot be downloaded."""
+        try:
+            return self.download(url=url, progress=progress)
+        except WeightsUnavailableError as exc:
+            raise WeightsUnavailableError(f"the published {self.name} weights are not cached and cannot be "
+                                          f"downloaded: {exc}") from None
+
     def get_state_dict(self, url=None, progress=None) -> dict[str, np.ndarray]:
-        """The state dict, from the cache (downloaded first if needed; see :meth:`download`)."""
-        return load_weights(self.download(url=url, progress=progress))
+        """The state dict, from the cache (downloaded first if needed; see :meth:`fetch`)."""
+        return load_weights(self.fetch(url=url, progress=progress))
+
+    def check_fits(self, variant=None, num_classes=None):
+        """Raise :class:`WeightsMismatchError` (before anything is downloaded) unless these
+        weights fit the AlexNet ``variant`` with ``num_classes`` classes (None: any)."""
+        fits = (self.variant, self.num_classes)
+        if variant is not None and variant != self.variant:
+            raise WeightsMismatchError(
+                f"no published ImageNet weights exist for the {variant!r} AlexNet (the {self.name} weights "
+                f"fit the {self.variant!r} one); use that variant, weights you trained, or random weights",
+                f"the published {self.name} weights", fits)
+        if num_classes is not None and num_classes != self.num_classes:
+            raise WeightsMismatchError(f"the published {self.name} weights have {self.num_classes} classes, "
+                                       f"not {num_classes}", f"the published {self.name} weights", fits)
 
 
 #: torchvision's ``AlexNet_Weights.IMAGENET1K_V1`` (top-1 56.5%, top-5 79.1% on ImageNet-1k)
@@ -392,13 +415,21 @@ def fetch_weights(url) -> str:
             atomic_write(dest, copy)
     except _files.FileProblem as problem:
         raise WeightsUnavailableError(f"cannot fetch {url}: it {problem.reason} (the partial "
-                                        "copy was deleted)") from None
+                                      "copy was deleted)") from None
+    except (OSError, ValueError) as exc:  # fsspec's errors (no such object, no access), the cache's
+        raise WeightsUnavailableError(f"cannot fetch {url} ({type(exc).__name__}: {exc})") from None
     finally:
         if not dest.is_file():  # failed: no empty folder left behind either
             with contextlib.suppress(OSError):
                 dest.parent.rmdir()
                 dest.parent.parent.rmdir()  # remote/, if nothing else is there
     return str(dest)
+
+
+def weights_file(weights) -> str:
+    """The local file ``weights`` (a path or a URL) names: the path itself, or the URL's copy in
+    the cache (fetched once, see :func:`fetch_weights`)."""
+    return fetch_weights(weights) if _files.is_url(weights) else os.fspath(weights)
 
 
 # ----------------------------------------------------------------------------- what weights= accepts
@@ -416,11 +447,7 @@ def resolve_weights(weights, variant=None) -> dict[str, np.ndarray]:
         return weights
     meta = published_weights(weights)
     if meta is not None:
-        if variant is not None and variant != meta.variant:
-            raise ValueError(
-                f"no published ImageNet weights exist for the {variant!r} AlexNet (the 2012 "
-                f"paper's network with LRN and grouped convolutions); use variant={meta.variant!r} "
-                "for weights='imagenet', or pass a weights file you trained")
+        meta.check_fits(variant)
         return meta.get_state_dict()
     if _files.is_url(weights):  # a URL: fetched once into the cache
         return load_weights(fetch_weights(weights))

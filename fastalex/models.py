@@ -361,7 +361,8 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
     from .hub import published_weights, resolve_weights
     meta = published_weights(weights)
     if meta is not None:
-        state = resolve_weights(meta, variant=variant)  # refuses another variant before downloading
+        meta.check_fits(variant, num_classes)  # before downloading
+        state = resolve_weights(meta)
         source, fits = f"the published {meta.name} weights", (meta.variant, meta.num_classes)
     else:
         state = resolve_weights(weights)
@@ -373,17 +374,16 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
             model.load_state_dict(state)
         except ValueError as exc:
             raise WeightsMismatchError(
-                f"alexnet: {source} does not fit any AlexNet variant ({', '.join(map(repr, specs.VARIANTS))}); "
-                f"against the {target!r} one: {exc}", source, detail=f"against the {target} AlexNet: {exc}") from None
+                f"{source} does not fit any AlexNet variant (against the {target} AlexNet: {exc})", source,
+                detail=f"against the {target} AlexNet: {exc}") from None
         return model.set_weight_dtype(weight_dtype, keep_float32=False).set_precision(precision)
     fit_variant, fit_classes = fits
     if variant is not None and variant != fit_variant:
         raise WeightsMismatchError(
-            f"alexnet: {source} fits the {fit_variant!r} AlexNet ({fit_classes} classes), not the "
-            f"{variant!r} one; pass variant={fit_variant!r} or leave variant out", source, fits)
+            f"{source} fits the {fit_variant!r} AlexNet ({fit_classes} classes), not the {variant!r} one; "
+            f"use the {fit_variant!r} variant, or leave the variant out", source, fits)
     if num_classes is not None and num_classes != fit_classes:
-        raise WeightsMismatchError(
-            f"alexnet: {source} has {fit_classes} classes, not num_classes={num_classes}", source, fits)
+        raise WeightsMismatchError(f"{source} has {fit_classes} classes, not {num_classes}", source, fits)
     model = Model(specs.VARIANTS[fit_variant](fit_classes), seed=None, backend=backend)
     model.load_state_dict(state)  # strict: every parameter is replaced
     if meta is not None:  # how other processes (Dask workers) get the same weights

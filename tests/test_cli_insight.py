@@ -102,7 +102,7 @@ def test_errors_are_one_line_and_an_exit_code(photo, tmp_path, capsys, monkeypat
         (2, ["explain", photo, "--random-weights", "-o", tmp_path / "no" / "x.png"], "does not exist"),
         (2, ["explain", photo, "--random-weights", "--class", "1000", "-o", out], "classes 0 to 999"),
         (2, ["explain", photo, "--random-weights", "--patch", "300", "-o", out], "larger than the model's"),
-        (2, ["show", "filters", "-o", out], "ImageNet weights are not cached"),
+        (2, ["show", "filters", "-o", out], "IMAGENET1K_V1 weights are not cached"),
         (2, ["show", "filters", "--random-weights"], "required: -o"),
     ]
     for code, args, message in cases:

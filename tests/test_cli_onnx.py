@@ -72,9 +72,9 @@ def test_summary_and_bench_on_an_onnx_model(env):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["classify", "PHOTO", "--weights", CAFFE, "--variant", "original"], "--variant original cannot be combined"),
+    (["classify", "PHOTO", "--weights", CAFFE, "--variant", "original"], "the variant 'original' cannot be combined"),
     (["summary", "--weights", CAFFE, "--variant", "torchvision"], "brings its own architecture"),
-    (["classify", "PHOTO", "--weights", "missing.onnx"], "missing.onnx does not exist"),
+    (["classify", "PHOTO", "--weights", "missing.onnx"], "missing.onnx: no such file"),
     (["classify", "PHOTO", "--weights", CAFFE, "--num-classes", "5"], "has 10 classes"),
     (["summary", "--weights", "w.npz"], "takes an .onnx model"),
     (["classify", "PHOTO", "--weights", CAFFE, "--preprocess", "opencv"], "invalid choice"),

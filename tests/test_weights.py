@@ -158,7 +158,7 @@ def test_resolve_weights():
 
 
 def test_no_imagenet_weights_for_the_original_variant():
-    with pytest.raises(ValueError, match="no published ImageNet weights.*variant='torchvision'"):
+    with pytest.raises(ValueError, match="no published ImageNet weights.*fit the 'torchvision' one"):
         alexnet("original", weights="imagenet")
 
 

@@ -202,7 +202,7 @@ def cmd_serve(args):
     status = {"code": 0}
 
     def load():
-        model = cli._apply_preprocess(cli.load_model(args), args)
+        model = cli.load_model(args)
         if args.labels:
             from ..labels import LabelsError, load_labels
             try:
