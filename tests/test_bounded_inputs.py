@@ -367,7 +367,7 @@ def test_a_scheduler_that_does_not_speak_dask_is_given_up_on(silent_port, tmp_pa
                                            ("foo://x", "'foo://x' is not a Dask scheduler address")])
 def test_a_bad_scheduler_address_is_a_usage_error(address, what, tmp_path, capsys, monkeypatch):
     pytest.importorskip("distributed")
-    from fastalex import cli as C
+    from fastalex.cli import run as C  # where classify finds them
     for name in ("load_model", "model_recipe"):
         monkeypatch.setattr(C, name, lambda args: pytest.fail("loaded the model before checking --scheduler"))
     status = cli.main(["classify", _image(tmp_path), "--random-weights", "--scheduler", address])

@@ -290,9 +290,10 @@ def test_interrupt_and_unexpected_errors_in_process(monkeypatch, capsys):
     def boom(args):
         raise RuntimeError("something odd")
 
-    monkeypatch.setattr(cli, "cmd_summary", interrupted)
+    from fastalex.cli import model as commands
+    monkeypatch.setattr(commands, "cmd_summary", interrupted)
     assert cli.main(["summary"]) == 130
-    monkeypatch.setattr(cli, "cmd_summary", boom)
+    monkeypatch.setattr(commands, "cmd_summary", boom)
     assert cli.main(["summary"]) == 1
     err = capsys.readouterr().err
     assert "fastalex: interrupted" in err and "fastalex: error: RuntimeError: something odd" in err

@@ -84,14 +84,15 @@ def test_explain(variant, photo, tmp_path, capsys):
 
 def test_errors_are_one_line_and_an_exit_code(photo, tmp_path, capsys, monkeypatch):
     from fastalex.models import alexnet
-    real_load_model = cli.load_model
+    from fastalex.cli import common
+    real_load_model = common.load_model
 
     def fast_load_model(args):  # zero weights: the same model without a second of random numbers
         if args.random_weights:
             return alexnet(args.variant or "torchvision", seed=None)
         return real_load_model(args)
 
-    monkeypatch.setattr(cli, "load_model", fast_load_model)
+    monkeypatch.setattr(common, "load_model", fast_load_model)
     out = tmp_path / "x.png"
     cases = [
         (2, ["show", "filters", "--layer", "features.1", "--random-weights", "-o", out],

@@ -271,5 +271,6 @@ def test_cli_local_cluster_shows_only_critical_worker_logs(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(D, "local_cluster", lambda workers, **kwargs: seen.update(workers=workers, **kwargs))
-    cli._cluster(argparse.Namespace(workers=2, scheduler=None))
+    from fastalex.cli import run
+    run._cluster(argparse.Namespace(workers=2, scheduler=None))
     assert seen == {"workers": 2, "silence_logs": logging.CRITICAL}

@@ -13,12 +13,7 @@ pytest.importorskip("grimp", reason="the import graph needs grimp (pip install i
 from support.import_graph import cycle_imports, import_graph, simple_cycles, strongly_connected  # noqa: E402
 
 #: (importer, imported), without the "fastalex." prefix
-KNOWN = {
-    # the insight commands use cli's helpers; cli registers them
-    ("cli", "cli_insight"), ("cli_insight", "cli"),
-    # the serve command (merged from main) is registered by cli and uses its helpers
-    ("cli", "serve.command"), ("serve.command", "cli"),
-}
+KNOWN: set = set()
 
 
 def test_no_new_import_cycle_and_the_known_list_is_exact():

@@ -27,6 +27,12 @@ MOVED = [
     ("fastalex.classify", "read_url", "fastalex.pipeline"),
     ("fastalex.classify", "as_items", "fastalex.pipeline"),
     ("fastalex.classify", "is_url", "fastalex._files"),
+    ("fastalex.cli", "UsageError", "fastalex.cli.common"),
+    ("fastalex.cli", "load_model", "fastalex.cli.common"),
+    ("fastalex.cli", "cmd_classify", "fastalex.cli.run"),
+    ("fastalex.cli", "cmd_summary", "fastalex.cli.model"),
+    ("fastalex.cli", "cmd_bench", "fastalex.cli.speed"),
+    ("fastalex.cli", "is_onnx", "fastalex.loading"),
 ]
 
 
@@ -48,6 +54,16 @@ def test_the_classify_module_is_reached_although_fastalex_classify_is_the_functi
     import sys
     with pytest.warns(DeprecationWarning, match="fastalex.pipeline"):
         sys.modules["fastalex.classify"].read_url  # noqa: B018
+
+
+def test_the_command_line_entry_points_did_not_move():
+    import warnings
+
+    import fastalex.cli
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from fastalex.cli import build_parser, main
+    assert main is fastalex.cli.entry.main and build_parser is fastalex.cli.entry.build_parser
 
 
 def test_a_name_that_never_existed_is_still_an_attribute_error():

@@ -9,9 +9,22 @@ The command line is ``fastalex serve`` (:mod:`fastalex.serve.command`); the API 
 are described in docs/serve.md.
 """
 
-from .command import SERVE_INSTALL, require_serve
-
 __all__ = ["create_app", "ServeOptions", "require_serve", "SERVE_INSTALL"]
+
+SERVE_INSTALL = "pip install 'fastalex[serve]'"
+
+
+def require_serve():
+    """Raise ImportError naming the extra if Starlette, uvicorn or python-multipart is missing."""
+    missing = []
+    for module, package in (("starlette", "starlette"), ("uvicorn", "uvicorn"),
+                            ("multipart", "python-multipart")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise ImportError(f"fastalex serve needs {', '.join(missing)}: {SERVE_INSTALL}")
 
 
 def __getattr__(name):

@@ -13,15 +13,16 @@ is. The model loads in the background: ``/healthz`` answers 503 until it is read
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ipaddress
 import os
 import signal
 import socket
 
-from .. import cli
-
-SERVE_INSTALL = "pip install 'fastalex[serve]'"
+from ..cli import common
+from ..errors import WeightsFileError
+from . import SERVE_INSTALL, require_serve  # noqa: F401  (SERVE_INSTALL: importable here, as before)
 
 EPILOG = """\
 API (JSON; errors are {"error": "..."} with a 4xx status):
@@ -39,26 +40,13 @@ exit status: 0 stopped by SIGTERM (requests in flight answered first), 2 usage e
 (bad options, weights missing or unusable, port taken), 130 interrupted."""
 
 
-def require_serve():
-    """Raise ImportError naming the extra if Starlette, uvicorn or python-multipart is missing."""
-    missing = []
-    for module, package in (("starlette", "starlette"), ("uvicorn", "uvicorn"),
-                            ("multipart", "python-multipart")):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(package)
-    if missing:
-        raise ImportError(f"fastalex serve needs {', '.join(missing)}: {SERVE_INSTALL}")
-
-
 def _non_negative_int(text):
     try:
         value = int(text)
     except ValueError:
-        raise cli.argparse.ArgumentTypeError(f"expected an integer 0 or more, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer 0 or more, got {text!r}") from None
     if value < 0:
-        raise cli.argparse.ArgumentTypeError(f"expected an integer 0 or more, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer 0 or more, got {text!r}")
     return value
 
 
@@ -66,9 +54,9 @@ def _positive_float(text):
     try:
         value = float(text)
     except ValueError:
-        raise cli.argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
-        raise cli.argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
@@ -78,7 +66,7 @@ def _non_negative_float(text):
     except ValueError:
         value = float("nan")
     if not 0 <= value < float("inf"):
-        raise cli.argparse.ArgumentTypeError(f"expected a number 0 or more, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number 0 or more, got {text!r}")
     return value
 
 
@@ -89,26 +77,26 @@ def add_command(sub):
                                    "grouped into batched forward passes, health, Prometheus metrics, and a "
                                    "page at / to try a photo. Needs fastalex[serve].",
                        epilog=EPILOG)
-    p.add_argument("--variant", choices=cli._variants(), default=None,
+    p.add_argument("--variant", choices=common.variants(), default=None,
                    help="model variant (default: torchvision, or whatever the --weights file holds)")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", metavar="FILE|URL|imagenet", default="imagenet",
                    help="weights file (.npz/.pth), a URL of one, an .onnx model, or 'imagenet' (default)")
     w.add_argument("--random-weights", action="store_true",
                    help="seeded random weights (for testing: the labels are meaningless)")
-    p.add_argument("--num-classes", type=cli._positive_int, metavar="N",
+    p.add_argument("--num-classes", type=common.positive_int, metavar="N",
                    help="classes of the model (with --random-weights; otherwise read from the weights)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (for non-ImageNet weights)")
-    p.add_argument("--backend", choices=cli._backends(), default=None,
+    p.add_argument("--backend", choices=common.backends(), default=None,
                    help="compute backend (default: numba, or $FASTALEX_BACKEND)")
-    cli._add_weight_dtype(p)
-    cli._add_preprocess(p)
+    common.add_weight_dtype(p)
+    common.add_preprocess(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; any other host "
                         "prints a warning: the API has no authentication)")
     p.add_argument("--port", type=_non_negative_int, default=8000,
                    help="port (default 8000; 0 picks a free one). The URL is the first line on stdout")
-    p.add_argument("--max-batch", type=cli._positive_int, default=16, metavar="N",
+    p.add_argument("--max-batch", type=common.positive_int, default=16, metavar="N",
                    help="images per forward pass at most (default 16)")
     p.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0, metavar="MS",
                    help="how long a request may wait for others to share its forward pass (default 5)")
@@ -119,7 +107,7 @@ def add_command(sub):
                         "before they are decoded)")
     p.add_argument("--body-timeout", type=_positive_float, default=30.0, metavar="S",
                    help="seconds to receive a request body (default 30; a body that stalls gets 408)")
-    p.add_argument("--max-connections", type=cli._positive_int, default=256, metavar="N",
+    p.add_argument("--max-connections", type=common.positive_int, default=256, metavar="N",
                    help="concurrent connections and requests (default 256; more get 503)")
     p.add_argument("--access-log", action="store_true", help="log every request on stderr")
     p.set_defaults(func=cmd_serve)
@@ -148,7 +136,7 @@ def bind(host, port) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise cli.UsageError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+        raise common.UsageError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -157,7 +145,7 @@ def bind(host, port) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise cli.UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise common.UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
 
@@ -175,7 +163,7 @@ def _check_weights(args):
         return
     from .._files import is_url
     if not is_url(args.weights) and not os.path.exists(args.weights):
-        raise cli.UsageError(f"weights file {args.weights} does not exist (give a .npz/.pth/.onnx file, "
+        raise common.UsageError(f"weights file {args.weights} does not exist (give a .npz/.pth/.onnx file, "
                              f"'imagenet', or use --random-weights)")
 
 
@@ -183,14 +171,14 @@ def cmd_serve(args):
     try:
         require_serve()
     except ImportError as exc:
-        raise cli.UsageError(str(exc)) from None
+        raise common.UsageError(str(exc)) from None
     warning = host_warning(args.host)
     if warning:
-        cli._err(warning)
+        common.err(warning)
     _check_weights(args)
     if args.labels:
         if not os.path.exists(args.labels):
-            raise cli.UsageError(f"labels file {args.labels} does not exist")
+            raise common.UsageError(f"labels file {args.labels} does not exist")
 
     import uvicorn
 
@@ -198,26 +186,26 @@ def cmd_serve(args):
 
     sock = bind(args.host, args.port)
     print(url_of(sock), flush=True)  # the first line on stdout
-    cli._compile_note(args.backend)
+    common.compile_note(args.backend)
     status = {"code": 0}
 
     def load():
-        model = cli.load_model(args)
+        model = common.load_model(args)
         if args.labels:
             from ..labels import LabelsError, load_labels
             try:
                 options.labels = load_labels(args.labels, model.num_classes)
             except LabelsError as exc:
-                raise cli.UsageError(str(exc)) from None
+                raise common.UsageError(str(exc)) from None
         return model
 
     def failed(exc):
         message = str(exc) or type(exc).__name__
-        if isinstance(exc, (cli.UsageError, cli.WeightsFileError)):
-            cli._err(f"error: {cli._printable(message)}")
+        if isinstance(exc, (common.UsageError, WeightsFileError)):
+            common.err(f"error: {common.printable(message)}")
             status["code"] = 2
         else:
-            cli._err(f"error: cannot load the model: {cli._printable(message)}")
+            common.err(f"error: cannot load the model: {common.printable(message)}")
             status["code"] = 1
         server.should_exit = True
 

@@ -1,4 +1,4 @@
-"""The ``show``, ``explain`` and ``profile`` commands: see inside the network.
+"""``fastalex show``, ``explain`` and ``profile``: see inside the network.
 
 ``fastalex show filters`` and ``show activations`` draw a layer's kernels or a photo's
 feature maps, ``fastalex explain`` draws occlusion sensitivity over a photo (all in
@@ -14,7 +14,7 @@ import sys
 
 from PIL import Image
 
-from . import cli
+from . import common
 
 PROFILE_NOTE = "a convolution or dense layer and the ReLU after it run fused, as one step: one row"
 
@@ -24,15 +24,15 @@ weights: by default torchvision's ImageNet weights (cached by `fastalex weights 
 
 
 def _add_model_options(p, labels=False):
-    p.add_argument("--variant", choices=cli._variants(), default=None,
+    p.add_argument("--variant", choices=common.variants(), default=None,
                    help="model variant (default: torchvision, or whatever the --weights file holds)")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", metavar="FILE|imagenet", default="imagenet",
                    help="weights file (.npz/.pth) or 'imagenet' (default)")
     w.add_argument("--random-weights", action="store_true", help="seeded random weights")
-    p.add_argument("--num-classes", type=cli._positive_int, metavar="N",
+    p.add_argument("--num-classes", type=common.positive_int, metavar="N",
                    help="classes of the model (with --random-weights; otherwise read from the weights)")
-    p.add_argument("--backend", choices=cli._backends(), default=None,
+    p.add_argument("--backend", choices=common.backends(), default=None,
                    help="compute backend (default: numba, or $FASTALEX_BACKEND)")
     if labels:
         p.add_argument("--labels", metavar="FILE", help="class names, one per line (for non-ImageNet weights)")
@@ -42,11 +42,11 @@ def _add_model_options(p, labels=False):
 
 def add_commands(sub):
     """Add ``show``, ``explain`` and ``profile`` to the ``fastalex`` subcommands ``sub``."""
-    from . import viz
+    from .. import viz
 
     p = sub.add_parser("show", help="draw a layer's kernels or a photo's feature maps",
                        description="Draw a convolution's kernels or a photo's feature maps as an image grid.")
-    ssub = p.add_subparsers(dest="what", metavar="WHAT", parser_class=cli._Parser)
+    ssub = p.add_subparsers(dest="what", metavar="WHAT", parser_class=common.Parser)
     ssub.required = True
     f = ssub.add_parser("filters", help="a convolution's kernels as a grid of tiles",
                         description="A convolution's kernels as one image: RGB tiles for the first "
@@ -57,7 +57,7 @@ def add_commands(sub):
     f.add_argument("--per-input", action="store_true",
                    help=f"deeper layers: one tile per (output, input) slice, at most {viz.MAX_SLICES}, "
                         f"instead of each kernel's mean over its inputs")
-    f.add_argument("--scale", type=cli._positive_int, default=None, metavar="N",
+    f.add_argument("--scale", type=common.positive_int, default=None, metavar="N",
                    help="upscale each kernel pixel to N x N (default: tiles of about 40 pixels)")
     _add_model_options(f)
     f.set_defaults(func=cmd_show_filters)
@@ -73,9 +73,9 @@ def add_commands(sub):
     a.add_argument("--normalize", choices=("layer", "channel"), default="layer",
                    help="one brightness scale for the layer (default) or one per channel")
     a.add_argument("--cmap", choices=list(viz.COLORMAPS), default="gray", help="colour map (default gray)")
-    a.add_argument("--max-channels", type=cli._positive_int, default=None, metavar="N",
+    a.add_argument("--max-channels", type=common.positive_int, default=None, metavar="N",
                    help="draw only the first N channels")
-    a.add_argument("--scale", type=cli._positive_int, default=None, metavar="N",
+    a.add_argument("--scale", type=common.positive_int, default=None, metavar="N",
                    help="upscale each map pixel to N x N (default: tiles of about 48 pixels)")
     _add_model_options(a)
     a.set_defaults(func=cmd_show_activations)
@@ -89,11 +89,11 @@ def add_commands(sub):
     e.add_argument("photo", metavar="PHOTO", help="image file")
     e.add_argument("--class", dest="target", type=int, default=None, metavar="N",
                    help="class index to explain (default: the top-1 prediction)")
-    e.add_argument("--patch", type=cli._positive_int, default=viz.DEFAULT_PATCH, metavar="PX",
+    e.add_argument("--patch", type=common.positive_int, default=viz.DEFAULT_PATCH, metavar="PX",
                    help=f"side of the grey square in input pixels (default {viz.DEFAULT_PATCH})")
-    e.add_argument("--stride", type=cli._positive_int, default=viz.DEFAULT_STRIDE, metavar="PX",
+    e.add_argument("--stride", type=common.positive_int, default=viz.DEFAULT_STRIDE, metavar="PX",
                    help=f"step between patch positions (default {viz.DEFAULT_STRIDE}: 49 positions on 224)")
-    e.add_argument("--batch-size", type=cli._positive_int, default=16, metavar="N",
+    e.add_argument("--batch-size", type=common.positive_int, default=16, metavar="N",
                    help="occluded copies per forward pass (default 16)")
     _add_model_options(e, labels=True)
     e.set_defaults(func=cmd_explain)
@@ -102,16 +102,16 @@ def add_commands(sub):
                        description="Time one forward pass of the model (random weights and input) step "
                                    "by step, median of several runs: output shape, MACs, time, GFLOP/s and "
                                    f"share of the total per step ({PROFILE_NOTE}).")
-    p.add_argument("--variant", choices=cli._variants(), default="torchvision",
+    p.add_argument("--variant", choices=common.variants(), default="torchvision",
                    help="model variant (default torchvision)")
-    p.add_argument("--batch-size", type=cli._positive_int, default=1, metavar="N", help="images per batch (default 1)")
-    p.add_argument("--backend", choices=cli._backends() + ["all"], default=None,
+    p.add_argument("--batch-size", type=common.positive_int, default=1, metavar="N", help="images per batch (default 1)")
+    p.add_argument("--backend", choices=common.backends() + ["all"], default=None,
                    help="backend to time, or all side by side with the speed-up (default: numba, or $FASTALEX_BACKEND)")
-    p.add_argument("--repeat", type=cli._positive_int, default=5, metavar="N", help="timed runs (default 5)")
+    p.add_argument("--repeat", type=common.positive_int, default=5, metavar="N", help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
     p.add_argument("--json", action="store_true", help="print the table as one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the times as a bar chart (needs matplotlib)")
-    from .lowp import PRECISIONS
+    from ..lowp import PRECISIONS
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="how convolutions and dense layers compute: float32 (default) or bfloat16")
     p.set_defaults(func=cmd_profile)
@@ -122,50 +122,50 @@ def add_commands(sub):
 def _check_output(path, option="-o"):
     """Fail early (exit 2) on an output file that cannot be written as an image."""
     if os.path.isdir(path):
-        raise cli.UsageError(f"{option} {path}: is a directory; give a file name such as {option} out.png")
+        raise common.UsageError(f"{option} {path}: is a directory; give a file name such as {option} out.png")
     ext = os.path.splitext(path)[1].lower()
     if ext not in Image.registered_extensions():
-        raise cli.UsageError(f"{option} {path}: unknown image file extension {ext or '(none)'!r}; use .png")
+        raise common.UsageError(f"{option} {path}: unknown image file extension {ext or '(none)'!r}; use .png")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise cli.UsageError(f"{option} {path}: the directory {parent} does not exist")
+        raise common.UsageError(f"{option} {path}: the directory {parent} does not exist")
 
 
 def _save(img, path):
     """Save the picture and say where (on stdout)."""
     img.save(path)
-    print(f"wrote {cli._printable(path)}")
+    print(f"wrote {common.printable(path)}")
 
 
 def _photo(path):
     """The decoded photo, or None after one line on stderr (the command then exits 1)."""
-    from .images import ImageError, open_image
+    from ..images import ImageError, open_image
     if not os.path.exists(path):  # as for classify: a PATH that does not exist is a usage error
-        raise cli.UsageError(f"no such file or directory: {cli._printable(path)}")
+        raise common.UsageError(f"no such file or directory: {common.printable(path)}")
     try:
         return open_image(path)
     except ImageError as exc:
-        cli._err(f"cannot read {path}: {exc.reason}")
+        common.err(f"cannot read {path}: {exc.reason}")
         return None
 
 
 def _backend_ready(backend):
     """Import the backend up front and say on stderr if the Numba kernels compile first (cold cache)."""
-    from .backends import get_backend
+    from ..backends import get_backend
     get_backend(backend)
-    cli._compile_note(backend)
+    common.compile_note(backend)
 
 
 def _bad_layer(exc):
-    return cli.UsageError(str(exc))  # the library's message, as it is ("extract: unknown layer ...")
+    return common.UsageError(str(exc))  # the library's message, as it is ("extract: unknown layer ...")
 
 
 # ----------------------------------------------------------------------------- commands
 
 def cmd_show_filters(args):
-    from . import viz
+    from .. import viz
     _check_output(args.output)
-    model = cli.load_model(args)
+    model = common.load_model(args)
     try:
         img = viz.filters(model, args.layer, scale=args.scale, per_input=args.per_input)
     except (ValueError, TypeError) as exc:
@@ -175,12 +175,12 @@ def cmd_show_filters(args):
 
 
 def cmd_show_activations(args):
-    from . import viz
+    from .. import viz
     _check_output(args.output)
     photo = _photo(args.photo)
     if photo is None:
         return 1
-    model = cli.load_model(args)
+    model = common.load_model(args)
     try:
         model.resolve_layer(args.layer)
     except (ValueError, TypeError) as exc:
@@ -195,26 +195,26 @@ def cmd_show_activations(args):
 def cmd_explain(args):
     from tqdm import tqdm
 
-    from . import viz
-    from .labels import LabelsError, imagenet_labels, load_labels
+    from .. import viz
+    from ..labels import LabelsError, imagenet_labels, load_labels
     _check_output(args.output)
     photo = _photo(args.photo)
     if photo is None:
         return 1
-    model = cli.load_model(args)
+    model = common.load_model(args)
     if args.target is not None and not 0 <= args.target < model.num_classes:
-        raise cli.UsageError(f"--class {args.target}: the model has classes 0 to {model.num_classes - 1}")
+        raise common.UsageError(f"--class {args.target}: the model has classes 0 to {model.num_classes - 1}")
     labels = None
     if args.labels:
         try:
             labels = load_labels(args.labels, model.num_classes)
         except LabelsError as exc:
-            raise cli.UsageError(str(exc)) from None
+            raise common.UsageError(str(exc)) from None
     elif model.num_classes == 1000:
         labels = imagenet_labels()
     size = min(model.input_shape[1:])
     if args.patch > size:
-        raise cli.UsageError(f"--patch {args.patch} is larger than the model's {size}x{size} input")
+        raise common.UsageError(f"--patch {args.patch} is larger than the model's {size}x{size} input")
     _backend_ready(args.backend)
     bar = tqdm(total=None, unit="copy", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,
                desc="occlusion")
@@ -238,26 +238,26 @@ def cmd_explain(args):
 def cmd_profile(args):
     import numpy as np
 
-    from .backends import BACKENDS, get_backend_name
-    from .loading import load_model
-    from .profiling import _matplotlib_figure, plot_profile, time_forward
+    from ..backends import BACKENDS, get_backend_name
+    from ..loading import load_model
+    from ..profiling import _matplotlib_figure, plot_profile, time_forward
     if args.plot:
         _check_output(args.plot, "--plot")
         try:
             _matplotlib_figure()
         except ImportError as exc:
-            raise cli.UsageError(str(exc)) from None
+            raise common.UsageError(str(exc)) from None
     if args.warmup < 0:
-        raise cli.UsageError(f"--warmup must be 0 or more, got {args.warmup}")
+        raise common.UsageError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.backend == "all":
         names = sorted(BACKENDS, key=lambda n: n != "numba")  # numba first
     else:
         names = [args.backend or get_backend_name()]
     if "numba" in names:
         _backend_ready("numba")
-    with cli.usage_errors():
+    with common.usage_errors():
         model = load_model(random_weights=True, variant=args.variant, precision=args.precision)
-    cli._check_batch_memory(model, args.batch_size)
+    common.check_batch_memory(model, args.batch_size)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *model.input_shape)).astype(np.float32)
     profiles, forward, paths = {}, {}, {}
     for name in names:
@@ -275,7 +275,7 @@ def cmd_profile(args):
     else:
         print(_profile_table(title, profiles, forward))
         if "numba" in profiles:
-            from .backends import describe_runtime
+            from ..backends import describe_runtime
             print(describe_runtime())
     if args.plot:
         plot_profile(profiles, args.plot, title=f"AlexNet ({args.variant}), batch {args.batch_size}: "
@@ -287,7 +287,7 @@ def _runtime_json(profiles):
     """The threading layer, threads, CPU and ISA the numba rows ran with (None without them)."""
     if "numba" not in profiles:
         return None
-    from .backends import runtime_info
+    from ..backends import runtime_info
     return runtime_info()
 
 
