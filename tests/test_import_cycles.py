@@ -1,9 +1,8 @@
-"""Import cycles in fastalex, counting imports inside functions (issue 20).
+"""No import cycles in fastalex, counting imports inside functions (issue 20).
 
-KNOWN lists the imports that take part in a cycle today, for phase 2 to remove. The test fails
-when a new one appears (a module importing "up" again) and when one on the list is gone (then
-delete it here, so the list stays exact). ``python tests/support/import_graph.py`` prints
-each loop with the import statements and their lines.
+There are none: every module imports only the layers below it (docs/architecture.md). KNOWN
+stays empty; the test fails when a cycle appears (a module importing "up" again). ``python
+tests/support/import_graph.py`` prints each loop with the import statements and their lines.
 """
 
 import pytest
@@ -12,7 +11,7 @@ pytest.importorskip("grimp", reason="the import graph needs grimp (pip install i
 
 from support.import_graph import cycle_imports, import_graph, simple_cycles, strongly_connected  # noqa: E402
 
-#: (importer, imported), without the "fastalex." prefix
+#: (importer, imported), without the "fastalex." prefix: the imports that take part in a cycle
 KNOWN: set = set()
 
 

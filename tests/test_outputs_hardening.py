@@ -423,15 +423,25 @@ def test_output_folders_are_refused_up_front(tmp_path, monkeypatch, capsys):
         assert "weights" not in err
 
 
-def test_show_and_explain_say_which_file_they_wrote(tmp_path, capsys, numpy_backend):
+def _wrote(path):
+    """What show and explain print for a picture they wrote: the file, its pixels and size."""
+    from PIL import Image
+    with Image.open(path) as img:
+        return f"wrote {path} ({img.width}x{img.height} pixels, {path.stat().st_size:,} bytes)"
+
+
+def test_show_and_explain_say_what_they_wrote(tmp_path, capsys, numpy_backend):
     photo = tmp_path / "p.png"
     _photo(photo)
     assert cli.main(["show", "filters", "--random-weights", "-o", str(tmp_path / "f.png")]) == 0
-    assert capsys.readouterr().out == f"wrote {tmp_path / 'f.png'}\n"
+    assert capsys.readouterr().out == _wrote(tmp_path / "f.png") + "\n"
+    assert cli.main(["show", "activations", str(photo), "--random-weights", "--max-channels", "4",
+                     "-o", str(tmp_path / "a.jpg")]) == 0
+    out = capsys.readouterr().out
+    assert out == _wrote(tmp_path / "a.jpg") + "\n" and " pixels, " in out and " bytes)" in out
     assert cli.main(["explain", str(photo), "--random-weights", "--stride", "112", "--patch", "112",
                      "-o", str(tmp_path / "e.png")]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'e.png'}"
-    assert (tmp_path / "f.png").is_file() and (tmp_path / "e.png").is_file()
+    assert capsys.readouterr().out.splitlines()[-1] == _wrote(tmp_path / "e.png")
 
 
 @pytest.mark.parametrize("kind", ["classify", "embed"])

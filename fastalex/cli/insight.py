@@ -132,9 +132,10 @@ def _check_output(path, option="-o"):
 
 
 def _save(img, path):
-    """Save the picture and say where (on stdout)."""
+    """Save the picture and say what was written (on stdout): the file, its pixels and bytes."""
     img.save(path)
-    print(f"wrote {common.printable(path)}")
+    size = os.path.getsize(path)
+    print(f"wrote {common.printable(os.fspath(path))} ({img.width}x{img.height} pixels, {size:,} bytes)")
 
 
 def _photo(path):
