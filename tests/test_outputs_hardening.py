@@ -267,10 +267,10 @@ def test_commit_line_is_completed_by_the_next_run(tmp_path, monkeypatch):
         if len(calls) == 2:
             raise KeyboardInterrupt  # after the first rename
         return real(a, b)
-    monkeypatch.setattr(O.os, "replace", once)
+    monkeypatch.setattr(os, "replace", once)
     with pytest.raises(KeyboardInterrupt):
         out.finish()
-    monkeypatch.setattr(O.os, "replace", real)
+    monkeypatch.setattr(os, "replace", real)
     assert scan_jsonl(str(path) + ".journal")[-1]["commit"]
     VectorOutput(path, resume=True).finish()
     assert _all(path)[0] == [f"/x/{i}.jpg" for i in range(3)]
@@ -291,10 +291,10 @@ def test_disk_full_is_a_clear_error_and_the_journal_survives(tmp_path, monkeypat
 
     def full(fd, *args):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(O.os, where, full)
+    monkeypatch.setattr(os, where, full)
     with pytest.raises(DiskFullError, match=r"no space left on the device writing .*x\.npy.*--resume"):
         out.finish()
-    monkeypatch.setattr(O.os, where, real)
+    monkeypatch.setattr(os, where, real)
     assert sorted(os.listdir(tmp_path)) == ["x.npy.journal"]  # no .part files, no lock
     out = VectorOutput(path, resume=True)
     assert len(out.done) == 4
@@ -312,7 +312,8 @@ def test_disk_full_in_the_cli_exits_1_without_traceback(tmp_path, monkeypatch, c
 
     def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(O, "_write_all", lambda fd, data: full() if len(data) > 1000 else O.os.write(fd, data))
+    from fastalex.outputs import vectors  # where the vector files are written
+    monkeypatch.setattr(vectors, "write_all", lambda fd, data: full() if len(data) > 1000 else os.write(fd, data))
     assert cli.main(["embed", str(photos), "-o", str(out), *ARGS]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and "WARNING" in err and "error: no space left on the device writing" in err

@@ -1,296 +1,38 @@
-"""Output files for ``classify --output`` and ``embed --output`` that survive interruptions.
-
-**JSON lines** (``classify``): one record per input, appended a batch at a time with one
-``write`` of whole lines, then ``flush`` and ``fsync``. A run killed mid-write can at worst leave
-an incomplete last line; ``--resume`` cuts it off before appending, and skips every path that
-already has a record (errors included: delete a line to try that file again).
-
-**Vectors** (``embed``): ``.npy`` (plus ``<stem>.paths.jsonl``), ``.npz`` (arrays ``paths``,
-``vectors`` and ``run``) or ``.parquet`` (columns ``path``, ``path_bytes`` and ``vector``; needs
-pyarrow). These formats cannot be appended to safely, so during a run the vectors go to a
-journal next to the output, ``<output>.journal`` (JSON lines: a header naming the run, then one
-``{"path", "vector"}`` per image, the vector as base64 of little-endian float32, appended and
-fsynced as above). When the run ends the new files are written to ``.part`` names next to the
-output, a ``commit`` line naming them is appended to the journal, they are renamed into place
-and the journal is deleted: the commit line is the one atomic step. A run that dies before it
-leaves the old output and the journal (``--resume`` continues); one that dies after it is
-completed by the next run that opens the output (the renames are done again). Images that
-failed are not stored, so ``--resume`` tries them again. A path is never stored twice.
-
-**File names** are stored exactly, whatever bytes they hold: in JSON (the journal, the paths
-file) as ASCII-escaped strings, a name that is not valid UTF-8 with ``\\udcXX`` escapes (Python's
-``surrogateescape``: ``os.fsencode(name)`` gives the original bytes back); in ``.npz`` as numpy
-unicode (the same escapes); in ``.parquet`` as the ``path_bytes`` column (the bytes, exact) next
-to ``path`` (a string for reading; a byte that is not UTF-8 shows as U+FFFD there).
-
-**The run** (``run=``, a dict of the settings that change the vectors: layer, normalization,
-weights, precision, preprocessing, variant) is recorded in the journal's header and in the
-output; ``resume`` with other settings raises :class:`RunMismatchError` naming the difference.
-
-**One writer**: an output is locked (``fcntl.flock`` on ``<output>.lock``, which holds the
-writer's pid) while a run writes it; a second run gets :class:`OutputBusyError`.
-"""
+"""``embed --output FILE``: vectors in ``.npy`` (plus ``<stem>.paths.jsonl``), ``.npz`` or
+``.parquet``, through a journal that makes a run resumable and its end one atomic step; the
+run's settings recorded, and compared on ``resume``. See :mod:`fastalex.outputs`."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import io
 import json
 import os
-import time
 
 import numpy as np
 
-from ._optional import install_hint
-from .errors import FastalexError
+from .._optional import install_hint
+from .durable import (FULL, Appender, DiskFullError, JournalError, Lock, OutputError, RunMismatchError,
+                      check_output_path, fsync_append, fsync_dir, not_a_record, scan_numbered, write_all)
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: no locking
-    fcntl = None
-
-__all__ = ["JsonLinesOutput", "VectorOutput", "check_vector_path", "VECTOR_FORMATS", "PARQUET_HINT",
-           "read_vectors", "read_run", "OutputError", "OutputBusyError", "RunMismatchError", "JournalError",
-           "DiskFullError", "check_output_path"]
+__all__ = ["VectorOutput", "check_vector_path", "read_vectors", "read_run", "paths_file", "legacy_paths_file",
+           "VECTOR_FORMATS", "PARQUET_HINT"]
 
 PARQUET_HINT = install_hint("parquet")
+
+
 VECTOR_FORMATS = (".npy", ".npz", ".parquet")
-FLUSH_SECONDS = 2.0
+
+
 JOURNAL_VERSION = 2
+
+
 PATHS_VERSION = 2
+
+
 _PARQUET_RUN_KEY = b"fastalex.run"
 
-
-class OutputError(FastalexError, ValueError):
-    """An output (or its journal) that this run cannot use as asked: the CLI exits 2."""
-
-
-class OutputBusyError(OutputError):
-    """Another run is writing the same output."""
-
-
-class RunMismatchError(OutputError):
-    """``resume`` with settings other than those of the run that made the output."""
-
-
-class JournalError(OutputError):
-    """A journal (or JSON-lines output) line that is JSON but not one of its records."""
-
-
-class DiskFullError(FastalexError, OSError):
-    """No space left while writing an output or its journal (the journal keeps what was done)."""
-
-    def __init__(self, message):
-        super().__init__(message)
-        self.errno = errno.ENOSPC
-
-    def __str__(self):
-        return self.args[0]
-
-
-_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _fsync_append(fd, data: bytes):
-    _write_all(fd, data)
-    os.fsync(fd)
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def check_output_path(path, option="--output"):
-    """``path`` as an output file: OutputError if it is a folder or its folder does not exist."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise OutputError(f"{option} {path}: is a directory; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise OutputError(f"{option} {path}: the directory {parent} does not exist")
-    return path
-
-
-def scan_jsonl(path, repair=False):
-    """The records of a JSON-lines file, skipping unparsable lines. With ``repair``, an
-    incomplete last line (a write cut short) is truncated off the file."""
-    return [r for _, r in _scan_numbered(path, repair)]
-
-
-def _scan_numbered(path, repair=False):
-    """``(line number, record)`` of each parsable line (see :func:`scan_jsonl`)."""
-    records, good = [], 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.endswith(b"\n"):
-                break  # torn: only the last line can lack its newline
-            good += len(line)
-            try:
-                records.append((number, json.loads(line)))
-            except ValueError:
-                continue
-    if repair and good < os.path.getsize(path):
-        with open(path, "r+b") as f:
-            f.truncate(good)
-            os.fsync(f.fileno())
-    return records
-
-
-def _not_a_record(path, number, record, what, fix):
-    text = json.dumps(record)
-    text = text if len(text) <= 60 else text[:57] + "..."
-    return JournalError(f"{path} line {number}: {text} is not {what}; {fix}")
-
-
-# ----------------------------------------------------------------------------- the lock
-
-class _Lock:
-    """An exclusive ``flock`` on ``<path>.lock`` (holding this process's pid) while a run writes
-    ``path``. Released (and the lock file removed) by :meth:`release`; a killed process's lock
-    is released by the kernel."""
-
-    def __init__(self, path):
-        self.path = os.fspath(path) + ".lock"
-        self.fd = None
-        if fcntl is None:  # pragma: no cover
-            return
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                owner = _read_pid(fd)
-                os.close(fd)
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                who = f"pid {owner}" if owner else "another process"
-                raise OutputBusyError(f"{path} is being written by another fastalex run ({who}, "
-                                      f"holding {self.path}); wait for it to end, or write to another "
-                                      f"file") from None
-            try:  # the lock file we hold must still be the one at that name (a run that ended removes it)
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        _write_all(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-
-    def release(self):
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)  # while still holding it: a waiting run re-checks the name
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = None
-
-
-def _read_pid(fd):
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        return None
-    return text if text.isdigit() else None
-
-
-# ----------------------------------------------------------------------------- appending
-
-class _Appender:
-    """Whole lines appended to ``path`` in batches (one write + fsync per flush)."""
-
-    def __init__(self, path, append, flush_every):
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-        self.path = path
-        self.fd = os.open(path, flags, 0o666)
-        if append:
-            os.lseek(self.fd, 0, os.SEEK_END)
-        self.lines: list[str] = []
-        self.flush_every = flush_every
-        self.last = time.monotonic()
-
-    def add(self, line: str):
-        self.lines.append(line + "\n")
-        if len(self.lines) >= self.flush_every or time.monotonic() - self.last > FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self):
-        if self.lines and self.fd is not None:
-            data, self.lines = "".join(self.lines).encode("utf-8", "surrogateescape"), []
-            try:
-                _fsync_append(self.fd, data)
-            except OSError as exc:  # the lines are dropped: at worst a torn last line, cut off on resume
-                if exc.errno in _FULL:
-                    raise DiskFullError(f"no space left on the device writing {self.path}: free some "
-                                        f"space, then rerun with --resume (what was written is kept)") from None
-                raise
-        self.last = time.monotonic()
-
-    def close(self):
-        if self.fd is not None:
-            try:
-                self.flush()
-            finally:
-                os.close(self.fd)
-                self.fd = None
-
-
-class JsonLinesOutput:
-    """``classify --output FILE``: JSON lines; ``done`` holds the paths already in it (resume)."""
-
-    def __init__(self, path, resume=False, flush_every=16):
-        self.path = check_output_path(path)
-        self.done: set = set()
-        self._lock = _Lock(self.path)
-        try:
-            exists = os.path.exists(self.path)
-            if resume and exists:
-                for number, r in _scan_numbered(self.path, repair=True):
-                    if not (isinstance(r, dict) and isinstance(r.get("path", ""), str)
-                            and ("path" in r or isinstance(r.get("input"), int))):
-                        raise _not_a_record(self.path, number, r, 'a record ({"path": ..., ...})',
-                                            "fix or delete that line, or start a new file without --resume")
-                    if "path" in r:
-                        self.done.add(r["path"])
-            self._out = _Appender(self.path, append=resume and exists, flush_every=flush_every)
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def write(self, line: str):
-        self._out.add(line)
-
-    def finish(self):
-        self.close()
-
-    def close(self):
-        try:
-            self._out.close()
-        finally:
-            self._lock.release()
-
-
-# ----------------------------------------------------------------------------- vectors
 
 def check_vector_path(path) -> str:
     """The format (extension) of a vector output; ValueError for an unknown extension,
@@ -309,7 +51,7 @@ def _format(path):
 
 
 def _pyarrow():
-    from ._optional import require
+    from .._optional import require
     require("pyarrow.parquet", extra="parquet", purpose="writing .parquet")
     return require("pyarrow", extra="parquet", purpose="writing .parquet")
 
@@ -443,7 +185,7 @@ class _Commit:
                 os.unlink(os.path.join(folder, name))
             except FileNotFoundError:
                 pass
-        _fsync_dir(os.path.join(folder, "x"))
+        fsync_dir(os.path.join(folder, "x"))
 
     @staticmethod
     def valid(record):
@@ -473,7 +215,7 @@ class VectorOutput:
         self.run = run
         self.done: set = set()
         self.dim = None
-        self._lock = _Lock(self.path)
+        self._lock = Lock(self.path)
         try:
             self._open(resume, flush_every)
         except BaseException:
@@ -518,22 +260,22 @@ class VectorOutput:
                                   f"{self.journal} vectors of {dim}; delete the journal to keep the output")
             self.dim = dim
         append = bool(resume and os.path.exists(self.journal))
-        self._out = _Appender(self.journal, append=append, flush_every=flush_every)
+        self._out = Appender(self.journal, append=append, flush_every=flush_every)
         if not append or header is None and not records:
             if append:  # an empty journal: start it again with its header
                 os.ftruncate(self._out.fd, 0)
             head = {"fastalex": "embed journal", "version": JOURNAL_VERSION, "output": os.path.basename(self.path),
                     "replaces": not self._base, "run": self.run}
-            _fsync_append(self._out.fd, (json.dumps(head, ensure_ascii=True) + "\n").encode("ascii"))
+            fsync_append(self._out.fd, (json.dumps(head, ensure_ascii=True) + "\n").encode("ascii"))
 
     def _read_journal(self):
         """``(header, [(line, record)], commit)`` of the journal; JournalError for a line that is
         JSON but not one of its lines."""
         header, records, commit, dim = None, [], None, self.dim
         fix = "delete that line (its image is embedded again), or the journal to start over"
-        for number, r in _scan_numbered(self.journal, repair=True):
+        for number, r in scan_numbered(self.journal, repair=True):
             if commit is not None:
-                raise _not_a_record(self.journal, number, r, "expected after a commit line", fix)
+                raise not_a_record(self.journal, number, r, "expected after a commit line", fix)
             if isinstance(r, dict) and r.get("fastalex") == "embed journal" and number == 1:
                 if r.get("version") != JOURNAL_VERSION:
                     raise JournalError(f"{self.journal}: journal version {r.get('version')!r}, this fastalex "
@@ -542,7 +284,7 @@ class VectorOutput:
                 continue
             if isinstance(r, dict) and "commit" in r:
                 if not _Commit.valid(r):
-                    raise _not_a_record(self.journal, number, r, "a valid commit line", fix)
+                    raise not_a_record(self.journal, number, r, "a valid commit line", fix)
                 commit = r
                 continue
             ok = isinstance(r, dict) and isinstance(r.get("path"), str) and isinstance(r.get("vector"), str)
@@ -558,7 +300,7 @@ class VectorOutput:
                                        f"of {dim}; {fix}")
                 dim = n if ok else dim
             if not ok:
-                raise _not_a_record(self.journal, number, r,
+                raise not_a_record(self.journal, number, r,
                                     'a vector record ({"path": "...", "vector": "<base64>"})', fix)
             records.append((number, r))
         return header, records, commit
@@ -622,7 +364,7 @@ class VectorOutput:
             fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND)
             size = os.fstat(fd).st_size
             try:
-                _fsync_append(fd, (json.dumps(commit, ensure_ascii=True) + "\n").encode("ascii"))
+                fsync_append(fd, (json.dumps(commit, ensure_ascii=True) + "\n").encode("ascii"))
             except BaseException:
                 os.ftruncate(fd, size)  # no commit line: the parts below are deleted
                 raise
@@ -634,14 +376,14 @@ class VectorOutput:
                     os.unlink(part)
                 except OSError:
                     pass
-            if isinstance(exc, OSError) and exc.errno in _FULL:
+            if isinstance(exc, OSError) and exc.errno in FULL:
                 raise DiskFullError(f"no space left on the device writing {self.path} (about "
                                     f"{_mib(len(paths) * dim * 4)} MiB): nothing was replaced; free some space, "
                                     f"then rerun with --resume ({self.journal} keeps every vector)") from None
             raise
         _Commit.apply(self.folder, commit, self.journal)  # the commit line is durable: from here a rerun completes it
         os.unlink(self.journal)
-        _fsync_dir(self.journal)
+        fsync_dir(self.journal)
 
     def _journal_source(self):
         if not os.path.exists(self.journal):
@@ -665,7 +407,7 @@ class VectorOutput:
             try:
                 os.posix_fallocate(fd, 0, size)
             except OSError as exc:
-                if exc.errno in _FULL:
+                if exc.errno in FULL:
                     os.close(fd)
                     raise
         return fd
@@ -682,9 +424,9 @@ class VectorOutput:
         head = header.getvalue()
         fd = self._create(part, len(head) + len(paths) * dim * 4)
         try:  # ordinary writes (a memmap of a sparse file dies of SIGBUS on a full disk)
-            _write_all(fd, head)
+            write_all(fd, head)
             for r in rows:
-                _write_all(fd, r.tobytes())
+                write_all(fd, r.tobytes())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -694,7 +436,7 @@ class VectorOutput:
         data = ("\n".join(lines) + "\n").encode("ascii")
         fd = self._create(part_paths, len(data))
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
