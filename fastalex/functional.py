@@ -1,7 +1,7 @@
 """Stateless operations on float32 NCHW arrays, with ``torch.nn.functional``'s names and semantics.
 
-Each function validates its arguments, converts the input to C-contiguous float32, and hands
-it to the chosen backend (``backend=None`` is the default one, see :mod:`fastalex.backends`).
+Each function validates its arguments (with :mod:`fastalex.checks`, which the layers'
+constructors use too), converts the input to C-contiguous float32, and hands it to the chosen backend (``backend=None`` is the default one, see :mod:`fastalex.backends`).
 This module is the only place that chooses between backends.
 
 A single image ``(C, H, W)`` is accepted wherever a batch ``(N, C, H, W)`` is, and gives a
@@ -17,8 +17,10 @@ import numpy as np
 
 from .backends import get_backend, get_backend_name
 from .backends.contract import hook
+from .checks import (as_float32, check_activation, check_bias, check_conv_args, check_dropout_p, check_groups,
+                     check_int, check_lrn_args, check_output_size, check_pool_args, image_batch, shape_str)
 from .lowp import LowpWeight, check_precision
-from .shapes import INT64_MAX, check_allocatable, conv_output_size, padding_sides, pool_output_size
+from .shapes import check_allocatable, conv_output_size, padding_sides, pool_output_size
 
 __all__ = [
     "pad", "conv2d", "prepare_conv2d", "ConvPlan", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
@@ -26,91 +28,11 @@ __all__ = [
     "linear", "relu", "softmax", "flatten", "dropout",
 ]
 
-ACTIVATIONS = (None, "relu")
 
-
-# ----------------------------------------------------------------------------- validation
-
-def _shape(a) -> str:
-    return "(" + ", ".join(str(d) for d in a.shape) + ")"
-
-
-def _as_float32(x, op, name="input"):
-    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous:
-        return x
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{op}: {name} cannot be converted to an array: {exc}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"{op}: {name} must be numeric, got dtype {arr.dtype}")
-    if np.iscomplexobj(arr):
-        raise TypeError(f"{op}: {name} must be real, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def _image_batch(x, op):
-    """Return ``(batch, squeezed)``: a 4-D float32 array and whether a batch axis was added."""
-    x = _as_float32(x, op)
-    if x.ndim == 3:
-        return x[None], True
-    if x.ndim != 4:
-        raise ValueError(f"{op}: input must be (N, C, H, W) or (C, H, W), got shape {_shape(x)}")
-    return x, False
-
+# ----------------------------------------------------------------------------- helpers
 
 def _unbatch(y, squeezed):
     return y[0] if squeezed else y
-
-
-def _pair(value, op, name, minimum):
-    """Normalize an int or a pair of ints to a pair, checking ``minimum <= v <= 2**63 - 1``."""
-    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
-        if minimum <= value[0] <= INT64_MAX and minimum <= value[1] <= INT64_MAX:
-            return value  # the common case (layers keep their pairs), without the ABC checks below
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        pair = (int(value), int(value))
-    elif (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        rule = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{op}: {name} must be {rule}, got {value!r}")
-    if max(pair) > INT64_MAX:
-        raise ValueError(f"{op}: {name} must be at most 2**63 - 1, got {value!r}")
-    return pair
-
-
-def check_int(value, op, name, minimum=1):
-    """A Python int checked ``minimum <= value <= 2**63 - 1`` (``minimum=None``: no lower bound)."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
-    if minimum is not None and value < minimum:
-        rule = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"{op}: {name} must be {rule}, got {value!r}")
-    if value > INT64_MAX:
-        raise ValueError(f"{op}: {name} must be at most 2**63 - 1, got {value!r}")
-    return int(value)
-
-
-def check_padding(value, op, name="padding"):
-    """An int, an ``(h, w)`` pair or a 4-tuple ``(left, right, top, bottom)`` (:func:`pad`'s
-    order), each ``0 <= v <= 2**63 - 1``, normalized to a pair or a 4-tuple of ints."""
-    if (isinstance(value, (tuple, list)) and len(value) == 4
-            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
-        sides = tuple(int(v) for v in value)
-        if min(sides) < 0:
-            raise ValueError(f"{op}: {name} must be non-negative, got {value!r}")
-        if max(sides) > INT64_MAX:
-            raise ValueError(f"{op}: {name} must be at most 2**63 - 1, got {value!r}")
-        return sides
-    try:
-        return _pair(value, op, name, 0)
-    except TypeError:
-        raise TypeError(f"{op}: {name} must be an int, a pair of ints or a 4-tuple "
-                        f"(left, right, top, bottom), got {value!r}") from None
 
 
 def _split_padding(padding):
@@ -122,93 +44,6 @@ def _split_padding(padding):
     return sym, extra
 
 
-def _activation(activation, op):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
-    return activation == "relu"
-
-
-# the layers' constructors use these too (see "hyper-parameters" below)
-check_pair, check_activation = _pair, _activation
-
-
-def _bias(bias, out_features, op):
-    if bias is None:
-        return None
-    bias = _as_float32(bias, op, "bias")
-    if bias.shape != (out_features,):
-        raise ValueError(f"{op}: bias must have shape ({out_features},) to match the weight, "
-                         f"got {_shape(bias)}")
-    return bias
-
-
-# ----------------------------------------------------------------------------- hyper-parameters
-# The checks of the ops' hyper-parameters, in one place: the ops below and the layers'
-# constructors (fastalex.layers) call these, so a bad layer fails when it is built, with the
-# message the functional call would give.
-
-def check_conv_args(stride=1, padding=0, dilation=1, groups=1, activation=None, op="conv2d"):
-    """``(stride, padding, dilation, groups, relu)`` checked and normalized: pairs of ints
-    (stride and dilation positive), ``padding`` a non-negative pair or 4-tuple
-    ``(left, right, top, bottom)`` (see :func:`check_padding`), ``groups`` a positive int,
-    ``activation`` None or ``"relu"`` (``relu`` is a bool)."""
-    return (_pair(stride, op, "stride", 1), check_padding(padding, op),
-            _pair(dilation, op, "dilation", 1), check_int(groups, op, "groups", 1),
-            _activation(activation, op))
-
-
-def check_groups(groups, in_channels, out_channels, op="conv2d", shapes=""):
-    """``groups`` must divide both channel counts (``shapes``: context for the message)."""
-    if in_channels % groups or out_channels % groups:
-        raise ValueError(f"{op}: groups={groups} must divide both the input channels ({in_channels}) "
-                         f"and the output channels ({out_channels}){shapes}")
-
-
-def check_pool_args(kernel_size, stride=None, padding=0, op="max_pool2d"):
-    """``(kernel, stride, padding)`` of a max/avg pooling (``stride=None``: the kernel): kernel
-    and stride as pairs, padding as a pair or a 4-tuple ``(left, right, top, bottom)`` (see
-    :func:`check_padding`). An int/pair padding follows torch (at most half the kernel); a
-    4-tuple follows ONNX (each side smaller than the kernel)."""
-    kernel = _pair(kernel_size, op, "kernel_size", 1)
-    stride = kernel if stride is None else _pair(stride, op, "stride", 1)
-    padding = check_padding(padding, op)
-    if len(padding) == 2 and (padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2):
-        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
-    sides = padding_sides(padding)
-    if len(padding) == 4 and (max(sides[0]) >= kernel[0] or max(sides[1]) >= kernel[1]):
-        raise ValueError(f"{op}: padding {padding} (left, right, top, bottom) must be smaller than "
-                         f"the kernel size {kernel} on each side")
-    return kernel, stride, padding
-
-
-def check_output_size(output_size, op="adaptive_avg_pool2d"):
-    """An adaptive pooling's ``output_size`` as a pair of positive ints or None (None keeps
-    that side of the input)."""
-    if isinstance(output_size, (tuple, list)) and len(output_size) == 2 and None in output_size:
-        return tuple(None if s is None else _pair(s, op, "output_size", 1)[0] for s in output_size)
-    return _pair(output_size, op, "output_size", 1)
-
-
-def check_lrn_args(size, alpha=1e-4, beta=0.75, k=1.0, op="local_response_norm"):
-    """``(size, alpha, beta, k)``: a positive int and three finite floats."""
-    size = check_int(size, op, "size", 1)
-    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            raise TypeError(f"{op}: {name} must be a number, got {value!r}")
-        if not np.isfinite(value):
-            raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
-    return size, float(alpha), float(beta), float(k)
-
-
-def check_dropout_p(p, op="dropout"):
-    """Dropout's ``p``: a number in ``[0, 1]``."""
-    if not isinstance(p, numbers.Real) or isinstance(p, bool):
-        raise TypeError(f"{op}: p must be a number between 0 and 1, got {p!r}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{op}: p must be between 0 and 1, got {p!r}")
-    return float(p)
-
-
 # ----------------------------------------------------------------------------- padding
 
 def pad(x, pad, mode="constant", value=0.0):
@@ -217,7 +52,7 @@ def pad(x, pad, mode="constant", value=0.0):
     so on; non-negative ints. Only ``mode="constant"``. The same copy on every backend.
     """
     op = "pad"
-    x = _as_float32(x, op)
+    x = as_float32(x, op)
     if mode != "constant":
         raise ValueError(f"{op}: only mode='constant' is supported, got {mode!r}")
     if (not isinstance(pad, (tuple, list)) or len(pad) % 2 or not pad
@@ -225,7 +60,7 @@ def pad(x, pad, mode="constant", value=0.0):
         raise TypeError(f"{op}: pad must be a tuple of an even number of ints "
                         f"((left, right) or (left, right, top, bottom)), got {pad!r}")
     if len(pad) // 2 > x.ndim:
-        raise ValueError(f"{op}: pad {tuple(pad)} pads {len(pad) // 2} axes but the input has shape {_shape(x)}")
+        raise ValueError(f"{op}: pad {tuple(pad)} pads {len(pad) // 2} axes but the input has shape {shape_str(x)}")
     if min(pad) < 0:
         raise ValueError(f"{op}: pad must be non-negative, got {tuple(pad)}")
     if not isinstance(value, numbers.Real):
@@ -270,14 +105,14 @@ def prepare_conv2d(weight, bias=None, stride=1, dilation=1, groups=1, backend=No
     once planned, so a change is an assignment of new arrays, which makes a new plan.
     """
     op = "prepare_conv2d"
-    weight = _as_float32(weight, op, "weight")
+    weight = as_float32(weight, op, "weight")
     if weight.ndim != 4 or min(weight.shape) < 1:
         raise ValueError(f"{op}: weight must be (out_channels, in_channels/groups, kh, kw), "
-                         f"got shape {_shape(weight)}")
+                         f"got shape {shape_str(weight)}")
     stride, _, dilation, groups, _ = check_conv_args(stride, 0, dilation, groups, op=op)
     if weight.shape[0] % groups:
-        raise ValueError(f"{op}: groups={groups} must divide the output channels of weight {_shape(weight)}")
-    bias = _bias(bias, weight.shape[0], op)
+        raise ValueError(f"{op}: groups={groups} must divide the output channels of weight {shape_str(weight)}")
+    bias = check_bias(bias, weight.shape[0], op)
     precision = check_precision(precision, op)
     name = get_backend_name() if backend is None else backend
     impl = get_backend(name)
@@ -307,30 +142,30 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     """
     op = "conv2d"
     precision = check_precision(precision, op)
-    x, squeezed = _image_batch(x, op)
-    weight = _as_float32(weight, op, "weight")
+    x, squeezed = image_batch(x, op)
+    weight = as_float32(weight, op, "weight")
     if weight.ndim != 4:
         raise ValueError(f"{op}: weight must be (out_channels, in_channels/groups, kh, kw), "
-                         f"got shape {_shape(weight)}")
+                         f"got shape {shape_str(weight)}")
     stride, padding, dilation, groups, relu_ = check_conv_args(stride, padding, dilation, groups, activation)
     N, C, H, W = x.shape
     out_ch, cin_g, kh, kw = weight.shape
-    check_groups(groups, C, out_ch, op, f"; input {_shape(x)}, weight {_shape(weight)}")
+    check_groups(groups, C, out_ch, op, f"; input {shape_str(x)}, weight {shape_str(weight)}")
     if cin_g * groups != C:
-        raise ValueError(f"{op}: input has {C} channels but weight {_shape(weight)} with "
+        raise ValueError(f"{op}: input has {C} channels but weight {shape_str(weight)} with "
                          f"groups={groups} expects {cin_g * groups}")
     if min(out_ch, kh, kw) < 1:
-        raise ValueError(f"{op}: weight has an empty dimension: {_shape(weight)}")
+        raise ValueError(f"{op}: weight has an empty dimension: {shape_str(weight)}")
     span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
     sides = padding_sides(padding)
     padded = (H + sum(sides[0]), W + sum(sides[1]))
     if span[0] > padded[0] or span[1] > padded[1]:
         raise ValueError(f"{op}: kernel {kh}x{kw} (dilation {dilation}, spanning {span[0]}x{span[1]}) "
-                         f"is larger than the padded input {padded[0]}x{padded[1]}; input {_shape(x)}")
+                         f"is larger than the padded input {padded[0]}x{padded[1]}; input {shape_str(x)}")
     check_allocatable(op, (N, out_ch) + tuple(conv_output_size(n, k, s, p[0], d, padding_end=p[1])
                                               for n, k, s, p, d in zip((H, W), (kh, kw), stride, sides, dilation)))
     check_allocatable(op, (N, C) + padded, "zero-padded input")  # the reference backend makes it
-    bias = _bias(bias, out_ch, op)
+    bias = check_bias(bias, out_ch, op)
     padding, extra = _split_padding(padding)
     if any(extra):  # uneven padding: pad the difference first, the backend pads the rest
         x = pad(x, extra)
@@ -364,7 +199,7 @@ def _pool_args(x, kernel_size, stride, padding, ceil_mode, op):
                 for n, k, s, p in zip((H, W), kernel, stride, sides))
     if min(out) < 1:  # torch's rule: ceil_mode may keep one window that overhangs the input
         raise ValueError(f"{op}: kernel_size {kernel} is larger than the padded input "
-                         f"{H + sum(sides[0])}x{W + sum(sides[1])}; input {_shape(x)}")
+                         f"{H + sum(sides[0])}x{W + sum(sides[1])}; input {shape_str(x)}")
     check_allocatable(op, x.shape[:2] + out)
     if len(padding) == 4:  # the uneven part is padded first (see max_pool2d, avg_pool2d)
         check_allocatable(op, x.shape[:2] + (H + sum(sides[0]), W + sum(sides[1])), "padded input")
@@ -393,7 +228,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, backend=
     ``padding`` may also be a 4-tuple ``(left, right, top, bottom)`` (ONNX's uneven pads).
     """
     op = "max_pool2d"
-    x, squeezed = _image_batch(x, op)
+    x, squeezed = image_batch(x, op)
     kernel, stride, padding, out = _pool_args(x, kernel_size, stride, padding, ceil_mode, op)
     padding, extra = _split_padding(padding)
     if any(extra):  # padding never wins a max: pad the difference with -inf, the backend the rest
@@ -411,7 +246,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     inside the input, never those of the ``ceil_mode`` overhang, as ONNX Runtime does.
     """
     op = "avg_pool2d"
-    x, squeezed = _image_batch(x, op)
+    x, squeezed = image_batch(x, op)
     kernel, stride, padding, out = _pool_args(x, kernel_size, stride, padding, ceil_mode, op)
     sides = padding_sides(padding)
     H, W = x.shape[2:]
@@ -433,11 +268,11 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 def adaptive_avg_pool2d(x, output_size, backend=None):
     """Adaptive average pooling to ``output_size`` (an int or a pair; None keeps that side)."""
     op = "adaptive_avg_pool2d"
-    x, squeezed = _image_batch(x, op)
+    x, squeezed = image_batch(x, op)
     H, W = x.shape[2:]
     size = tuple(n if s is None else s for s, n in zip(check_output_size(output_size, op), (H, W)))
     if H < 1 or W < 1:
-        raise ValueError(f"{op}: input must have a non-empty spatial size, got {_shape(x)}")
+        raise ValueError(f"{op}: input must have a non-empty spatial size, got {shape_str(x)}")
     check_allocatable(op, x.shape[:2] + size)
     y = get_backend(backend).adaptive_avg_pool2d(x, size)
     return _unbatch(y, squeezed)
@@ -458,7 +293,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, backend=None):
     ``b_c = a_c / (k + alpha/size * sum of a_j^2 over j in [c - size//2, c + (size-1)//2])^beta``.
     """
     op = "local_response_norm"
-    x, squeezed = _image_batch(x, op)
+    x, squeezed = image_batch(x, op)
     size, alpha, beta, k = check_lrn_args(size, alpha, beta, k, op)
     y = get_backend(backend).local_response_norm(x, size, alpha, beta, k)
     return _unbatch(y, squeezed)
@@ -482,7 +317,7 @@ def prepare_linear(weight, bias=None, precision="bfloat16", backend=None) -> Lin
     op = "prepare_linear"
     precision = check_precision(precision, op)
     w = _dense_weight(weight, op)
-    bias = _bias(bias, w.shape[0], op)
+    bias = check_bias(bias, w.shape[0], op)
     name = get_backend_name() if backend is None else backend
     data = get_backend(name).prepare_bf16(_float_weight(w), bias, None, None, 1) \
         if precision == "bfloat16" else None
@@ -490,9 +325,9 @@ def prepare_linear(weight, bias=None, precision="bfloat16", backend=None) -> Lin
 
 
 def _dense_weight(weight, op):
-    w = weight if isinstance(weight, LowpWeight) else _as_float32(weight, op, "weight")
+    w = weight if isinstance(weight, LowpWeight) else as_float32(weight, op, "weight")
     if w.ndim != 2:
-        raise ValueError(f"{op}: weight must be (out_features, in_features), got {_shape(w)}")
+        raise ValueError(f"{op}: weight must be (out_features, in_features), got {shape_str(w)}")
     return w
 
 
@@ -514,22 +349,22 @@ def linear(x, weight, bias=None, activation=None, backend=None, precision="float
     """
     op = "linear"
     precision = check_precision(precision, op)
-    x = _as_float32(x, op)
+    x = as_float32(x, op)
     squeezed = x.ndim == 1
     if squeezed:
         x = x[None]
     if x.ndim != 2:
         raise ValueError(f"{op}: input must be (N, in_features) or (in_features,), got shape "
-                         f"{_shape(x)} (flatten it first)")
+                         f"{shape_str(x)} (flatten it first)")
     lowp = isinstance(weight, LowpWeight)
     if not lowp:
-        weight = _as_float32(weight, op, "weight")
+        weight = as_float32(weight, op, "weight")
     if weight.ndim != 2:
-        raise ValueError(f"{op}: weight must be (out_features, in_features), got {_shape(weight)}")
+        raise ValueError(f"{op}: weight must be (out_features, in_features), got {shape_str(weight)}")
     if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"{op}: input has {x.shape[1]} features but weight {_shape(weight)} "
-                         f"expects {weight.shape[1]}; input {_shape(x)}")
-    bias = _bias(bias, weight.shape[0], op)
+        raise ValueError(f"{op}: input has {x.shape[1]} features but weight {shape_str(weight)} "
+                         f"expects {weight.shape[1]}; input {shape_str(x)}")
+    bias = check_bias(bias, weight.shape[0], op)
     check_allocatable(op, (x.shape[0], weight.shape[0]))
     impl = get_backend(backend)
     if precision == "bfloat16":
@@ -543,25 +378,25 @@ def linear(x, weight, bias=None, activation=None, backend=None, precision="float
                 raise ValueError(f"{op}: the plan was prepared for another weight, bias, backend or "
                                  f"precision (make a new one with prepare_linear)")
             data = plan.data
-        y = impl.linear_bf16(x, _float_weight(weight), bias, _activation(activation, op), data)
+        y = impl.linear_bf16(x, _float_weight(weight), bias, check_activation(activation, op), data)
         return y[0] if squeezed else y
-    y = (impl.linear_lowp if lowp else impl.linear)(x, weight, bias, _activation(activation, op))
+    y = (impl.linear_lowp if lowp else impl.linear)(x, weight, bias, check_activation(activation, op))
     return y[0] if squeezed else y
 
 
 def relu(x, backend=None):
     """``max(x, 0)`` elementwise."""
-    return get_backend(backend).relu(_as_float32(x, "relu"))
+    return get_backend(backend).relu(as_float32(x, "relu"))
 
 
 def softmax(x, axis=-1):
     """Numerically stable softmax along ``axis`` (the max is subtracted before ``exp``)."""
-    x = _as_float32(x, "softmax")
+    x = as_float32(x, "softmax")
     if x.ndim == 0:
         raise ValueError("softmax: input must have at least one axis, got a scalar")
     check_int(axis, "softmax", "axis", minimum=None)
     if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"softmax: axis {axis} is out of range for input of shape {_shape(x)}")
+        raise ValueError(f"softmax: axis {axis} is out of range for input of shape {shape_str(x)}")
     if x.size == 0:  # nothing to normalize (torch returns the empty tensor)
         return x.copy()
     shifted = x - x.max(axis=axis, keepdims=True)
@@ -571,10 +406,10 @@ def softmax(x, axis=-1):
 
 def flatten(x, start_dim=1):
     """Flatten all axes from ``start_dim`` on (``(N, C, H, W) -> (N, C*H*W)`` by default)."""
-    x = _as_float32(x, "flatten")
+    x = as_float32(x, "flatten")
     check_int(start_dim, "flatten", "start_dim", minimum=None)
     if not 0 <= start_dim < max(x.ndim, 1):
-        raise ValueError(f"flatten: start_dim {start_dim} is out of range for input of shape {_shape(x)}")
+        raise ValueError(f"flatten: start_dim {start_dim} is out of range for input of shape {shape_str(x)}")
     return x.reshape(x.shape[:start_dim] + (-1,))
 
 
@@ -583,4 +418,4 @@ def dropout(x, p=0.5, training=False):
     check_dropout_p(p)
     if training:
         raise NotImplementedError("dropout: fastalex runs inference only; training=True is not supported")
-    return _as_float32(x, "dropout")
+    return as_float32(x, "dropout")

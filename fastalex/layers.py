@@ -26,6 +26,8 @@ import math
 import numpy as np
 
 from . import functional as F
+from .checks import (check_activation, check_conv_args, check_dropout_p, check_groups, check_int, check_lrn_args,
+                     check_output_size, check_pair, check_pool_args)
 from .lowp import check_precision, check_precision_and_weights, check_weight_dtype, pack
 from .shapes import conv_output_size, padding_sides
 
@@ -144,13 +146,13 @@ class Conv2D(_Parametric):
         super().__init__()
         op = "conv2d"
         self.precision = check_precision(precision, op)
-        stride, padding, dilation, groups, _ = F.check_conv_args(stride, padding, dilation, groups,
+        stride, padding, dilation, groups, _ = check_conv_args(stride, padding, dilation, groups,
                                                                 activation, op)
-        in_channels = F.check_int(in_channels, op, "in_channels", 1)
-        out_channels = F.check_int(out_channels, op, "out_channels", 1)
-        F.check_groups(groups, in_channels, out_channels, op)
+        in_channels = check_int(in_channels, op, "in_channels", 1)
+        out_channels = check_int(out_channels, op, "out_channels", 1)
+        check_groups(groups, in_channels, out_channels, op)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = F.check_pair(kernel_size, op, "kernel_size", 1)
+        self.kernel_size = check_pair(kernel_size, op, "kernel_size", 1)
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.activation = activation
         self.weight_shape = (out_channels, in_channels // groups) + self.kernel_size
@@ -234,9 +236,9 @@ class Dense(_Parametric):
         op = "linear"
         check_precision_and_weights(precision, weight_dtype, op)
         self.precision = precision
-        F.check_activation(activation, op)
-        in_features = F.check_int(in_features, op, "in_features", 1)
-        out_features = F.check_int(out_features, op, "out_features", 1)
+        check_activation(activation, op)
+        in_features = check_int(in_features, op, "in_features", 1)
+        out_features = check_int(out_features, op, "out_features", 1)
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         self.weight_shape = (out_features, in_features)
         self._weight_dtype = "float32"
@@ -353,7 +355,7 @@ class _Pool(Layer):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = F.check_pool_args(kernel_size, stride, padding, self.op)
+        self.kernel_size, self.stride, self.padding = check_pool_args(kernel_size, stride, padding, self.op)
         self.ceil_mode = bool(ceil_mode)
 
     def output_shape(self, input_shape):
@@ -401,7 +403,7 @@ class AdaptiveAvgPool2D(Layer):
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = F.check_output_size(output_size)
+        self.output_size = check_output_size(output_size)
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
@@ -419,7 +421,7 @@ class LocalResponseNorm(Layer):
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = F.check_lrn_args(size, alpha, beta, k)
+        self.size, self.alpha, self.beta, self.k = check_lrn_args(size, alpha, beta, k)
 
     def forward(self, x):
         return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k, backend=self.backend)
@@ -439,7 +441,7 @@ class ReLU(Layer):
 class Softmax(Layer):
     def __init__(self, axis=-1):
         super().__init__()
-        self.axis = F.check_int(axis, "softmax", "axis", minimum=None)
+        self.axis = check_int(axis, "softmax", "axis", minimum=None)
 
     def forward(self, x):
         return F.softmax(x, self.axis)
@@ -460,7 +462,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5):
         super().__init__()
-        self.p = F.check_dropout_p(p)
+        self.p = check_dropout_p(p)
 
     def forward(self, x):
         return F.dropout(x, self.p, training=False)
