@@ -1,7 +1,6 @@
 """fastalex.classify and fastalex.labels, with a tiny model so the pipeline is what is tested."""
 
 import json
-import sys
 import time
 
 import numpy as np

@@ -267,10 +267,9 @@ def test_cli_local_cluster_shows_only_critical_worker_logs(monkeypatch):
     import logging
 
     import fastalex.distributed as D
-    from fastalex import cli
+    from fastalex.cli import run
 
     seen = {}
     monkeypatch.setattr(D, "local_cluster", lambda workers, **kwargs: seen.update(workers=workers, **kwargs))
-    from fastalex.cli import run
     run._cluster(argparse.Namespace(workers=2, scheduler=None))
     assert seen == {"workers": 2, "silence_logs": logging.CRITICAL}
