@@ -352,6 +352,10 @@ def _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r):
     n, c = r // C, r % C
     src, dst = x[n, c], y[n, c]
     rowmax = np.empty(W, np.float32)
+    # the columns whose window lies inside the row: one pass per tap over all of them (a loop
+    # over j with a fixed stride, which vectorizes), the others one by one
+    j0 = min(wo, -(-pw // sw))
+    j1 = max(j0, min(wo, (W - kw + pw) // sw + 1))
     for i in range(ho):
         h0 = i * sh - ph
         h1 = min(h0 + kh, H)
@@ -363,7 +367,17 @@ def _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r):
                 v = src[h, q]
                 m = rowmax[q]
                 rowmax[q] = v if (v > m or v != v) else m
+        out = dst[i]
+        for j in range(j0, j1):
+            out[j] = rowmax[j * sw - pw]
+        for dq in range(1, kw):
+            for j in range(j0, j1):
+                v = rowmax[j * sw - pw + dq]
+                m = out[j]
+                out[j] = v if (v > m or v != v) else m
         for j in range(wo):
+            if j0 <= j < j1:
+                continue
             w0 = j * sw - pw
             w1 = min(w0 + kw, W)
             w0 = max(w0, 0)
@@ -372,7 +386,7 @@ def _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r):
                 v = rowmax[q]
                 if v > m or v != v:
                     m = v
-            dst[i, j] = m
+            out[j] = m
 
 
 @njit(**_PAR)
