@@ -24,7 +24,7 @@ from fastalex.embedding import iter_embed  # noqa: E402
 from fastalex.models import build  # noqa: E402
 from fastalex.outputs import read_vectors, scan_jsonl  # noqa: E402
 
-from support import assert_agree  # noqa: E402
+from support import assert_agree, assert_same_results  # noqa: E402
 from support.fixture_specs import reduced_spec  # noqa: E402
 
 N = 24
@@ -53,18 +53,6 @@ def client():
 
 def _worker_loads(client):
     return client.run(loads)
-
-
-def assert_same_results(got, expected):
-    """The same paths, errors, classes and labels, in order, and the same probabilities up to
-    float32 rounding: a worker process's BLAS runs on another thread count than this one, and
-    OpenBLAS blocks its sums by thread count on some CPUs (seen: 1.2e-7 apart on an AMD Zen 5)."""
-    assert [r["path"] for r in got] == [r["path"] for r in expected]
-    for g, e in zip(got, expected):
-        probs_g = [t.pop("probability") for t in g.get("top", [])]
-        probs_e = [t.pop("probability") for t in e.get("top", [])]
-        assert g == e
-        np.testing.assert_allclose(probs_g, probs_e, rtol=1e-5, atol=1e-7, err_msg=g["path"])
 
 
 def test_classify_and_embed_on_workers_equal_one_process(photos, model, client):
