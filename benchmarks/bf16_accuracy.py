@@ -5,7 +5,7 @@
 
 Photos: the paths given, plus scikit-image's sample photos when scikit-image is installed
 (``pip install scikit-image``; not a dependency of fastalex). For each variant and each bfloat16
-path (default: every path this CPU has, see ``fastalex.bf16_paths()``), against float32 on the
+path (default: ``tuned``, what a user gets, then every path this CPU has, see ``fastalex.bf16_paths()``), against float32 on the
 same backend (numba) and weights:
 
 * ``max rel logit diff``: ``max|logits_bf16 - logits_f32| / max|logits_f32|`` per image, the
@@ -65,7 +65,7 @@ def compare(variant, weights, paths, files, flip, batch_size):
     rows = []
     model.set_precision("bfloat16")
     for path in paths:
-        fastalex.set_bf16_path(path)
+        fastalex.set_bf16_path(None if path == "tuned" else path)
         low = logits(model)
         rel = np.abs(low - ref).max(axis=1) / np.abs(ref).max(axis=1)
         low5 = np.argsort(-low, axis=1)[:, :5]
@@ -81,7 +81,9 @@ def main(argv=None):
     p.add_argument("--variant", nargs="+", default=["torchvision", "original"],
                    choices=sorted(fastalex.models.VARIANTS))
     p.add_argument("--weights", default=None, help="imagenet or a .npz/.pth file (default: He-init, seed 0)")
-    p.add_argument("--paths", nargs="+", default=None, help="bfloat16 paths (default: all this CPU has)")
+    p.add_argument("--paths", nargs="+", default=None,
+                   help="bfloat16 paths, or 'tuned' (no path set: each layer's product chosen by measurement, "
+                        "what a user gets); default: tuned, then every path this CPU has")
     p.add_argument("--flip", action="store_true", help="also each image mirrored")
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args(argv)
@@ -90,7 +92,7 @@ def main(argv=None):
     files += skimage_photos()
     if not files:
         p.error("no photos: give some, or pip install scikit-image for its sample photos")
-    paths = args.paths or fastalex.bf16_paths()
+    paths = args.paths or ["tuned", *fastalex.bf16_paths()]
     weights = args.weights or "He-normal random (seed 0)"
     print(f"bfloat16 vs float32 logits; weights: {weights}; CPU paths: {', '.join(fastalex.bf16_paths())}")
     print(f"{'variant':<12} {'path':<12} {'images':>6} {'max rel logit diff':>19} {'median':>9} "

@@ -141,6 +141,98 @@ def test_unfused_products_match(path, groups, m, k, n):
     assert_bf16_close(c[:, :m, :n], ref, mag, k, f"{path} gemm")
 
 
+# The schedules a tuned bfloat16 layer may run besides the bf16 units' products (fast.conv2d_bf16,
+# fast.linear_bf16): float32 Winograd on the rounded operands, and the streaming dense kernel on
+# the rounded samples against the bfloat16 weight. Their products are those of the rounded values
+# (exact in float32); the sums are float32, Winograd's with its own error, so they are held to
+# the project's agreement tolerance around the bfloat16 reference, 5x or more tighter than the distance
+# from it of a product of unrounded inputs (checked too).
+TUNED_CONV_GRID = [
+    # N, C, H, W, O, k, stride, padding, groups
+    (1, 3, 27, 27, 32, 11, 4, 2, 1),      # conv1-like: space-to-depth, then F(4, 3)
+    (2, 16, 13, 13, 32, 3, 1, 1, 1),      # F(4, 3)
+    (1, 32, 11, 11, 64, 5, 1, 2, 2),      # F(4, 5), groups
+    (3, 20, 9, 10, 24, 3, 1, 0, 1),       # output channels not a multiple of 32: chunked on sgemm
+]
+
+
+def _agrees(y, ref, what):
+    scale = np.abs(ref).max()
+    err = np.abs(y.astype(np.float64) - ref).max()
+    assert err <= 1e-4 * scale + 1e-5, f"{what}: error {err:.3g} of max {scale:.3g}"
+
+
+@pytest.mark.parametrize("shape", TUNED_CONV_GRID, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("schedule", ["winograd-fused", "winograd-chunked", "winograd-chunked-small"])
+def test_tuned_winograd_schedules_compute_the_rounded_convolution(monkeypatch, shape, schedule):
+    from fastalex.backends import _tune, _winograd
+    N, C, H, W, O, k, s, p, g = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+    w = rng.standard_normal((O, C // g, k, k), dtype=np.float32)
+    b = rng.standard_normal(O, dtype=np.float32)
+    plan = F.prepare_conv2d(w, b, s, groups=g, backend="numba", precision="bfloat16")
+    packed = (O // g) % 32 == 0
+    if schedule == "winograd-fused" and not packed:
+        pytest.skip("the fused schedule needs output channels in multiples of 32")
+    monkeypatch.setitem(_tune.FORCE, "conv2d_bf16", schedule)
+    y = F.conv2d(x, w, b, s, p, groups=g, activation="relu", backend="numba", precision="bfloat16", plan=plan)
+    assert isinstance(plan.data.extra["winograd"], _winograd.Plan)
+    assert plan.data.extra["chosen"][N] == (schedule, "forced")
+    ref, _ = ref_conv(rb(x), rb(w), b, (s, s), (p, p), (1, 1), g)
+    _agrees(y, np.maximum(ref, 0), f"{schedule} {shape}")
+    unrounded, _ = ref_conv(x.astype(np.float64), w.astype(np.float64), b, (s, s), (p, p), (1, 1), g)
+    assert np.abs(np.maximum(unrounded, 0) - np.maximum(ref, 0)).max() > 5 * (1e-4 * np.abs(ref).max() + 1e-5)
+
+
+@pytest.mark.parametrize("n,k,o", DENSE_SHAPES)
+def test_tuned_stream_dense_computes_the_rounded_product(monkeypatch, n, k, o):
+    from fastalex.backends import _tune
+    monkeypatch.setitem(_tune.FORCE, "linear_bf16", "stream")
+    rng = np.random.default_rng(n * k + o + 1)
+    x = rng.standard_normal((n, k), dtype=np.float32)
+    w = rng.standard_normal((o, k), dtype=np.float32)
+    b = rng.standard_normal(o, dtype=np.float32)
+    plan = F.prepare_linear(w, b, backend="numba", precision="bfloat16")
+    y = F.linear(x, w, b, activation="relu", backend="numba", precision="bfloat16", plan=plan)
+    ref = rb(x) @ rb(w).T + b
+    mag = np.abs(rb(x)) @ np.abs(rb(w)).T + np.abs(b)
+    assert_bf16_close(y, np.maximum(ref, 0), mag, k, f"stream dense {n}x{k}->{o}")
+    assert plan.data.extra["chosen"][n] == ("stream", "forced")
+
+
+def test_rounding_through_bfloat16_keeps_the_shape_and_rounds_every_value():
+    x = np.random.default_rng(9).standard_normal((3, 5, 7), dtype=np.float32) * 1e3
+    # NaN, infinities, overflow to infinity, zeros, and two ties (to the even neighbour: down, up)
+    special = np.array([np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 0.0, -0.0], np.float32)
+    ties = np.array([0x3F808000, 0x3F818000], np.uint32).view(np.float32)
+    x.reshape(-1)[:9] = np.concatenate([special, ties])
+    r = _bf16.rounded(x)
+    assert r.shape == x.shape and r.dtype == np.float32
+    assert np.array_equal(r.view(np.uint32), from_bfloat16(to_bfloat16(x)).reshape(x.shape).view(np.uint32))
+    assert r.reshape(-1)[7] == 1.0 and r.reshape(-1)[8] == 1.015625
+
+
+def test_a_chosen_path_runs_alone_and_the_summary_names_each_layers_product(monkeypatch):
+    """With a path set, every layer multiplies on it; tuned, the summary says what each layer
+    ran per batch size (here the measured choice is forced, the tuner being off in tests)."""
+    from fastalex.backends import _tune
+    model = fastalex.alexnet("torchvision", backend="numba", precision="bfloat16")
+    x = np.random.default_rng(2).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    monkeypatch.setitem(_tune.FORCE, "conv2d_bf16", "winograd-chunked")
+    monkeypatch.setitem(_tune.FORCE, "linear_bf16", "stream")
+    model(x)
+    text = model.summary()
+    assert "batch 1: winograd-chunked on float32 units (forced)" in text
+    fastalex.set_bf16_path("emulation")
+    try:
+        fresh = fastalex.alexnet("torchvision", backend="numba", precision="bfloat16")
+        fresh(x)  # FORCE names schedules this path does not offer: only the chosen path runs
+        assert "winograd" not in fresh.summary()
+    finally:
+        fastalex.set_bf16_path(None)
+
+
 def test_the_bound_catches_unrounded_inputs():
     """The tolerance is tight enough to tell bfloat16 products from float32 ones."""
     rng = np.random.default_rng(1)

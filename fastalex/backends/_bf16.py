@@ -44,7 +44,7 @@ from numba import njit, prange
 
 from ..shapes import conv_output_size
 from ._gemm import bias_relu_row
-from ._bf16_common import KB, MB, NR, amx_permitted, write_block  # noqa: F401  (part of this module's API)
+from ._bf16_common import KB, MB, NR, amx_permitted, round_bf16, write_block  # noqa: F401  (part of this module's API)
 
 #: every path, best first
 PATHS = ("amx", "avx512_bf16", "emulation")
@@ -101,15 +101,27 @@ def set_bf16_path(name: str | None) -> None:
     _chosen = None if name is None else check_path(name, "set_bf16_path")
 
 
-def active_path() -> str:
-    """The path bfloat16 products run on: :func:`set_bf16_path`'s choice, else
-    ``FASTALEX_BF16_PATH``, else the best one this CPU has."""
+def chosen_path() -> str | None:
+    """The path :func:`set_bf16_path` or ``FASTALEX_BF16_PATH`` chose, or None (then every
+    layer's product is chosen by measurement, see ``fast.conv2d_bf16``)."""
     if _chosen is not None:
         return _chosen
     env = os.environ.get("FASTALEX_BF16_PATH")
     if env:
         return check_path(env, "FASTALEX_BF16_PATH")
-    return cpu_paths()[0]
+    return None
+
+
+def active_path() -> str:
+    """The path bfloat16 products run on: :func:`set_bf16_path`'s choice, else
+    ``FASTALEX_BF16_PATH``, else the best one this CPU has."""
+    return chosen_path() or cpu_paths()[0]
+
+
+def hardware_paths() -> tuple[str, ...]:
+    """The paths that multiply on bf16 units here (AMX, AVX512-BF16); the emulation where the
+    CPU has none."""
+    return tuple(p for p in cpu_paths() if p != "emulation") or ("emulation",)
 
 
 def _kernels(path):
@@ -141,6 +153,23 @@ def round_to_bf16(xf, out):
     bits = xf.view(np.uint32)
     for i in prange(xf.size):
         out[i] = _round1(bits[i])
+
+
+@njit(**_PAR)
+def _round_through(xf, out):
+    """``out[i]`` = ``xf[i]`` rounded to bfloat16 (nearest, ties to even), as float32."""
+    for i in prange(xf.size):
+        out[i] = round_bf16(xf[i])
+
+
+def rounded(x, launch=None):
+    """float32 ``x`` with every value rounded to bfloat16 (nearest, ties to even), still
+    float32: the operand of a product whose float32 multiplies are then exact (the product of
+    two bfloat16 values fits in float32's 24 bits)."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty(x.shape, np.float32)
+    (launch or (lambda k, *a: k(*a)))(_round_through, x.reshape(-1), out.reshape(-1))
+    return out
 
 
 def to_bf16(x):
@@ -313,11 +342,40 @@ class Bf16Plan:
     def nbytes(self):
         return self.a.nbytes
 
+    def weight_rounded(self):
+        """The weight as float32 values rounded to bfloat16, in its layer's shape: ``(out,
+        in/groups, kh, kw)``, or ``(out, in)`` for a dense layer (exact: widened from ``a``)."""
+        w = _widen(self.a[:, :self.m, :self.k]).reshape(self.groups * self.m, self.k)
+        if self.kernel is None:
+            return np.ascontiguousarray(w)
+        return np.ascontiguousarray(w.reshape(self.groups * self.m, self.cin_g, *self.kernel))
+
+    def rows(self):
+        """A dense layer's weight as bfloat16 bits ``(out, in)``, C-contiguous (a view of ``a``
+        where its depth needed no padding), for the streaming product of one or a few samples."""
+        r = self.extra.get("rows")
+        if r is None:
+            r = self.extra["rows"] = np.ascontiguousarray(self.a[0, :self.m, :self.k])
+        return r
+
     def describe(self, path=None):
         g, mp, kp = self.a.shape
         what = f"{g} x " if g > 1 else ""
-        return (f"bfloat16 {path or active_path()}: {what}({mp} x {kp}) packed weight, "
+        text = (f"bfloat16 {path or active_path()}: {what}({mp} x {kp}) packed weight, "
                 f"{'im2col' if self.kernel else 'samples'} in VNNI panels of {NR}")
+        chosen = self.extra.get("chosen")
+        if chosen:
+            text += "; " + ", ".join(f"batch {n}: {_product_name(name)} ({origin})"
+                                     for n, (name, origin) in sorted(chosen.items()))
+        return text
+
+
+def _product_name(name):
+    """How a tuned product reads in a summary: the bf16 paths by name, the others say that they
+    multiply the rounded operands on float32 units (exact products, float32 sums)."""
+    if name in PATHS:
+        return name
+    return f"{name} on float32 units"
 
 
 def plan_conv(weight, bias, stride, dilation, groups) -> Bf16Plan:

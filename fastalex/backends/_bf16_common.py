@@ -11,7 +11,9 @@ import os
 import threading
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -71,3 +73,25 @@ def write_block(buf, y3, n0, P, o0, rows, c0, ncol, bias, relu):
             if p == P:
                 p = 0
                 s += 1
+
+
+@intrinsic
+def round_bf16(typingctx, v):
+    """``v`` (float32) rounded to bfloat16, nearest with ties to even, still a float32 (its low
+    16 bits zero); NaN stays a quiet NaN, overflow goes to infinity. A scalar, branch-free
+    function that vectorizes inside a loop (what ``_bf16.round_to_bf16`` does, without the
+    ``uint16`` array in between)."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        b = builder.bitcast(args[0], i32)
+        c = lambda n: ir.Constant(i32, n)  # noqa: E731
+        lsb = builder.and_(builder.lshr(b, c(16)), c(1))
+        near = builder.and_(builder.add(builder.add(b, c(0x7FFF)), lsb), c(0xFFFF0000))
+        nan = builder.icmp_unsigned(">", builder.and_(b, c(0x7FFFFFFF)), c(0x7F800000))
+        quiet = builder.and_(builder.or_(b, c(0x00400000)), c(0xFFFF0000))
+        return builder.bitcast(builder.select(nan, quiet, near), ir.FloatType())
+
+    return types.float32(types.float32), codegen

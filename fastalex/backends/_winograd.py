@@ -69,6 +69,7 @@ from numba import njit, prange
 
 from ..shapes import conv_output_size
 from . import _gemm, tunables
+from ._bf16_common import round_bf16
 
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 # _I64: the serial helpers are called with int64 indices everywhere (prange's index may be
@@ -318,12 +319,13 @@ def _at(alpha, m, f, o, step, g, d, dstep, C):
 
 
 @njit(**_SER)
-def _input_row(x, V, k, r, m, s, pt, pl, th, tw, Wp):
+def _input_row(x, V, k, r, m, s, pt, pl, th, tw, Wp, rnd):
     """The input transform of tile row ``r = n*th + ty`` of ``x`` (N, C, H, W) into ``V[k*tw :
     (k+1)*tw]``: ``V[t, a*alpha + b, :] = sum_{r,s} BT[a, r] BT[b, s] d_t[r, s, :]``, where ``d_t``
     is the alpha x alpha patch of tile ``t = k*tw + tx`` in the padded, space-to-depth,
     channels-last input (the row's band, built by ``_band``): rows first, then columns, all
-    channels at once."""
+    channels at once. ``rnd``: the band's values rounded to bfloat16 first (a convolution of
+    ``precision="bfloat16"`` on float32 units: ``fast.conv2d_bf16``)."""
     C, A = V.shape[2], V.shape[1]
     alpha = 8 if A == 64 else 6
     vf = V.reshape(-1)
@@ -331,6 +333,9 @@ def _input_row(x, V, k, r, m, s, pt, pl, th, tw, Wp):
     band = np.empty((alpha, Wp, C), np.float32)
     _band(x, band, n, ty * m, s, pt, pl)
     bf = band.reshape(-1)
+    if rnd:
+        for i in range(bf.size):
+            bf[i] = round_bf16(bf[i])
     tmp = np.empty(A * C, np.float32)  # tmp[a, s, :] = sum_r BT[a, r] d[r, s, :]
     for tx in range(tw):
         t = k * tw + tx
@@ -386,11 +391,11 @@ def _output_row(M, y, k, r, m, bias, relu, th, tw):
 
 
 @njit(**_PAR)
-def _input_transform(x, V, m, s, pt, pl, th, tw, Wp, r0, rows):
+def _input_transform(x, V, m, s, pt, pl, th, tw, Wp, r0, rows, rnd):
     """:func:`_input_row` for the tile rows ``r0 .. r0+rows-1`` (row ``r = n*th + ty``) into
     ``V`` (rows*tw, alpha**2, C*s*s), one task per tile row."""
     for k in prange(rows):
-        _input_row(x, V, np.int64(k), np.int64(r0 + k), m, s, pt, pl, th, tw, Wp)
+        _input_row(x, V, np.int64(k), np.int64(r0 + k), m, s, pt, pl, th, tw, Wp, rnd)
 
 
 @njit(**_PAR)
@@ -402,7 +407,7 @@ def _output_transform(M, y, m, bias, relu, th, tw, r0, rows):
 
 
 @njit(**_SER)
-def _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, r):
+def _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, r, rnd):
     """One task of :func:`_fused`: tile row ``r`` through its input transform, its products
     and its output transform, with its own ``V`` and ``M``."""
     G, E, P, K = bp.shape[0], bp.shape[1], bp.shape[2], bp.shape[3]
@@ -411,7 +416,7 @@ def _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, r):
     V = np.empty((tw, E, cs), np.float32)
     M = np.empty((tw, E, O), np.float32)
     zero, row = np.int64(0), np.int64(r)  # one signature for every caller (see _I64)
-    _input_row(x, V, zero, row, m, s, pt, pl, th, tw, Wp)
+    _input_row(x, V, zero, row, m, s, pt, pl, th, tw, Wp, rnd)
     vf, mf = V.reshape(-1), M.reshape(-1)
     for task in range(G * E * P):  # group g's columns: K of V's, P*32 of M's
         _gemm.product_task(vf, cs, zero, K, bf, G, E, P, K, mf, O, zero, P * _gemm.NR, tw, np.int64(task))
@@ -419,7 +424,7 @@ def _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, r):
 
 
 @njit(**_PAR)
-def _fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs):
+def _fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, rnd):
     """The whole convolution, one task per tile row (``N*th`` of them): the row's input
     transform into its own ``V`` (tw, alpha**2, cs), its products with every group's packed
     weights ``bp`` (G, alpha**2, P, K, 32) into its own ``M`` (tw, alpha**2, O), and its output
@@ -427,10 +432,10 @@ def _fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs):
     from the transform that writes them to the one that reads them, and the whole layer is one
     launch. Arguments through :func:`checked_fused`."""
     for r in prange(x.shape[0] * th):
-        _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, np.int64(r))
+        _fused_row(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, np.int64(r), rnd)
 
 
-def checked_fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs):
+def checked_fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, rnd=False):
     """The arguments of :func:`_fused`, after checking that its products stay inside each task's
     ``V`` (tw, alpha**2, cs) and ``M`` (tw, alpha**2, O): the micro-kernel addresses memory
     directly. ``ValueError`` otherwise."""
@@ -440,7 +445,7 @@ def checked_fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs):
             and G * K == cs and G * P * _gemm.NR == O and tw >= 1):
         raise ValueError(f"winograd: packed weights {bp.shape} do not fit {cs} input and {O} output "
                          f"channels")
-    return x, bp, y, bias, bool(relu), m, s, pt, pl, th, tw, Wp, cs
+    return x, bp, y, bias, bool(relu), m, s, pt, pl, th, tw, Wp, cs, bool(rnd)
 
 
 _local = threading.local()
@@ -469,12 +474,13 @@ def fuses_by_default(plan: Plan, batch: int, height: int, padding) -> bool:
     return plan.packed and plan.weights.nbytes * rows <= tunables.FUSED_MAX_WEIGHT_TRAFFIC
 
 
-def conv2d(x, plan: Plan, padding, relu, launch, schedule="chunked", chunk_bytes=None):
+def conv2d(x, plan: Plan, padding, relu, launch, schedule="chunked", chunk_bytes=None, round_bf16=False):
     """The convolution of ``x`` (N, C, H, W) by the prepared ``plan``; ``launch(kernel, *args)``
     runs a parallel kernel (the backend's launch lock). ``schedule``: ``"fused"`` (one launch,
     products on the micro-kernel: ``plan.packed`` only) or ``"chunked"`` (three launches per
     chunk of tile rows whose ``V`` and ``M`` take about ``chunk_bytes``, by default
-    ``tunables.CHUNK_BYTES``)."""
+    ``tunables.CHUNK_BYTES``). ``round_bf16``: the input's values rounded to bfloat16 as they
+    are gathered (the weights of such a plan are rounded already)."""
     N, C, H, W = x.shape
     k = plan.kernel[0]
     s, m, r = plan.s, plan.m, plan.r
@@ -488,7 +494,7 @@ def conv2d(x, plan: Plan, padding, relu, launch, schedule="chunked", chunk_bytes
         if not plan.packed:
             raise ValueError("winograd: the fused schedule needs products on the micro-kernel")
         y = np.empty((N, O, ho, wo), np.float32)
-        launch(_fused, *checked_fused(x, plan.weights, y, plan.bias, relu, m, s, ph, pw, th, tw, Wp, Cs))
+        launch(_fused, *checked_fused(x, plan.weights, y, plan.bias, relu, m, s, ph, pw, th, tw, Wp, Cs, round_bf16))
         return y
     cg, og = Cs // plan.groups, O // plan.groups
     # whole tile rows in chunks whose transformed input and products (V, M) stay in the
@@ -503,7 +509,7 @@ def conv2d(x, plan: Plan, padding, relu, launch, schedule="chunked", chunk_bytes
     for r0 in range(0, R, chunk):
         rows = min(chunk, R - r0)
         count = rows * tw
-        launch(_input_transform, x, V, m, s, ph, pw, th, tw, Wp, r0, rows)
+        launch(_input_transform, x, V, m, s, ph, pw, th, tw, Wp, r0, rows, bool(round_bf16))
         if plan.packed:  # alpha**2 products per group, every group's in one launch
             launch(_gemm.batched_gemm, *_gemm.checked(V, plan.weights, M, count, 0, 0, cg, og))
         else:

@@ -130,8 +130,10 @@ _NO_SCALE = _NO_BIAS                 # likewise "scale 1" for the dense kernel
 def describe_runtime() -> str:
     """The threading layer, threads, CPU and instruction set the kernels run with."""
     from . import describe_runtime as describe
-    dense = sorted((k.split("|")[2], k.split("|")[1], v) for k, v in _tune.choices().items() if k.startswith("linear|"))
-    lines = [f"  dense {w} input {x}: {name} ({origin})" for w, x, (name, origin) in dense]
+    dense = sorted((k.split("|")[0], k.split("|")[2], k.split("|")[1], v) for k, v in _tune.choices().items()
+                   if k.startswith(("linear|", "linear_bf16|")))
+    lines = [f"  dense {w} input {x}{' bfloat16' if op == 'linear_bf16' else ''}: {name} ({origin})"
+             for op, w, x, (name, origin) in dense]
     return "\n".join((["Dense layers:"] + lines if lines else []) + [describe()])
 
 
@@ -261,18 +263,26 @@ def _conv_candidates(x, weight, bias, stride, padding, dilation, groups, relu, p
         return _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu)
     if not isinstance(plan, _winograd.Plan):
         return {"im2col-sgemm": im2col}
-    xw = _writable(x)
-    cands = {}
-    if plan.packed:
-        cands["winograd-fused"] = lambda: _winograd.conv2d(xw, plan, padding, relu, _launch, "fused")
-    cands["winograd-chunked"] = lambda: _winograd.conv2d(xw, plan, padding, relu, _launch, "chunked")
-    cands["winograd-chunked-small"] = lambda: _winograd.conv2d(xw, plan, padding, relu, _launch, "chunked",
-                                                               tunables.CHUNK_BYTES // 4)
+    cands = _winograd_schedules(_writable(x), plan, padding, relu)
     if not plan.packed:
         # BLAS only where the micro-kernel cannot run: OpenBLAS's threads spin for a while after
         # each call, on the cores the next kernels need, so a BLAS schedule that wins when timed
         # alone loses inside a forward pass (measured: torchvision at batch 16 took 1.5x longer)
         cands["im2col-sgemm"] = im2col
+    return cands
+
+
+def _winograd_schedules(x, plan, padding, relu, round_bf16=False):
+    """name -> zero-argument function for each Winograd schedule of ``plan`` on ``x``
+    (``round_bf16``: its values rounded to bfloat16 as the transforms gather them)."""
+    cands = {}
+    if plan.packed:
+        cands["winograd-fused"] = lambda: _winograd.conv2d(x, plan, padding, relu, _launch, "fused",
+                                                           round_bf16=round_bf16)
+    cands["winograd-chunked"] = lambda: _winograd.conv2d(x, plan, padding, relu, _launch, "chunked",
+                                                         round_bf16=round_bf16)
+    cands["winograd-chunked-small"] = lambda: _winograd.conv2d(x, plan, padding, relu, _launch, "chunked",
+                                                               tunables.CHUNK_BYTES // 4, round_bf16)
     return cands
 
 
@@ -342,6 +352,10 @@ def _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r):
     n, c = r // C, r % C
     src, dst = x[n, c], y[n, c]
     rowmax = np.empty(W, np.float32)
+    # the columns whose window lies inside the row: one pass per tap over all of them (a loop
+    # over j with a fixed stride, which vectorizes), the others one by one
+    j0 = min(wo, -(-pw // sw))
+    j1 = max(j0, min(wo, (W - kw + pw) // sw + 1))
     for i in range(ho):
         h0 = i * sh - ph
         h1 = min(h0 + kh, H)
@@ -353,7 +367,17 @@ def _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r):
                 v = src[h, q]
                 m = rowmax[q]
                 rowmax[q] = v if (v > m or v != v) else m
+        out = dst[i]
+        for j in range(j0, j1):
+            out[j] = rowmax[j * sw - pw]
+        for dq in range(1, kw):
+            for j in range(j0, j1):
+                v = rowmax[j * sw - pw + dq]
+                m = out[j]
+                out[j] = v if (v > m or v != v) else m
         for j in range(wo):
+            if j0 <= j < j1:
+                continue
             w0 = j * sw - pw
             w1 = min(w0 + kw, W)
             w0 = max(w0, 0)
@@ -362,7 +386,7 @@ def _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r):
                 v = rowmax[q]
                 if v > m or v != v:
                     m = v
-            dst[i, j] = m
+            out[j] = m
 
 
 @njit(**_PAR)
@@ -661,18 +685,72 @@ def describe_bf16(plan) -> str:
     return plan.describe(bf16_path())
 
 
+def _remember(plan, n, key):
+    """Note the product chosen for batch ``n`` on the bfloat16 plan (``Model.summary()``)."""
+    plan.extra.setdefault("chosen", {})[n] = _tune.lookup(key)
+
+
+def _bf16_winograd(plan, stride, dilation, groups):
+    """The float32 Winograd plan of the bfloat16-rounded weight (made once, on first use), or
+    None where Winograd does not apply."""
+    if "winograd" not in plan.extra:
+        plan.extra["winograd"] = prepare_conv2d(plan.weight_rounded(), plan.bias, stride, dilation, groups)
+    return plan.extra["winograd"]
+
+
 def conv2d_bf16(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
     """``act(conv(bf16(x), bf16(weight)) + bias)``, float32 sums (``plan``: from
-    :func:`prepare_bf16` for these arguments, else packed now)."""
+    :func:`prepare_bf16` for these arguments, else packed now).
+
+    The candidates, measured per shape like the float32 schedules (:mod:`._tune`): the product
+    on each of the CPU's bf16 units (AMX, AVX512-BF16; the emulation on a CPU with neither),
+    and the float32 Winograd schedules run on the rounded operands. A product of two bfloat16
+    values is exact in float32, so those compute the same numbers up to the order and rounding
+    of the float32 sums (Winograd's own error, ~5e-6 of the largest output, included): on a CPU
+    without AMX, Winograd's 4-6x fewer multiplies beat AVX512-BF16's 2x faster ones. A path set
+    by ``set_bf16_path`` / ``FASTALEX_BF16_PATH`` runs alone; ``FASTALEX_TUNE=0`` runs the best
+    bf16 unit's product."""
     from . import _bf16
     if plan is None:
         plan = prepare_bf16(weight, bias, stride, dilation, groups)
-    return _bf16.conv2d(_writable(x), plan, padding, bool(relu), _launch)
+    xw, relu = _writable(x), bool(relu)
+    explicit = _bf16.chosen_path()
+    paths = (explicit,) if explicit else _bf16.hardware_paths()
+    cands = {p: (lambda p=p: _bf16.conv2d(xw, plan, padding, relu, _launch, p)) for p in paths}
+    if explicit is None:
+        wplan = _bf16_winograd(plan, stride, dilation, groups)
+        if wplan is not None:
+            cands.update(_winograd_schedules(xw, wplan, padding, relu, round_bf16=True))
+    if len(cands) == 1:
+        return cands[paths[0]]()
+    key = _tune.make_key("conv2d_bf16", x.shape, weight.shape, stride, padding, dilation, groups)
+    y = _tune.run("conv2d_bf16", key, cands, paths[0])
+    _remember(plan, x.shape[0], key)
+    return y
 
 
 def linear_bf16(x, weight, bias, relu, plan=None):
-    """``act(bf16(x) @ bf16(weight).T + bias)``, float32 sums."""
+    """``act(bf16(x) @ bf16(weight).T + bias)``, float32 sums.
+
+    Candidates, measured per shape: the product on each bf16 unit (its panels are 32 samples
+    wide, so a batch of one does 32x the work it needs), and ``"stream"``: the rounded samples
+    against the bfloat16 weight widened in registers by the float32 dense kernel (exact
+    products, float32 sums), which reads the weight once at the memory's rate, half the bytes
+    of float32. Without measuring, ``"stream"`` below ``tunables.DENSE_MICROKERNEL_MIN_BATCH``
+    samples, else the best bf16 unit."""
     from . import _bf16
     if plan is None:
         plan = prepare_bf16(weight, bias, None, None, 1)
-    return _bf16.linear(_writable(x), plan, bool(relu), _launch)
+    xw, relu = _writable(x), bool(relu)
+    explicit = _bf16.chosen_path()
+    paths = (explicit,) if explicit else _bf16.hardware_paths()
+    cands = {p: (lambda p=p: _bf16.linear(xw, plan, relu, _launch, p)) for p in paths}
+    if explicit is None:
+        cands["stream"] = lambda: _linear_tiled(_bf16.rounded(xw, _launch), plan.rows(), None, plan.bias, relu)
+    if len(cands) == 1:
+        return cands[paths[0]]()
+    default = "stream" if x.shape[0] < tunables.DENSE_MICROKERNEL_MIN_BATCH else paths[0]
+    key = _tune.make_key("linear_bf16", x.shape, weight.shape)
+    y = _tune.run("linear_bf16", key, cands, default)
+    _remember(plan, x.shape[0], key)
+    return y
