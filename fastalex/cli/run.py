@@ -11,8 +11,8 @@ import sys
 import time
 import warnings
 
-from .common import (PROG, UsageError, add_preprocess, backends, compile_note, err, load_model, model_recipe,
-                     positive_int, printable, usage_errors, variants, add_weight_dtype)
+from .common import (PROG, UsageError, add_preprocess, add_weight_dtype, backends, compile_note, err, load_model,
+                     model_recipe, positive_int, printable, usage_errors, variants)
 
 PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images (and only on a terminal)
 
