@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 import fastalex
-from fastalex.classify import expand_inputs
+from fastalex.pipeline import expand_inputs
 
 #: scikit-image's sample images that are photographs (not drawings, text or test patterns)
 SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -79,7 +79,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="*", help="photos or folders (besides scikit-image's)")
     p.add_argument("--variant", nargs="+", default=["torchvision", "original"],
-                   choices=sorted(fastalex.models.VARIANTS))
+                   choices=sorted(fastalex.specs.VARIANTS))
     p.add_argument("--weights", default=None, help="imagenet or a .npz/.pth file (default: He-init, seed 0)")
     p.add_argument("--paths", nargs="+", default=None,
                    help="bfloat16 paths, or 'tuned' (no path set: each layer's product chosen by measurement, "

@@ -22,7 +22,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fastalex  # noqa: E402
-from fastalex.classify import ClassifyTask, expand_inputs, iter_classify  # noqa: E402
+from fastalex.classify import ClassifyTask, iter_classify  # noqa: E402
+from fastalex.pipeline import expand_inputs  # noqa: E402
 from fastalex.distributed import local_cluster  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def one_process(items, batch_size, backend):
 
 def cluster(items, batch_size, backend, workers):
     from distributed import get_task_stream
-    from fastalex.models import torchvision_spec
+    from fastalex.specs import torchvision_spec
     recipe = {"spec": torchvision_spec(1000), "seed": 0, "weights": None, "backend": backend}
     t0 = time.perf_counter()
     with local_cluster(workers) as client:

@@ -19,13 +19,13 @@ import sys
 import numpy as np
 
 import fastalex
-from fastalex.classify import expand_inputs
+from fastalex.pipeline import expand_inputs
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+")
-    p.add_argument("--variant", default="torchvision", choices=sorted(fastalex.models.VARIANTS))
+    p.add_argument("--variant", default="torchvision", choices=sorted(fastalex.specs.VARIANTS))
     p.add_argument("--weights", default=None, help="imagenet or a .npz/.pth file (default: He-init, seed 0)")
     p.add_argument("--flip", action="store_true", help="also each image mirrored")
     p.add_argument("--batch-size", type=int, default=16)

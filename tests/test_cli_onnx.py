@@ -103,8 +103,8 @@ def test_missing_onnx_package_is_exit_2(monkeypatch, capsys, photo):
 
 def test_bad_numbers_and_names_are_exit_2_without_warnings(env, tmp_path):
     """Issue 19 item 14 on the command line: one line naming the file, exit 2, no RuntimeWarning."""
-    from test_onnx import _bad_number_graphs
-    for case, (path, message) in _bad_number_graphs(tmp_path).items():
+    from support.onnx_graphs import bad_number_graphs
+    for case, (path, message) in bad_number_graphs(tmp_path).items():
         proc = run(env, "summary", "--weights", path)
         assert proc.returncode == 2, (case, proc.stderr)
         assert proc.stderr.startswith(f"fastalex: error: cannot use ONNX model {path}: "), (case, proc.stderr)

@@ -21,6 +21,9 @@ from support import assert_agree  # noqa: E402
 from support.fixture_specs import FIXTURES, fixture_input  # noqa: E402
 from support.onnx_graphs import (TORCH_LRN, TORCH_LRN_INPUT, TORCH_LRN_NETS, TORCH_LRN_STEMS,  # noqa: E402
                          caffe_alexnet, single_op)
+from support.onnx_graphs import bad_number_graphs as _bad_number_graphs  # noqa: E402
+from support.onnx_graphs import conv_bn_graph as _conv_bn_graph, external as _external  # noqa: E402
+from support.onnx_graphs import save as _save, then_flatten as _then_flatten  # noqa: E402
 
 ONNX_DIR = FIXTURES / "onnx"
 STEMS = ["original_reduced_op9", "original_reduced_op17", "torchvision_reduced_op9",
@@ -104,19 +107,6 @@ def test_preprocess_presets_take_the_graph_input_size():
 
 
 # ----------------------------------------------------------------------------- graphs built here
-
-def _save(proto, path):
-    onnx.save(proto, str(path))
-    return path
-
-
-def _then_flatten(proto):
-    """``proto`` (one image output ``y``) with a Flatten to ``z`` after it: a classifier's shape."""
-    proto.graph.node.append(onnx.helper.make_node("Flatten", ["y"], ["z"]))
-    del proto.graph.output[:]
-    proto.graph.output.append(onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", "K"]))
-    return proto
-
 
 def test_uneven_conv_pads_and_auto_pad(tmp_path, backend):
     rng = np.random.default_rng(3)
@@ -241,22 +231,6 @@ def test_truncated_and_garbage_files(tmp_path):
         fastalex.load_onnx(tmp_path / "missing.onnx")
 
 
-def _external(path, location, offset=0, length=None, data=None):
-    """A Conv+Flatten graph whose weight lives in external data at ``location``."""
-    w = np.arange(2 * 3 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 3) / 50
-    proto = _then_flatten(single_op("Conv", (1, 3, 5, 5), inits=[("w", w)], kernel_shape=[3, 3]))
-    tensor = proto.graph.initializer[0]
-    raw = tensor.raw_data
-    tensor.ClearField("raw_data")
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", str(offset)),
-                       ("length", str(len(raw) if length is None else length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-    _save(proto, path)
-    return raw if data is None else data, w
-
-
 def test_external_data_inside_the_folder_is_read(tmp_path):
     raw, w = _external(tmp_path / "m.onnx", "weights/w.bin", offset=8)
     (tmp_path / "weights").mkdir()
@@ -352,24 +326,6 @@ def test_full_size_torchvision_export_matches_onnxruntime(tmp_path):
 
 # ----------------------------------------------------------------------------- issue 19: folded names, sizes, bad numbers
 
-def _conv_bn_graph(path, var=(0.5, 2.0), epsilon=1e-5, scale=(3.0, -0.5)):
-    """x (1, 3, 6, 7) -> Conv 'conv' (output 'conv_out') -> BatchNormalization 'bn' ('bn_out')
-    -> Relu ('act') -> Flatten ('z')."""
-    from onnx import TensorProto, helper, numpy_helper
-    rng = np.random.default_rng(19)
-    arrays = {"w": rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "b": np.array([0.5, -1.0], np.float32),
-              "s": np.array(scale, np.float32), "sh": np.array([10.0, -7.0], np.float32),
-              "m": np.array([4.0, -3.0], np.float32), "v": np.array(var, np.float32)}
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv_out"], name="conv", kernel_shape=[3, 3]),
-             helper.make_node("BatchNormalization", ["conv_out", "s", "sh", "m", "v"], ["bn_out"], name="bn",
-                              epsilon=epsilon),
-             helper.make_node("Relu", ["bn_out"], ["act"]), helper.make_node("Flatten", ["act"], ["z"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 7])],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 40])],
-                              [numpy_helper.from_array(a, n) for n, a in arrays.items()])
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path), arrays
-
-
 def test_extract_refuses_the_tensor_before_a_folded_batchnorm(tmp_path, backend):
     """Item 5: the Conv's own output 'conv_out' (and its node's name 'conv') is not computed
     once the BatchNorm is folded into the weights: extract() refuses it, naming the BN tensor to
@@ -429,37 +385,6 @@ def test_non_square_graph_input_gives_a_non_square_crop(tmp_path):
             m(np.zeros(bad, np.float32))
     caffe = fastalex.load_onnx(tmp_path / "wide.onnx", preprocess="caffe")
     assert fastalex.load_image(photo, caffe).shape == (3, 32, 48)
-
-
-def _bad_number_graphs(tmp_path):
-    """Item 14: {case: (path, message)} for the files whose numbers cannot be folded or read."""
-    from onnx import helper, numpy_helper
-    cases = {}
-    path, _ = _conv_bn_graph(tmp_path / "bn_var0.onnx", var=(0.0, 1.0), epsilon=0.0)
-    cases["bn_var0"] = (path, r"var \+ epsilon must be positive, got var\[0\] = 0 with epsilon = 0")
-    path, _ = _conv_bn_graph(tmp_path / "bn_overflow.onnx", scale=(3e38, 1.0), var=(1e-30, 1.0))
-    cases["bn_overflow"] = (path, r"'bn' \(BatchNormalization\): the weight of 'bn' folded with it overflows float32")
-    proto = _then_flatten(single_op("Conv", (1, 3, 4, 4), inits=[("w", np.ones((2, 3, 3, 3), np.float32))],
-                                    kernel_shape=[3, 3]))
-    proto.graph.node.append(helper.make_node("Gemm", ["z", "B"], ["g"], name="fc", alpha=1e30))
-    proto.graph.initializer.append(numpy_helper.from_array(np.full((8, 2), 1e20, np.float32), "B"))
-    proto.graph.output[0].name = "g"
-    cases["gemm_alpha"] = (_save(proto, tmp_path / "gemm_alpha.onnx"), r"'fc' \(Gemm\): B \* alpha \(alpha=1e\+30\) overflows")
-    folder = tmp_path / "ext"
-    folder.mkdir()
-    raw, _ = _external(folder / "nul.onnx", "w\0.bin")
-    (folder / "w").write_bytes(raw)
-    cases["nul"] = (folder / "nul.onnx", r"external data 'w\\x00.bin' contains a NUL byte")
-    (folder / "w.bin").write_bytes(raw)
-    _external(folder / "dims.onnx", "w.bin")
-    proto = onnx.load(str(folder / "dims.onnx"), load_external_data=False)
-    del proto.graph.initializer[0].dims[:]
-    proto.graph.initializer[0].dims.extend([2 ** 62, 2 ** 62, 3, 3])
-    for entry in proto.graph.initializer[0].external_data:
-        if entry.key == "length":
-            entry.value = "0"
-    cases["dims"] = (_save(proto, folder / "dims.onnx"), r"whose product overflows int64")
-    return cases
 
 
 def test_bad_numbers_are_onnx_errors_naming_the_file(tmp_path, recwarn):

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx as _onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -143,3 +144,82 @@ def single_op(op_type, input_shape=(1, 3, 8, 8), output_shape=("N", "C", "H", "W
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 7
     return model
+
+
+# ----------------------------------------------------------------------------- small graphs of tests/test_onnx.py
+# (also used by tests/test_cli_onnx.py)
+
+def save(proto, path):
+    _onnx.save(proto, str(path))
+    return path
+
+
+def then_flatten(proto):
+    """``proto`` (one image output ``y``) with a Flatten to ``z`` after it: a classifier's shape."""
+    proto.graph.node.append(helper.make_node("Flatten", ["y"], ["z"]))
+    del proto.graph.output[:]
+    proto.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", "K"]))
+    return proto
+
+
+def external(path, location, offset=0, length=None, data=None):
+    """A Conv+Flatten graph whose weight lives in external data at ``location``."""
+    w = np.arange(2 * 3 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 3) / 50
+    proto = then_flatten(single_op("Conv", (1, 3, 5, 5), inits=[("w", w)], kernel_shape=[3, 3]))
+    tensor = proto.graph.initializer[0]
+    raw = tensor.raw_data
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(len(raw) if length is None else length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    save(proto, path)
+    return raw if data is None else data, w
+
+
+def conv_bn_graph(path, var=(0.5, 2.0), epsilon=1e-5, scale=(3.0, -0.5)):
+    """x (1, 3, 6, 7) -> Conv 'conv' (output 'conv_out') -> BatchNormalization 'bn' ('bn_out')
+    -> Relu ('act') -> Flatten ('z')."""
+    rng = np.random.default_rng(19)
+    arrays = {"w": rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "b": np.array([0.5, -1.0], np.float32),
+              "s": np.array(scale, np.float32), "sh": np.array([10.0, -7.0], np.float32),
+              "m": np.array([4.0, -3.0], np.float32), "v": np.array(var, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv_out"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("BatchNormalization", ["conv_out", "s", "sh", "m", "v"], ["bn_out"], name="bn",
+                              epsilon=epsilon),
+             helper.make_node("Relu", ["bn_out"], ["act"]), helper.make_node("Flatten", ["act"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 7])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 40])],
+                              [numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path), arrays
+
+
+def bad_number_graphs(tmp_path):
+    """Item 14: {case: (path, message)} for the files whose numbers cannot be folded or read."""
+    cases = {}
+    path, _ = conv_bn_graph(tmp_path / "bn_var0.onnx", var=(0.0, 1.0), epsilon=0.0)
+    cases["bn_var0"] = (path, r"var \+ epsilon must be positive, got var\[0\] = 0 with epsilon = 0")
+    path, _ = conv_bn_graph(tmp_path / "bn_overflow.onnx", scale=(3e38, 1.0), var=(1e-30, 1.0))
+    cases["bn_overflow"] = (path, r"'bn' \(BatchNormalization\): the weight of 'bn' folded with it overflows float32")
+    proto = then_flatten(single_op("Conv", (1, 3, 4, 4), inits=[("w", np.ones((2, 3, 3, 3), np.float32))],
+                                    kernel_shape=[3, 3]))
+    proto.graph.node.append(helper.make_node("Gemm", ["z", "B"], ["g"], name="fc", alpha=1e30))
+    proto.graph.initializer.append(numpy_helper.from_array(np.full((8, 2), 1e20, np.float32), "B"))
+    proto.graph.output[0].name = "g"
+    cases["gemm_alpha"] = (save(proto, tmp_path / "gemm_alpha.onnx"), r"'fc' \(Gemm\): B \* alpha \(alpha=1e\+30\) overflows")
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    raw, _ = external(folder / "nul.onnx", "w\0.bin")
+    (folder / "w").write_bytes(raw)
+    cases["nul"] = (folder / "nul.onnx", r"external data 'w\\x00.bin' contains a NUL byte")
+    (folder / "w.bin").write_bytes(raw)
+    external(folder / "dims.onnx", "w.bin")
+    proto = _onnx.load(str(folder / "dims.onnx"), load_external_data=False)
+    del proto.graph.initializer[0].dims[:]
+    proto.graph.initializer[0].dims.extend([2 ** 62, 2 ** 62, 3, 3])
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "length":
+            entry.value = "0"
+    cases["dims"] = (save(proto, folder / "dims.onnx"), r"whose product overflows int64")
+    return cases
