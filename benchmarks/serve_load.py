@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import re
@@ -195,7 +194,7 @@ async def hostile(host, port, image, count):
             status = None
             try:
                 reader, writer = await asyncio.open_connection(host, port)
-                head = [f"POST /v1/classify HTTP/1.1", f"Host: {host}"]
+                head = ["POST /v1/classify HTTP/1.1", f"Host: {host}"]
                 if "Content-Length" not in headers:
                     headers = {**headers, "Content-Length": str(len(body))}
                 head += [f"{k}: {v}" for k, v in headers.items()]
