@@ -178,7 +178,7 @@ def test_tuned_winograd_schedules_compute_the_rounded_convolution(monkeypatch, s
     monkeypatch.setitem(_tune.FORCE, "conv2d_bf16", schedule)
     y = F.conv2d(x, w, b, s, p, groups=g, activation="relu", backend="numba", precision="bfloat16", plan=plan)
     assert isinstance(plan.data.extra["winograd"], _winograd.Plan)
-    assert plan.data.extra["chosen"][N] == (schedule, "forced")
+    assert plan.data.chosen[N] == (schedule, "forced")
     ref, _ = ref_conv(rb(x), rb(w), b, (s, s), (p, p), (1, 1), g)
     _agrees(y, np.maximum(ref, 0), f"{schedule} {shape}")
     unrounded, _ = ref_conv(x.astype(np.float64), w.astype(np.float64), b, (s, s), (p, p), (1, 1), g)
@@ -198,7 +198,7 @@ def test_tuned_stream_dense_computes_the_rounded_product(monkeypatch, n, k, o):
     ref = rb(x) @ rb(w).T + b
     mag = np.abs(rb(x)) @ np.abs(rb(w)).T + np.abs(b)
     assert_bf16_close(y, np.maximum(ref, 0), mag, k, f"stream dense {n}x{k}->{o}")
-    assert plan.data.extra["chosen"][n] == ("stream", "forced")
+    assert plan.data.chosen[n] == ("stream", "forced")
 
 
 def test_rounding_through_bfloat16_keeps_the_shape_and_rounds_every_value():

@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import conv_output_size
+from . import _tune
 from ._gemm import bias_relu_row
 from ._bf16_common import KB, MB, NR, amx_permitted, round_bf16, write_block  # noqa: F401  (part of this module's API)
 
@@ -331,6 +332,8 @@ class Bf16Plan:
         self._a32 = None
         #: other forms of the weight a path makes once, when it first runs (AMX: tile order)
         self.extra = {}
+        #: batch size -> (product, origin) of the runs so far (``_tune.run_for``)
+        self.chosen = {}
 
     @property
     def a32(self):
@@ -363,10 +366,8 @@ class Bf16Plan:
         what = f"{g} x " if g > 1 else ""
         text = (f"bfloat16 {path or active_path()}: {what}({mp} x {kp}) packed weight, "
                 f"{'im2col' if self.kernel else 'samples'} in VNNI panels of {NR}")
-        chosen = self.extra.get("chosen")
-        if chosen:
-            text += "; " + ", ".join(f"batch {n}: {_product_name(name)} ({origin})"
-                                     for n, (name, origin) in sorted(chosen.items()))
+        if self.chosen:
+            text += "; " + _tune.describe_choices(self.chosen, _product_name)
         return text
 
 

@@ -163,6 +163,20 @@ def _measure(candidates: dict):
     return winner, results[winner]
 
 
+def describe_choices(chosen: dict, name=str) -> str:
+    """``"batch 1: winograd-fused (measured), batch 16: ..."`` for a plan's ``chosen`` (batch ->
+    ``(schedule, origin)``, see :func:`run_for`); ``name`` spells a schedule."""
+    return ", ".join(f"batch {n}: {name(s)} ({origin})" for n, (s, origin) in sorted(chosen.items()))
+
+
+def run_for(chosen: dict, batch: int, op: str, key: str, candidates: dict, default: str):
+    """:func:`run`, then note in ``chosen[batch]`` the ``(schedule, origin)`` that ran: a layer's
+    plan keeps one per batch size, for ``Model.summary()``."""
+    result = run(op, key, candidates, default)
+    chosen[batch] = lookup(key)
+    return result
+
+
 def choices() -> dict:
     """Every schedule chosen in this process: key -> (schedule, origin)."""
     with _lock:

@@ -141,6 +141,8 @@ class Plan:
         self.bias = np.zeros(O, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self._weight = weight
         self._weights = None
+        #: batch size -> (schedule, origin) of the runs so far (``_tune.run_for``)
+        self.chosen = {}
 
     @property
     def weights(self):

@@ -251,9 +251,8 @@ def describe_plan(plan) -> str:
     """How a prepared convolution runs, for ``Model.summary()``: its algorithm, then the
     schedule chosen for each input shape it ran on so far."""
     text = _winograd.describe(plan) if isinstance(plan, _winograd.Plan) else "im2col + sgemm"
-    chosen = getattr(plan, "chosen", None) if plan is not None else None
-    if chosen:
-        text += "; " + ", ".join(f"batch {n}: {name} ({origin})" for n, (name, origin) in sorted(chosen.items()))
+    if plan is not None and plan.chosen:
+        text += "; " + _tune.describe_choices(plan.chosen)
     return text
 
 
@@ -305,11 +304,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
     if len(cands) == 1:
         return cands[default]()
     key = _tune.make_key("conv2d", x.shape, weight.shape, stride, padding, dilation, groups)
-    y = _tune.run("conv2d", key, cands, default)
-    name, origin = _tune.lookup(key)
-    plan.chosen = getattr(plan, "chosen", None) or {}
-    plan.chosen[x.shape[0]] = (name, origin)
-    return y
+    return _tune.run_for(plan.chosen, x.shape[0], "conv2d", key, cands, default)
 
 
 def _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu):
@@ -685,11 +680,6 @@ def describe_bf16(plan) -> str:
     return plan.describe(bf16_path())
 
 
-def _remember(plan, n, key):
-    """Note the product chosen for batch ``n`` on the bfloat16 plan (``Model.summary()``)."""
-    plan.extra.setdefault("chosen", {})[n] = _tune.lookup(key)
-
-
 def _bf16_winograd(plan, stride, dilation, groups):
     """The float32 Winograd plan of the bfloat16-rounded weight (made once, on first use), or
     None where Winograd does not apply."""
@@ -724,9 +714,7 @@ def conv2d_bf16(x, weight, bias, stride, padding, dilation, groups, relu, plan=N
     if len(cands) == 1:
         return cands[paths[0]]()
     key = _tune.make_key("conv2d_bf16", x.shape, weight.shape, stride, padding, dilation, groups)
-    y = _tune.run("conv2d_bf16", key, cands, paths[0])
-    _remember(plan, x.shape[0], key)
-    return y
+    return _tune.run_for(plan.chosen, x.shape[0], "conv2d_bf16", key, cands, paths[0])
 
 
 def linear_bf16(x, weight, bias, relu, plan=None):
@@ -751,6 +739,4 @@ def linear_bf16(x, weight, bias, relu, plan=None):
         return cands[paths[0]]()
     default = "stream" if x.shape[0] < tunables.DENSE_MICROKERNEL_MIN_BATCH else paths[0]
     key = _tune.make_key("linear_bf16", x.shape, weight.shape)
-    y = _tune.run("linear_bf16", key, cands, default)
-    _remember(plan, x.shape[0], key)
-    return y
+    return _tune.run_for(plan.chosen, x.shape[0], "linear_bf16", key, cands, default)
