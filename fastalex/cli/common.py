@@ -54,6 +54,21 @@ def presets():
     return list(PRESETS)
 
 
+def add_model_choice(p):
+    """``--variant``, ``--weights`` | ``--random-weights`` and ``--num-classes``: the model
+    ``fastalex.load_model`` builds, for the commands that run one on photos (classify, embed,
+    serve)."""
+    p.add_argument("--variant", choices=variants(), default=None,
+                   help="model variant (default: torchvision, or whatever the --weights file holds)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", metavar="FILE|URL|imagenet", default="imagenet",
+                   help="weights file (.npz/.pth), a URL of one, an .onnx model, or 'imagenet' (default)")
+    w.add_argument("--random-weights", action="store_true",
+                   help="seeded random weights (for testing: the labels are meaningless)")
+    p.add_argument("--num-classes", type=positive_int, metavar="N",
+                   help="classes of the model (with --random-weights; otherwise read from the weights)")
+
+
 def add_weight_dtype(p):
     from ..lowp import PRECISIONS, WEIGHT_DTYPES
     p.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="float32",

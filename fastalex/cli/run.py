@@ -11,8 +11,8 @@ import sys
 import time
 import warnings
 
-from .common import (PROG, UsageError, add_preprocess, add_weight_dtype, backends, compile_note, err, load_model,
-                     model_recipe, positive_int, printable, usage_errors, variants)
+from .common import (PROG, UsageError, add_model_choice, add_preprocess, add_weight_dtype, backends, compile_note,
+                     err, load_model, model_recipe, positive_int, printable, usage_errors)
 
 PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images (and only on a terminal)
 
@@ -79,15 +79,7 @@ def add_commands(sub):
 
 
 def _add_model_options(p):
-    p.add_argument("--variant", choices=variants(), default=None,
-                   help="model variant (default: torchvision, or whatever the --weights file holds)")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--weights", metavar="FILE|URL|imagenet", default="imagenet",
-                   help="weights file (.npz/.pth), a URL of one, an .onnx model, or 'imagenet' (default)")
-    w.add_argument("--random-weights", action="store_true",
-                   help="seeded random weights (for testing: the labels are meaningless)")
-    p.add_argument("--num-classes", type=positive_int, metavar="N",
-                   help="classes of the model (with --random-weights; otherwise read from the weights)")
+    add_model_choice(p)
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                    help="images per forward pass, and per task on a cluster (default 16)")
     p.add_argument("--backend", choices=backends(), default=None,

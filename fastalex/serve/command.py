@@ -77,15 +77,7 @@ def add_command(sub):
                                    "grouped into batched forward passes, health, Prometheus metrics, and a "
                                    "page at / to try a photo. Needs fastalex[serve].",
                        epilog=EPILOG)
-    p.add_argument("--variant", choices=common.variants(), default=None,
-                   help="model variant (default: torchvision, or whatever the --weights file holds)")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--weights", metavar="FILE|URL|imagenet", default="imagenet",
-                   help="weights file (.npz/.pth), a URL of one, an .onnx model, or 'imagenet' (default)")
-    w.add_argument("--random-weights", action="store_true",
-                   help="seeded random weights (for testing: the labels are meaningless)")
-    p.add_argument("--num-classes", type=common.positive_int, metavar="N",
-                   help="classes of the model (with --random-weights; otherwise read from the weights)")
+    common.add_model_choice(p)
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (for non-ImageNet weights)")
     p.add_argument("--backend", choices=common.backends(), default=None,
                    help="compute backend (default: numba, or $FASTALEX_BACKEND)")
