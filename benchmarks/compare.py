@@ -261,15 +261,18 @@ class FastalexEngine:
                 self.numba.set_num_threads(self.threads)
             self.threads_set = True
 
-    def model(self, variant, data):
-        model = self.fastalex.alexnet(variant, weights=os.path.join(data, f"{variant}.npz"),
-                                      backend=self.backend, **self.kwargs)
-
+    def _calling(self, fn):
+        """``fn`` as the timed call: each call sets the thread count once its threads run."""
         def run(x):
-            out = model(x)
+            out = fn(x)
             self._set_threads()
             return out
         return run
+
+    def model(self, variant, data):
+        model = self.fastalex.alexnet(variant, weights=os.path.join(data, f"{variant}.npz"),
+                                      backend=self.backend, **self.kwargs)
+        return self._calling(model)
 
     def conv(self, spec, weight, bias):
         layers = self.fastalex.layers
@@ -281,12 +284,7 @@ class FastalexEngine:
                               padding=tuple(spec["padding"]), groups=spec["groups"], activation="relu",
                               weight=weight, bias_value=bias, **kwargs)
         layer.backend = self.backend
-
-        def run(x):
-            out = layer(x)
-            self._set_threads()
-            return out
-        return run
+        return self._calling(layer)
 
     def dense(self, weight, bias):
         layers = self.fastalex.layers
@@ -296,12 +294,7 @@ class FastalexEngine:
         layer = layers.Dense(weight.shape[1], weight.shape[0], activation="relu", weight=weight,
                              bias_value=bias, **kwargs)
         layer.backend = self.backend
-
-        def run(x):
-            out = layer(x)
-            self._set_threads()
-            return out
-        return run
+        return self._calling(layer)
 
     def info(self):
         numba = self.numba
