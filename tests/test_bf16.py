@@ -270,6 +270,21 @@ def test_paths_are_listed_best_first_with_the_emulation_last():
     assert fastalex.precision.active_bf16_path() == paths[0]
 
 
+def test_the_cpu_is_asked_for_its_features_once(monkeypatch):
+    """Each bf16 layer call lists the paths; asking LLVM every time cost ~0.2 ms a call."""
+    import llvmlite.binding as llvm
+    asked = []
+    real = llvm.get_host_cpu_features
+    monkeypatch.setattr(llvm, "get_host_cpu_features", lambda: asked.append(1) or real())
+    _bf16._host_features.cache_clear()
+    try:
+        first = _bf16.cpu_paths()
+        assert all(_bf16.cpu_paths() == first for _ in range(5))
+        assert asked == [1]
+    finally:
+        _bf16._host_features.cache_clear()
+
+
 def test_set_bf16_path_and_environment(monkeypatch):
     try:
         fastalex.set_bf16_path("emulation")

@@ -204,3 +204,20 @@ def test_the_tune_command_measures_ahead_and_keeps_the_choices(tmp_path):
     assert off.returncode == 2 and "schedule tuning is off (FASTALEX_TUNE=0" in off.stderr
     bad = subprocess.run(cmd[:-1] + ["1,x"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "expected positive integers" in bad.stderr
+
+
+def test_a_remembered_choice_costs_no_path_building(tuning, monkeypatch):
+    """Every tuned call asks for its choice: once the file is read, asking must not work out
+    the wisdom path again (that took ~0.15 ms a call, a small layer's whole kernel time), but a
+    changed folder is still seen."""
+    key = _tune.make_key("op", (3,))
+    _tune.run("op", key, _candidates([]), default="slow")
+    built = []
+    real_key = _target.key
+    monkeypatch.setattr(_target, "key", lambda: built.append(1) or real_key())
+    for _ in range(5):
+        assert _tune.lookup(key) == ("fast", "measured")
+    assert built == []
+    other = tuning / "elsewhere"
+    monkeypatch.setenv("FASTALEX_TUNE_DIR", str(other))
+    assert _tune.wisdom_path().parent == other and built == [1]

@@ -62,8 +62,19 @@ def tuning_dir() -> Path:
     return cache_home() / "tuning"
 
 
+_ENV_OF_PATH = ("FASTALEX_TUNE_DIR", "NUMBA_CACHE_DIR", "FASTALEX_HOME", "XDG_CACHE_HOME", "HOME")
+_path_memo: tuple = (None, None)  # (the variables above, the path they gave)
+
+
 def wisdom_path() -> Path:
-    return tuning_dir() / f"{_target.key()}.json"
+    """The wisdom file of this target: worked out again only when one of the variables that
+    choose the folder changed (every tuned call asks, and building the path costs more than
+    a small layer's kernel)."""
+    global _path_memo
+    env = tuple(os.environ.get(name) for name in _ENV_OF_PATH)
+    if _path_memo[0] != env:
+        _path_memo = (env, tuning_dir() / f"{_target.key()}.json")
+    return _path_memo[1]
 
 
 def _load():
