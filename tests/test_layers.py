@@ -31,6 +31,22 @@ def test_he_normal_init_is_seeded_and_scaled():
     assert d.weight.std() == pytest.approx(np.sqrt(2 / 1000), rel=0.05)
 
 
+def test_random_weights_do_not_depend_on_the_thread_count(monkeypatch):
+    """Large weights are drawn on every CPU at once, one stream per fixed-size chunk: the
+    numbers must be the same on a 1-CPU and a 64-CPU machine, and each chunk must differ."""
+    shape = (3 * L.HE_CHUNK // 512 + 7, 512)  # three full chunks and a partial one
+    drawn = {}
+    for cpus in (1, 2, 64):
+        monkeypatch.setattr(L, "_cpus", lambda cpus=cpus: cpus)
+        drawn[cpus] = L.he_normal(shape, 512, np.random.default_rng(5))
+    np.testing.assert_array_equal(drawn[1], drawn[2])
+    np.testing.assert_array_equal(drawn[1], drawn[64])
+    flat = drawn[1].reshape(-1)
+    assert not np.array_equal(flat[:1000], flat[L.HE_CHUNK:L.HE_CHUNK + 1000])
+    assert flat.std() == pytest.approx(np.sqrt(2 / 512), rel=0.01) and abs(flat.mean()) < 1e-3
+    assert not np.array_equal(drawn[1], L.he_normal(shape, 512, np.random.default_rng(6)))
+
+
 def test_given_parameters_are_used():
     w = np.ones((2, 3), np.float32)
     d = L.Dense(3, 2, weight=w, bias_value=[1, -1], activation="relu")
