@@ -9,6 +9,7 @@ code.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -77,8 +78,8 @@ class Model(Sequential):
         #: source; None once its weights came from arrays (see fastalex.distributed.recipe_of)
         self.recipe = None if seed is None else {"spec": spec, "seed": seed, "weights": None}
 
-    def load_state_dict(self, state_dict, strict=True):
-        result = super().load_state_dict(state_dict, strict)
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        result = super().load_state_dict(state_dict, strict, assign)
         self.recipe = None  # the weights now come from arrays the recipe does not know
         return result
 
@@ -367,11 +368,13 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
     else:
         state = resolve_weights(weights)
         source, fits = _describe_weights(weights), detect_variant(state)
+    # a state dict read from a file just now is nobody else's: the model may keep its arrays
+    assign = not isinstance(weights, Mapping)
     if fits is None:
         target = variant or _closest_variant(state)
         model = Model(specs.VARIANTS[target](num_classes or _classes_of(state)), seed=None, backend=backend)
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(state, assign=assign)
         except ValueError as exc:
             raise WeightsMismatchError(
                 f"{source} does not fit any AlexNet variant (against the {target} AlexNet: {exc})", source,
@@ -385,7 +388,7 @@ def alexnet(variant=None, num_classes=None, weights=None, backend=None, seed=0,
     if num_classes is not None and num_classes != fit_classes:
         raise WeightsMismatchError(f"{source} has {fit_classes} classes, not {num_classes}", source, fits)
     model = Model(specs.VARIANTS[fit_variant](fit_classes), seed=None, backend=backend)
-    model.load_state_dict(state)  # strict: every parameter is replaced
+    model.load_state_dict(state, assign=assign)  # strict: every parameter is replaced
     if meta is not None:  # how other processes (Dask workers) get the same weights
         model.recipe = {"spec": model.spec, "seed": None, "weights": meta.name}
     elif isinstance(weights, (str, os.PathLike)):  # a file or URL they can load again

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layers as L
+from .checks import count_nonfinite
 from .lowp import check_precision, check_precision_and_weights, check_weight_dtype
 
 __all__ = ["Sequential", "LoadResult"]
@@ -154,9 +155,15 @@ class Sequential(L.Layer):
         return {f"{name}.{p}": arr for name, layer in self.named_layers()
                 for p, arr in layer.parameters().items()}
 
-    def load_state_dict(self, state_dict, strict=True) -> "LoadResult":
-        """Copy matching arrays into the layers (always copies: the model never shares memory
-        with ``state_dict``'s arrays, so changing them afterwards does not change the model).
+    def load_state_dict(self, state_dict, strict=True, assign=False) -> "LoadResult":
+        """Copy matching arrays into the layers (the model never shares memory with
+        ``state_dict``'s arrays, so changing them afterwards does not change the model).
+
+        ``assign=True`` (as in PyTorch) hands the arrays themselves to the layers where they are
+        already C-contiguous, writable float32 arrays that own their memory, and copies the rest
+        (either way every value is checked first):
+        for a state dict nobody else holds, such as one just read from a file
+        (``alexnet(weights=...)`` does this), it saves a copy of every weight.
 
         With ``strict`` (the default), any missing key, unexpected key or shape mismatch raises
         one ``ValueError`` listing all of them and nothing is changed. With ``strict=False``
@@ -177,8 +184,12 @@ class Sequential(L.Layer):
             if key in state_dict and key not in bad:
                 # always a copy: the model must not share memory with the caller's arrays
                 # (a later change to them would change the model, past this NaN check)
-                arr = np.array(state_dict[key], dtype=np.float32, order="C", copy=True)
-                if not np.isfinite(arr).all():
+                value = state_dict[key]
+                if assign and _adoptable(value):
+                    arr = value
+                else:
+                    arr = np.array(value, dtype=np.float32, order="C", copy=True)
+                if count_nonfinite(arr):
                     raise ValueError(f"load_state_dict: {key} contains NaN/inf values")
                 staged.append((layer, p, arr))
         for layer, p, arr in staged:  # shapes and values are checked above: assign directly
@@ -249,6 +260,17 @@ class Sequential(L.Layer):
             body = repr(layer).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+def _adoptable(value) -> bool:
+    """Whether ``load_state_dict(assign=True)`` may keep ``value`` itself: a C-contiguous,
+    writable float32 array holding all of its memory (or a reshaped view of one array of the
+    same size, as ``np.load`` returns), never a window into a larger buffer."""
+    if not (isinstance(value, np.ndarray) and value.dtype == np.float32 and value.flags.c_contiguous
+            and value.flags.writeable):
+        return False
+    base = value.base
+    return base is None or (isinstance(base, np.ndarray) and base.base is None and base.nbytes == value.nbytes)
 
 
 class LoadResult(NamedTuple):

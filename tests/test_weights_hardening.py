@@ -45,6 +45,52 @@ def test_alexnet_from_a_state_dict_copies():
         assert not np.shares_memory(model.state_dict()[key], sd[key]), key
 
 
+def test_assign_keeps_arrays_nobody_else_holds_and_copies_the_rest(small_model):
+    model = build(reduced_spec("torchvision"), seed=4, backend="numpy")
+    sd = {k: np.ascontiguousarray(v, dtype=np.float32).copy() for k, v in small_model.state_dict().items()}
+    big = np.zeros(sd["features.0.weight"].size + 8, np.float32)  # a window into a larger buffer
+    window = big[:sd["features.0.weight"].size].reshape(sd["features.0.weight"].shape)
+    window[...] = sd["features.0.weight"]
+    sd["features.0.weight"] = window
+    frozen = sd["features.0.bias"].copy()
+    frozen.flags.writeable = False
+    sd["features.0.bias"] = frozen
+    model.load_state_dict(sd, assign=True)
+    own = model.state_dict()
+    assert not np.shares_memory(own["features.0.weight"], big)
+    assert not np.shares_memory(own["features.0.bias"], frozen)
+    kept = [k for k in sd if k not in ("features.0.weight", "features.0.bias")]
+    assert kept and all(own[k] is sd[k] for k in kept)
+    sd[kept[0]] = sd[kept[0]].copy()
+    sd[kept[0]].reshape(-1)[-1] = np.inf  # assign checks the values too
+    with pytest.raises(ValueError, match=f"{kept[0]} contains NaN/inf"):
+        model.load_state_dict(sd, assign=True)
+
+
+def test_alexnet_from_a_file_still_checks_every_value(tmp_path):
+    """Read from a file, the arrays are nobody else's: the model keeps them (no second copy of
+    233 MB), and checks every value all the same."""
+    path = tmp_path / "w.npz"
+    source = alexnet("torchvision", seed=1)
+    save_weights(source, path)
+    model = alexnet("torchvision", weights=str(path))
+    for key, value in source.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value)
+    state = dict(np.load(path))
+    state["classifier.1.weight"][0, 0] = np.nan
+    np.savez(path, **state)
+    with pytest.raises(ValueError, match="classifier.1.weight contains NaN/inf"):
+        alexnet("torchvision", weights=str(path))
+
+
+def test_counting_nonfinite_values_crosses_chunk_boundaries():
+    from fastalex import checks
+    a = np.ones(3 * checks._FINITE_CHUNK + 5, np.float32)
+    a[[0, checks._FINITE_CHUNK - 1, checks._FINITE_CHUNK, a.size - 1]] = [np.nan, np.inf, -np.inf, np.nan]
+    assert checks.count_nonfinite(a) == 4
+    assert checks.count_nonfinite(a[:10].reshape(2, 5)) == 1 and checks.count_nonfinite(np.ones(0, np.float32)) == 0
+
+
 # ----------------------------------------------------------------------------- item 7: lying files
 
 import json  # noqa: E402
