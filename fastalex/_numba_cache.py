@@ -1,7 +1,8 @@
 """Is Numba's on-disk cache warm for fastalex's kernels? (for the CLI's "compiling" note)
 
 The kernels are ``@njit(cache=True)``: the first run in a fresh install (or after an upgrade,
-or with a new ``NUMBA_CACHE_DIR``) compiles them, about 10 s; later runs load them. Numba
+or with a new ``NUMBA_CACHE_DIR``) compiles them and times their schedules, 15-20 s for a
+classify on 2 CPUs; later runs load them. Numba
 keeps an index file per kernel; reading the indexes (a few ms) tells whether any compiled
 kernel matching the current source is on disk.
 """
@@ -12,7 +13,7 @@ import sys
 
 __all__ = ["kernels_cached", "COMPILE_NOTE"]
 
-COMPILE_NOTE = "compiling kernels, once: ~10 s"
+COMPILE_NOTE = "compiling kernels and timing their schedules, once: ~20 s"
 
 
 def _cached_dispatchers():

@@ -133,7 +133,7 @@ def linear_lowp_kernel(x, w, scale, bias, relu, y):
         r0 = b * ROWS
         r1 = min(r0 + ROWS, O)
         if r1 - r0 == ROWS:
-            n = 0
+            n = np.int64(0)  # not the literal 0: one compiled _tile_4x4, not two
             while n + SAMPLES <= N:
                 _tile_4x4(w, x, r0, n, y)
                 n += SAMPLES

@@ -153,7 +153,7 @@ def _panel(a, ao, lda, b, bo, c, co, ldc, T, K):
     tiles of MR rows and one of the rows left over."""
     t = 0
     while t + MR <= T:
-        _tile(MR, a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)
+        _tile(np.int64(MR), a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)  # int64, as below: one compile
         t += MR
     if t < T:
         _tile(T - t, a, ao + t * lda, lda, b, bo, c, co + t * ldc, ldc, K)
@@ -277,7 +277,7 @@ def dense(w, xp, bias, relu, y):
         for p in range(P):
             i = r0
             while i + MR <= r1:
-                _tile16(MR, wf, i * K, K, xf, p * K * 16, cf, (i - r0) * 16, 16, K)
+                _tile16(np.int64(MR), wf, i * K, K, xf, p * K * 16, cf, (i - r0) * 16, 16, K)  # one compile
                 i += MR
             if i < r1:
                 _tile16(r1 - i, wf, i * K, K, xf, p * K * 16, cf, (i - r0) * 16, 16, K)

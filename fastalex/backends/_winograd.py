@@ -374,7 +374,7 @@ def _output_row(M, y, k, r, m, bias, relu, th, tw):
         for b in range(alpha):
             _at(alpha, m, mf, (t * A + b) * O, alpha * O, tmp, b * m * O, O, O)
         for i in range(hi):
-            _at(alpha, m, tmp, i * O, m * O, out, 0, O, O)
+            _at(alpha, m, tmp, i * O, m * O, out, np.int64(0), O, O)  # int64, as above: one compile
             for j in range(m):
                 src = out[j * O:(j + 1) * O]
                 dst = band[i, tx * m + j]

@@ -388,7 +388,7 @@ def _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r):
 def _max_pool(x, y, kh, kw, sh, sw, ph, pw):
     """Every image plane in parallel."""
     for r in prange(x.shape[0] * x.shape[1]):
-        _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r)
+        _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, np.int64(r))  # one signature (prange's index may be unsigned)
 
 
 def _pool_output(x, kernel, stride, padding, ceil_mode):
@@ -581,7 +581,7 @@ def _lrn(x, y, size, alpha, beta, k):
     """Every (sample, pixel block) of ``x`` ``(N, C, H*W)``, in parallel."""
     items = x.shape[0] * ((x.shape[2] + _LRN_BLOCK - 1) // _LRN_BLOCK)
     for t in prange(items):
-        _lrn_block(x, y, t, size, alpha, beta, k)
+        _lrn_block(x, y, np.int64(t), size, alpha, beta, k)  # one signature (prange's index may be unsigned)
 
 
 def local_response_norm(x, size, alpha, beta, k):
