@@ -256,3 +256,18 @@ def test_a_forward_pass_compiles_each_kernel_once(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "", proc.stdout
+
+
+def test_fast_shapes_get_more_timed_rounds_than_slow_ones(tuning, monkeypatch):
+    """A ~1 ms shape is timed over many rounds (a noisy VM's hiccup cannot pick its schedule);
+    a slow one only over the minimum, so tuning stays short."""
+    monkeypatch.setattr(_tune, "MAX_REPEATS", 10)
+    monkeypatch.setattr(_tune, "REPEATS", 3)
+    monkeypatch.setattr(_tune, "TUNE_SETTLE_SECONDS", 0.05)
+    quick = []
+    _tune.run("op", _tune.make_key("op", (7,)), {"a": lambda: quick.append("a"), "b": lambda: quick.append("b")},
+              default="a")
+    assert quick.count("a") == 1 + 10
+    slow = []
+    _tune.run("op", _tune.make_key("op", (8,)), _candidates(slow), default="slow")
+    assert slow.count("fast") == 1 + 3  # 3 rounds of 20 ms: past the 50 ms

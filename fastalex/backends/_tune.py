@@ -32,7 +32,10 @@ from pathlib import Path
 
 from .._home import cache_home
 from . import _target
-from .tunables import TUNE_MAX_SECONDS, TUNE_REPEATS as REPEATS
+from .tunables import TUNE_MAX_REPEATS as MAX_REPEATS
+from .tunables import TUNE_MAX_SECONDS
+from .tunables import TUNE_REPEATS as REPEATS
+from .tunables import TUNE_SETTLE_SECONDS
 
 #: op -> schedule name (or names, the first that applies), forced (tests); an op not listed is
 #: tuned as usual
@@ -155,20 +158,23 @@ def run(op: str, key: str, candidates: dict, default: str):
 
 def _measure(candidates: dict):
     """Time every candidate on the real input: one warm-up call each (compiles, page faults),
-    then up to :data:`REPEATS` interleaved rounds while under :data:`TUNE_MAX_SECONDS`. The
-    fastest best time wins; its last result is returned."""
+    then interleaved rounds: :data:`REPEATS` (fewer once past :data:`TUNE_MAX_SECONDS`), and
+    more, up to :data:`MAX_REPEATS`, while the timed rounds have taken less than
+    :data:`TUNE_SETTLE_SECONDS`. The fastest best time wins; its last result is returned."""
     best = {}
     results = {}
     start = time.perf_counter()
     for name, fn in candidates.items():
         results[name] = fn()
-    for _ in range(REPEATS):
+    timed_from = time.perf_counter()
+    for rounds in range(1, MAX_REPEATS + 1):
         for name, fn in candidates.items():
             t0 = time.perf_counter()
             results[name] = fn()
             dt = time.perf_counter() - t0
             best[name] = min(best.get(name, dt), dt)
-        if time.perf_counter() - start > TUNE_MAX_SECONDS:
+        now = time.perf_counter()
+        if now - start > TUNE_MAX_SECONDS or (rounds >= REPEATS and now - timed_from >= TUNE_SETTLE_SECONDS):
             break
     winner = min(best, key=best.get)
     return winner, results[winner]

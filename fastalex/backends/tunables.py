@@ -63,8 +63,14 @@ SPIN = os.environ.get("FASTALEX_SPIN", "1").strip().lower() not in ("0", "false"
 
 # ----------------------------------------------------------------------------- the tuner
 
-#: Timed rounds per candidate when a shape is tuned (after one warm-up call each): more
-#: rounds, a surer choice on a noisy machine, a longer first call.
+#: Timed rounds per candidate when a shape is tuned (after one warm-up call each), at least:
+#: more rounds, a surer choice on a noisy machine, a longer first call.
 TUNE_REPEATS = 3
+#: ... and more rounds, up to TUNE_MAX_REPEATS, while tuning the shape has taken less than
+#: TUNE_SETTLE_SECONDS: fast shapes (batch 1, ~1 ms a call) get ~10 rounds for a few tens of
+#: ms. With 3, a cloud VM's noise once kept a schedule 2x slower than the best for a layer
+#: (torchvision's conv1 at batch 1: 1.44 ms instead of 0.76), in the wisdom file for good.
+TUNE_MAX_REPEATS = 10
+TUNE_SETTLE_SECONDS = 0.05
 #: ... fewer rounds once tuning one shape has taken this long (seconds).
 TUNE_MAX_SECONDS = 1.0
