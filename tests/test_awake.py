@@ -157,3 +157,13 @@ def test_no_threads_where_sched_idle_is_refused(enabled, monkeypatch):
     with _awake.keep_awake():
         assert not any(t.is_alive() for t in _awake._state.threads)
     assert _awake._state.depth == 0
+
+
+def test_the_yield_kernel_is_ready_before_any_thread_runs_it_and_is_cached(enabled):
+    """The spinning kernel is compiled (or loaded from Numba's cache) by the thread entering the
+    first block, before a spinning thread exists: compiled by that thread instead, it held the
+    GIL against the first pass and kept a core busy after it (a cold-cache CI run saw 0.06 s of
+    CPU after the block). It calls ``sched_yield`` by name, so it is cached on disk."""
+    with _awake.keep_awake():
+        assert _awake._yield_until.signatures, "not compiled when the block began"
+    assert type(_awake._yield_until._cache).__name__ != "NullCache"

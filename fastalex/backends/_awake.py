@@ -31,7 +31,9 @@ import threading
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import tunables
@@ -51,8 +53,19 @@ def _sched_yield_function():
     return fn
 
 
-_sched_yield = _sched_yield_function()
-SUPPORTED = _sched_yield is not None
+SUPPORTED = _sched_yield_function() is not None
+
+
+@intrinsic
+def _sched_yield(typingctx):
+    """``sched_yield()``, called by its C name: the symbol is resolved when the compiled code is
+    linked into the process, so the kernel can be cached (a ctypes function pointer would be an
+    address baked into the code, and Numba refuses to cache that)."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        return builder.call(fn, [])
+
+    return types.int32(), codegen
 
 
 @intrinsic
@@ -70,11 +83,24 @@ def _load_acquire(typingctx, arr):
 
 
 if SUPPORTED:
-    @njit(nogil=True, cache=False)
+    @njit(nogil=True, cache=True)
     def _yield_until(stop):
         """Yield the CPU until ``stop[0]`` is nonzero (without the GIL)."""
         while _load_acquire(stop) == 0:
             _sched_yield()
+
+
+_ready = False
+
+
+def _prepare():
+    """Compile (or load from the cache) :func:`_yield_until` in the calling thread, once, before
+    any thread runs it: otherwise the first pass's thread compiles it, holding the GIL against
+    the pass, and keeps a core busy after the pass ended."""
+    global _ready
+    if not _ready:
+        _yield_until.compile((types.Array(types.int64, 1, "C"),))
+        _ready = True
 
 
 class _State:
@@ -131,6 +157,7 @@ def keep_awake():
     if not (ENABLED and SUPPORTED):
         yield
         return
+    _prepare()
     state = _state
     with state.cond:
         state.depth += 1
