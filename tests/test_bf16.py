@@ -285,6 +285,20 @@ def test_the_cpu_is_asked_for_its_features_once(monkeypatch):
         _bf16._host_features.cache_clear()
 
 
+@pytest.mark.skipif("avx512_bf16" not in AVAILABLE, reason="this CPU has no AVX512-BF16: nothing to hide")
+def test_a_build_for_an_older_cpu_offers_no_bf16_unit_it_lacks():
+    """With NUMBA_CPU_NAME=haswell (a portable build) on an AVX512-BF16 machine, the bf16 kernels
+    cannot be compiled (LLVM aborted the process): only the emulation is offered, and a bf16
+    model runs on it."""
+    code = ("import numpy as np, fastalex; from fastalex.backends import _bf16; "
+            "m = fastalex.alexnet('torchvision', precision='bfloat16', backend='numba'); "
+            "x = np.ones((1, 3, 224, 224), np.float32); m(x); print(_bf16.cpu_paths(), m.bf16_path)")
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "FASTALEX_TUNE": "0"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[0] == "('emulation',) emulation"
+
+
 def test_set_bf16_path_and_environment(monkeypatch):
     try:
         fastalex.set_bf16_path("emulation")

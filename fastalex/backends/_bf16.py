@@ -44,7 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import conv_output_size
-from . import _tune
+from . import _target, _tune
 from ._gemm import bias_relu_row
 from ._bf16_common import KB, MB, NR, amx_permitted, round_bf16, write_block  # noqa: F401  (part of this module's API)
 
@@ -68,13 +68,20 @@ def _host_features() -> dict:
         return {}
 
 
+def _usable(*features) -> bool:
+    """Whether this CPU has ``features`` and Numba compiles for them: with ``NUMBA_CPU_NAME=haswell``
+    (a portable build) on an AVX-512 machine, LLVM would abort the process on a bf16 kernel."""
+    host, target = _host_features(), _target.target().features
+    return all(host.get(f) and f in target for f in features)
+
+
 def cpu_paths() -> tuple[str, ...]:
-    """The paths this CPU (and OS) can run, best first; ``"emulation"`` always."""
-    f = _host_features()
+    """The paths this CPU (and OS) can run, and the compile target allows, best first;
+    ``"emulation"`` always."""
     paths = []
-    if f.get("amx-bf16") and f.get("amx-tile") and amx_permitted():
+    if _usable("amx-bf16", "amx-tile") and amx_permitted():
         paths.append("amx")
-    if f.get("avx512bf16") and f.get("avx512f"):
+    if _usable("avx512bf16", "avx512f"):
         paths.append("avx512_bf16")
     paths.append("emulation")
     return tuple(paths)
@@ -94,7 +101,8 @@ def check_path(name, op="bf16 path") -> str:
         raise ValueError(f"{op}: unknown bfloat16 path {name!r}; valid paths are "
                          + ", ".join(repr(p) for p in PATHS))
     if name not in cpu_paths():
-        raise ValueError(f"{op}: this CPU cannot run the bfloat16 path {name!r}; available: "
+        raise ValueError(f"{op}: this CPU, or the CPU Numba compiles for (NUMBA_CPU_NAME), cannot run the "
+                         f"bfloat16 path {name!r}; available: "
                          + ", ".join(repr(p) for p in cpu_paths()))
     return name
 
