@@ -40,6 +40,7 @@ import time
 import uuid
 
 from ._files import is_url
+from .backends._target import usable_cpus
 from ._moved import moved
 from ._optional import install_hint, require
 
@@ -305,13 +306,6 @@ def iter_distributed(client, items, model, task, batch_size, timings=None, windo
 
 # ----------------------------------------------------------------------------- clusters
 
-def _cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 @contextlib.contextmanager
 def local_cluster(workers, threads_per_worker=None, silence_logs=logging.ERROR, **kwargs):
     """A ``Client`` on a ``LocalCluster`` of ``workers`` processes on 127.0.0.1, closed on exit.
@@ -324,7 +318,7 @@ def local_cluster(workers, threads_per_worker=None, silence_logs=logging.ERROR, 
     require_dask()
     import dask
     from distributed import Client, LocalCluster
-    threads = threads_per_worker or max(1, _cores() // workers)
+    threads = threads_per_worker or max(1, usable_cpus() // workers)
     env = {name: str(threads) for name in
            ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     # BLAS threads must be set before the worker starts; and no MALLOC_TRIM_THRESHOLD_ (Dask's

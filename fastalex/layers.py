@@ -22,12 +22,12 @@ when the layer is first run, and again only when they are assigned anew).
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import functional as F
+from .backends._target import usable_cpus
 from .checks import (check_activation, check_conv_args, check_dropout_p, check_groups, check_int, check_lrn_args,
                      check_output_size, check_pair, check_pool_args, count_nonfinite)
 from .lowp import check_precision, check_precision_and_weights, check_weight_dtype, pack
@@ -52,13 +52,6 @@ def _rng(rng_or_seed):
 HE_CHUNK = 1 << 20
 
 
-def _cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def he_normal(shape, fan_in, rng) -> np.ndarray:
     """He-normal float32 weights, ``N(0, 2 / fan_in)``: one key drawn from ``rng``, then each
     :data:`HE_CHUNK` values from their own stream ``default_rng([key, chunk])``, filled on
@@ -75,7 +68,7 @@ def he_normal(shape, fan_in, rng) -> np.ndarray:
         part *= scale
 
     chunks = -(-flat.size // HE_CHUNK)
-    workers = min(_cpus(), chunks)
+    workers = min(usable_cpus(), chunks)
     if workers <= 1:
         for i in range(chunks):
             fill(i)

@@ -37,7 +37,7 @@ def test_random_weights_do_not_depend_on_the_thread_count(monkeypatch):
     shape = (3 * L.HE_CHUNK // 512 + 7, 512)  # three full chunks and a partial one
     drawn = {}
     for cpus in (1, 2, 64):
-        monkeypatch.setattr(L, "_cpus", lambda cpus=cpus: cpus)
+        monkeypatch.setattr(L, "usable_cpus", lambda cpus=cpus: cpus)
         drawn[cpus] = L.he_normal(shape, 512, np.random.default_rng(5))
     np.testing.assert_array_equal(drawn[1], drawn[2])
     np.testing.assert_array_equal(drawn[1], drawn[64])

@@ -151,6 +151,14 @@ def key() -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)[:120]
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def threads() -> int:
     """Threads the kernels run on."""
     import numba
