@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from ._onnx_tensors import tensor_to_array
+from .checks import count_nonfinite
 from .errors import OnnxError
 
 __all__ = ["Converter", "SUPPORTED_OPS"]
@@ -177,7 +178,7 @@ class Converter:
         if not np.issubdtype(arr.dtype, np.floating):
             self.fail(f"{what} {name!r} must be floating point, got {arr.dtype}", node)
         arr = arr.astype(np.float32)
-        if not np.isfinite(arr).all():
+        if count_nonfinite(arr):
             self.fail(f"{what} {name!r} contains NaN/inf values", node)
         return arr
 
@@ -186,7 +187,7 @@ class Converter:
         (folding constants must not overflow float32)."""
         with np.errstate(all="ignore"):
             arr = np.asarray(arr).astype(np.float32)
-        if not np.isfinite(arr).all():
+        if count_nonfinite(arr):
             self.fail(f"{what} overflows float32 (inf or NaN values)", node)
         return arr
 
