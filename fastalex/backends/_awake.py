@@ -42,18 +42,17 @@ from . import tunables
 ENABLED = tunables.SPIN
 
 
-def _sched_yield_function():
+def _can_yield_at_idle_priority() -> bool:
+    """``SCHED_IDLE`` exists and the C library has ``sched_yield`` (Linux)."""
     if not hasattr(os, "SCHED_IDLE"):
-        return None
+        return False
     try:
-        fn = ctypes.CDLL(None).sched_yield
-    except (OSError, AttributeError):
-        return None
-    fn.restype, fn.argtypes = ctypes.c_int, []
-    return fn
+        return hasattr(ctypes.CDLL(None), "sched_yield")
+    except OSError:
+        return False
 
 
-SUPPORTED = _sched_yield_function() is not None
+SUPPORTED = _can_yield_at_idle_priority()
 
 
 @intrinsic
