@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 
+#: the environment variables :func:`cache_home` depends on (``HOME`` through ``Path.home()``)
+CACHE_HOME_VARIABLES = ("FASTALEX_HOME", "XDG_CACHE_HOME", "HOME")
+
+
 def cache_home() -> Path:
     """``$FASTALEX_HOME``, else ``$XDG_CACHE_HOME/fastalex``, else ``~/.cache/fastalex``. Not
     created here."""

@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from .._home import cache_home
+from .._home import CACHE_HOME_VARIABLES, cache_home
 from . import _target
 from .tunables import TUNE_MAX_REPEATS as MAX_REPEATS
 from .tunables import TUNE_MAX_SECONDS
@@ -65,7 +65,7 @@ def tuning_dir() -> Path:
     return cache_home() / "tuning"
 
 
-_ENV_OF_PATH = ("FASTALEX_TUNE_DIR", "NUMBA_CACHE_DIR", "FASTALEX_HOME", "XDG_CACHE_HOME", "HOME")
+_ENV_OF_PATH = ("FASTALEX_TUNE_DIR", "NUMBA_CACHE_DIR") + CACHE_HOME_VARIABLES  # what tuning_dir() reads
 _path_memo: tuple = (None, None)  # (the variables above, the path they gave)
 
 
