@@ -29,14 +29,21 @@ class Parser(argparse.ArgumentParser):
         self.add_argument("--version", action="version", version=f"{PROG} {__version__}")
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def number_type(cast, accept, expected):
+    """An argparse ``type=``: the text as ``cast`` (``int`` or ``float``), refused with
+    "expected <expected>, got '<text>'" when it does not parse or ``accept(value)`` is false."""
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = number_type(int, lambda v: v >= 1, "a positive integer")
 
 
 def variants():

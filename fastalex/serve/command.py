@@ -13,7 +13,6 @@ is. The model loads in the background: ``/healthz`` answers 503 until it is read
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ipaddress
 import os
@@ -40,34 +39,10 @@ exit status: 0 stopped by SIGTERM (requests in flight answered first), 2 usage e
 (bad options, weights missing or unusable, port taken), 130 interrupted."""
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer 0 or more, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer 0 or more, got {text!r}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number 0 or more, got {text!r}")
-    return value
+_non_negative_int = common.number_type(int, lambda v: v >= 0, "an integer 0 or more")
+# finite numbers only: NaN fails both comparisons
+_positive_float = common.number_type(float, lambda v: 0 < v < float("inf"), "a positive number")
+_non_negative_float = common.number_type(float, lambda v: 0 <= v < float("inf"), "a number 0 or more")
 
 
 def add_command(sub):
