@@ -89,17 +89,12 @@ if SUPPORTED:
             _sched_yield()
 
 
-_ready = False
-
-
 def _prepare():
     """Compile (or load from the cache) :func:`_yield_until` in the calling thread, once, before
     any thread runs it: otherwise the first pass's thread compiles it, holding the GIL against
     the pass, and keeps a core busy after the pass ended."""
-    global _ready
-    if not _ready:
+    if not _yield_until.signatures:
         _yield_until.compile((types.Array(types.int64, 1, "C"),))
-        _ready = True
 
 
 class _State:
