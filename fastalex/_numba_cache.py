@@ -5,13 +5,17 @@ or with a new ``NUMBA_CACHE_DIR``) compiles them and times their schedules, 15-2
 classify on 2 CPUs; later runs load them. Numba
 keeps an index file per kernel; reading the indexes (a few ms) tells whether any compiled
 kernel matching the current source is on disk.
+
+On a cold cache the command line also starts a helper process (:func:`start_helper`,
+:mod:`fastalex.backends._precompile`) that runs :func:`compile_all`: every kernel, compiled
+into the same cache from the other end of a forward pass, so that two cores compile.
 """
 
 from __future__ import annotations
 
 import sys
 
-__all__ = ["kernels_cached", "COMPILE_NOTE"]
+__all__ = ["kernels_cached", "COMPILE_NOTE", "start_helper", "compile_all"]
 
 COMPILE_NOTE = "compiling kernels and timing their schedules, once: ~20 s"
 
@@ -37,3 +41,56 @@ def kernels_cached() -> bool | None:
         return any(d._cache._cache_file._load_index() for d in dispatchers)
     except Exception:  # private Numba API: never let the note break a run
         return None
+
+
+def start_helper():
+    """Start the process that compiles the kernels alongside this one (see
+    :mod:`fastalex.backends._precompile`; ``FASTALEX_PRECOMPILE=0`` turns it off)."""
+    from .backends import _precompile
+    return _precompile.start(["-m", __name__])
+
+
+def compile_all() -> None:
+    """Run every kernel a forward pass of either AlexNet can need, on tiny inputs, through the
+    layers a model uses (so Numba compiles the same signatures: planned parameters read-only,
+    the same Python types), with each schedule forced in turn, roughly in the reverse of the
+    order a forward pass meets them."""
+    import numpy as np
+
+    from . import layers
+    from .backends import _tune
+
+    def run(layer, x, op=None, schedules=(None,), **kwargs):
+        layer.backend = "numba"
+        for schedule in schedules:
+            before = _tune.FORCE.get(op)
+            if schedule:
+                _tune.FORCE[op] = schedule
+            try:
+                layer(x, **kwargs)
+            finally:
+                if before is None:
+                    _tune.FORCE.pop(op, None)
+                else:
+                    _tune.FORCE[op] = before
+
+    features = np.linspace(-1, 1, 5 * 40, dtype=np.float32).reshape(5, 40)
+    x = np.linspace(-1, 1, 32 * 13 * 13, dtype=np.float32).reshape(1, 32, 13, 13)
+    dense = layers.Dense(40, 24, activation="relu", rng=0)
+    conv = layers.Conv2D(32, 32, 3, padding=1, rng=0)
+    # the classifier of one image (one sample: 4 rows x 1; five: a 4 x 4 tile and one left
+    # over), the pooling and the chunked convolutions a forward pass meets after its first
+    # layer, then what fewer runs need: the dense micro-kernel (batches), LRN (the 2012
+    # network, whose first LRN the main process meets early anyway), and last the fused
+    # convolution, which a forward pass usually meets first
+    run(dense, features[:1], "linear", ("tiled",))
+    run(dense, features, "linear", ("tiled",))
+    run(layers.MaxPool2D(3, 2), x)
+    run(conv, x, "conv2d", ("winograd-chunked",), activation="relu")
+    run(dense, features, "linear", ("microkernel",))
+    run(layers.LocalResponseNorm(5, 1e-4, 0.75, 2.0), x)
+    run(conv, x, "conv2d", ("winograd-fused",), activation="relu")
+
+
+if __name__ == "__main__":
+    compile_all()

@@ -12,6 +12,9 @@ from support import AVAILABLE_BACKENDS, assert_agree  # noqa: F401  (assert_agre
 # for the tuner (tests/test_tune.py); subprocesses inherit both.
 os.environ.setdefault("FASTALEX_TUNE", "0")
 os.environ.setdefault("FASTALEX_TUNE_DIR", tempfile.mkdtemp(prefix="fastalex-tune-"))
+# No compile helper processes beside the tests (a cold cache in CI would start one per command
+# run in-process, competing with the tests for the CPU); tests/test_precompile.py turns it on.
+os.environ.setdefault("FASTALEX_PRECOMPILE", "0")
 
 # This process forks (multiprocessing pools, the fork tests): Numba's fork-safe layer, chosen
 # explicitly as the command line does (the library itself leaves the choice to Numba).

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from .._home import CACHE_HOME_VARIABLES, cache_home
-from . import _target
+from . import _precompile, _target
 from .tunables import TUNE_MAX_REPEATS as MAX_REPEATS
 from .tunables import TUNE_MAX_SECONDS
 from .tunables import TUNE_REPEATS as REPEATS
@@ -160,12 +160,14 @@ def _measure(candidates: dict):
     """Time every candidate on the real input: one warm-up call each (compiles, page faults),
     then interleaved rounds: :data:`REPEATS` (fewer once past :data:`TUNE_MAX_SECONDS`), and
     more, up to :data:`MAX_REPEATS`, while the timed rounds have taken less than
-    :data:`TUNE_SETTLE_SECONDS`. The fastest best time wins; its last result is returned."""
+    :data:`TUNE_SETTLE_SECONDS`. The fastest best time wins; its last result is returned.
+    Nothing is timed while a first run's compile helper runs (:func:`._precompile.stop`)."""
     best = {}
     results = {}
     start = time.perf_counter()
     for name, fn in candidates.items():
         results[name] = fn()
+    _precompile.stop()  # a first run's compile helper must not share the CPU with the timing
     timed_from = time.perf_counter()
     for rounds in range(1, MAX_REPEATS + 1):
         for name, fn in candidates.items():
