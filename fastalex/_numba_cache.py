@@ -13,6 +13,7 @@ into the same cache from the other end of a forward pass, so that two cores comp
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 __all__ = ["kernels_cached", "COMPILE_NOTE", "start_helper", "compile_all"]
@@ -53,26 +54,17 @@ def start_helper():
 def compile_all() -> None:
     """Run every kernel a forward pass of either AlexNet can need, on tiny inputs, through the
     layers a model uses (so Numba compiles the same signatures: planned parameters read-only,
-    the same Python types), with each schedule forced in turn, roughly in the reverse of the
-    order a forward pass meets them."""
+    the same Python types), each schedule forced in turn (:func:`._tune.forced`), roughly in the
+    reverse of the order a forward pass meets them."""
     import numpy as np
 
     from . import layers
     from .backends import _tune
 
-    def run(layer, x, op=None, schedules=(None,), **kwargs):
+    def run(layer, x, op=None, schedule=None, **kwargs):
         layer.backend = "numba"
-        for schedule in schedules:
-            before = _tune.FORCE.get(op)
-            if schedule:
-                _tune.FORCE[op] = schedule
-            try:
-                layer(x, **kwargs)
-            finally:
-                if before is None:
-                    _tune.FORCE.pop(op, None)
-                else:
-                    _tune.FORCE[op] = before
+        with _tune.forced(op, schedule) if op else contextlib.nullcontext():
+            layer(x, **kwargs)
 
     features = np.linspace(-1, 1, 5 * 40, dtype=np.float32).reshape(5, 40)
     x = np.linspace(-1, 1, 32 * 13 * 13, dtype=np.float32).reshape(1, 32, 13, 13)
@@ -83,13 +75,13 @@ def compile_all() -> None:
     # layer, then what fewer runs need: the dense micro-kernel (batches), LRN (the 2012
     # network, whose first LRN the main process meets early anyway), and last the fused
     # convolution, which a forward pass usually meets first
-    run(dense, features[:1], "linear", ("tiled",))
-    run(dense, features, "linear", ("tiled",))
+    run(dense, features[:1], "linear", "tiled")
+    run(dense, features, "linear", "tiled")
     run(layers.MaxPool2D(3, 2), x)
-    run(conv, x, "conv2d", ("winograd-chunked",), activation="relu")
-    run(dense, features, "linear", ("microkernel",))
+    run(conv, x, "conv2d", "winograd-chunked", activation="relu")
+    run(dense, features, "linear", "microkernel")
     run(layers.LocalResponseNorm(5, 1e-4, 0.75, 2.0), x)
-    run(conv, x, "conv2d", ("winograd-fused",), activation="relu")
+    run(conv, x, "conv2d", "winograd-fused", activation="relu")
 
 
 if __name__ == "__main__":

@@ -182,8 +182,9 @@ class Sequential(L.Layer):
         staged = []
         for key, (layer, p, shape) in own.items():  # check every value before assigning any
             if key in state_dict and key not in bad:
-                # always a copy: the model must not share memory with the caller's arrays
-                # (a later change to them would change the model, past this NaN check)
+                # a copy, unless ``assign`` and nobody else holds the array: the model must not
+                # share memory with the caller's arrays (a later change to them would change the
+                # model, past this NaN check)
                 value = state_dict[key]
                 if assign and _adoptable(value):
                     arr = value

@@ -271,3 +271,18 @@ def test_fast_shapes_get_more_timed_rounds_than_slow_ones(tuning, monkeypatch):
     slow = []
     _tune.run("op", _tune.make_key("op", (8,)), _candidates(slow), default="slow")
     assert slow.count("fast") == 1 + 3  # 3 rounds of 20 ms: past the 50 ms
+
+
+def test_forced_pins_a_schedule_for_a_block_and_restores_what_was_there(tuning, monkeypatch):
+    ran = []
+    cands = {"a": lambda: ran.append("a"), "b": lambda: ran.append("b")}
+    monkeypatch.setitem(_tune.FORCE, "other", "x")
+    with _tune.forced("op", "b"):
+        _tune.run("op", _tune.make_key("op", (9,)), cands, default="a")
+        with _tune.forced("other", "y"):
+            assert _tune.FORCE["other"] == "y"
+        assert _tune.FORCE["other"] == "x"
+    assert ran == ["b"] and "op" not in _tune.FORCE and _tune.FORCE["other"] == "x"
+    with pytest.raises(RuntimeError), _tune.forced("op", "a"):
+        raise RuntimeError
+    assert "op" not in _tune.FORCE

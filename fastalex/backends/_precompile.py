@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 __all__ = ["start", "stop", "running", "enabled", "ENV_VARIABLE"]
 

@@ -11,7 +11,8 @@ mode). Later processes read the file and measure nothing.
 
 * ``FASTALEX_TUNE=0``: no measuring and no file; each op uses its heuristic default
   (deterministic, the same on every machine).
-* :data:`FORCE`: tests pin a schedule per op (``{"conv2d": "winograd-fused"}``).
+* :data:`FORCE`: tests pin a schedule per op (``{"conv2d": "winograd-fused"}``); :func:`forced`
+  does it for a block (the first run's compile helper runs every schedule so).
 * ``fastalex tune`` measures a model's shapes ahead of time (and ``--again`` re-measures).
 
 The file lives in ``$FASTALEX_TUNE_DIR``, else next to Numba's cache when ``NUMBA_CACHE_DIR``
@@ -23,6 +24,7 @@ measurement.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -37,8 +39,8 @@ from .tunables import TUNE_MAX_SECONDS
 from .tunables import TUNE_REPEATS as REPEATS
 from .tunables import TUNE_SETTLE_SECONDS
 
-#: op -> schedule name (or names, the first that applies), forced (tests); an op not listed is
-#: tuned as usual
+#: op -> schedule name (or names, the first that applies), forced (tests, :func:`forced`); an op
+#: not listed is tuned as usual
 FORCE: dict = {}
 #: bump when the candidates change meaning: older files are then ignored
 VERSION = 1
@@ -113,6 +115,20 @@ def _save():
         os.replace(tmp, path)
     except OSError:
         pass  # read-only home, full disk: the next process measures again
+
+
+@contextlib.contextmanager
+def forced(op: str, schedule: str):
+    """Run ``op`` with ``schedule`` (see :data:`FORCE`) inside the block, as before it after."""
+    before = FORCE.get(op)
+    FORCE[op] = schedule
+    try:
+        yield
+    finally:
+        if before is None:
+            FORCE.pop(op, None)
+        else:
+            FORCE[op] = before
 
 
 def make_key(op: str, *parts) -> str:

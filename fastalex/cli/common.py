@@ -166,7 +166,7 @@ def model_recipe(args):
 
 def compile_note(backend):
     """Say once on stderr that the first run compiles the Numba kernels (cold cache only), and
-    start the helper process that compiles half of them alongside (``backends._precompile``)."""
+    start the helper process that compiles them alongside (``_numba_cache.start_helper``)."""
     from .. import _numba_cache
     from ..backends import get_backend_name
     if (backend or get_backend_name()) == "numba" and _numba_cache.kernels_cached() is False:
