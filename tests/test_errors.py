@@ -15,6 +15,11 @@ from fastalex import cli, errors
 from fastalex._optional import install_hint, require
 
 
+#: the top-level packages of the optional extras (pyproject.toml): a module that needs one is
+#: checked where the extra is installed (CI installs them all), and skipped where it is not
+OPTIONAL_PACKAGES = {"starlette", "uvicorn", "multipart", "dask", "distributed", "onnx", "pyarrow", "matplotlib"}
+
+
 def _all_modules():
     names = [m.name for m in pkgutil.walk_packages(fastalex.__path__, "fastalex.")]
     skip = {"fastalex.__main__", "fastalex._dask_preload"}
@@ -24,6 +29,9 @@ def _all_modules():
             continue
         try:
             modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:  # an extra not installed (the README's plain install)
+            if (exc.name or "").split(".")[0] not in OPTIONAL_PACKAGES:
+                raise
         except ImportError:  # the kernels of an instruction set this CPU (or OS) lacks refuse to import
             if not name.startswith("fastalex.backends._bf16_"):
                 raise
