@@ -3,6 +3,7 @@
     python benchmarks/compare.py                       # whole models: both AlexNets, batch 1 and 16
     python benchmarks/compare.py --layers              # every conv layer, and fc6 against NumPy's sgemm
     python benchmarks/compare.py --engines numba,onnxruntime --rounds 5 --json out.json
+    python benchmarks/compare.py --engines numba,numba-avx2   # the AVX2 build against the native one
 
 Every engine runs in its own process (``compare.py --worker ENGINE ...``): thread pools that spin
 (PyTorch's, ONNX Runtime's, OpenVINO's, Numba's) slow each other down when they share one. The
@@ -45,6 +46,7 @@ import numpy as np
 ENGINES = {
     "numba": "fastalex numba",
     "numba-bf16": "fastalex bf16",
+    "numba-avx2": "fastalex AVX2 build",
     "numpy": "fastalex numpy",
     "torch": "PyTorch",
     "onnxruntime": "ONNX Runtime",
@@ -55,13 +57,17 @@ ENGINES = {
 #: AVX512-BF16): reported by their relative error, not held to the float32 tolerance
 LOWP_ENGINES = ("numba-bf16", "openvino")
 #: the engines of ``--layers`` (conv layers through fastalex's layer API, PyTorch's conv2d + ReLU)
-LAYER_ENGINES = ("numba", "numba-bf16", "numpy", "torch")
+LAYER_ENGINES = ("numba", "numba-bf16", "numba-avx2", "numpy", "torch")
 DEFAULT_LAYER_ENGINES = ("numba", "numba-bf16", "torch")
 #: engines too slow to time many calls: at most this many calls per cell, one warm-up call
 SLOW_ENGINES = {"numpy": 3}
 #: ratio columns: (title, numerator engine, denominator engine)
 RATIOS = (("fastalex/ORT", "numba", "onnxruntime"),
-          ("fastalex-bf16/OV-default", "numba-bf16", "openvino"))
+          ("fastalex-bf16/OV-default", "numba-bf16", "openvino"),
+          ("AVX2/native", "numba-avx2", "numba"))
+#: fastalex's engines (the numba ones start Numba's threads on the first call)
+FASTALEX_ENGINES = ("numba", "numba-bf16", "numba-avx2", "numpy")
+NUMBA_ENGINES = ("numba", "numba-bf16", "numba-avx2")
 #: variant names on the command line -> fastalex's; "2012" is the paper's network
 VARIANT_ALIASES = {"torchvision": "torchvision", "original": "original", "2012": "original"}
 VARIANT_TITLES = {"torchvision": "torchvision", "original": "2012"}
@@ -230,6 +236,21 @@ def _time(fn, x, warmup, calls):
     return times, out
 
 
+def _check_avx2_build():
+    """``Skip`` unless this CPU runs AVX2 code and the kernels are being compiled for AVX2."""
+    import llvmlite.binding as ll
+    try:
+        host = ll.get_host_cpu_features()
+    except RuntimeError:
+        host = {}
+    if not (host.get("avx2") and host.get("fma")):
+        raise Skip("this CPU has no AVX2 + FMA: an AVX2 build cannot run here")
+    from fastalex.backends import _target
+    if _target.target().isa != "avx2":
+        raise Skip(f"the kernels compile for {_target.target().cpu_name} ({_target.target().isa}), not AVX2: "
+                   "set NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= (compare.py does)")
+
+
 def _has_precision(callable_):
     try:
         return "precision" in inspect.signature(callable_).parameters
@@ -246,6 +267,8 @@ class FastalexEngine:
         self.fastalex, self.numba = fastalex, numba
         self.backend = "numpy" if engine == "numpy" else "numba"
         self.kwargs = {}
+        if engine == "numba-avx2":
+            _check_avx2_build()
         if engine == "numba-bf16":
             if not _has_precision(fastalex.alexnet):
                 raise Skip("this fastalex's alexnet() has no precision= argument (bfloat16 not built yet)")
@@ -306,6 +329,10 @@ class FastalexEngine:
         info = {"version": f"fastalex {self.fastalex.__version__} (numba {numba.__version__}, "
                            f"llvmlite {llvmlite.__version__}, numpy {np.__version__})",
                 "threading_layer": layer, "numba_threads": numba.get_num_threads()}
+        if self.backend == "numba":
+            from fastalex.backends import _target
+            t = _target.target()
+            info["kernels"] = f"{t.cpu_name}, {t.isa}, micro-kernel {t.mr}x{t.nr}"
         try:
             from threadpoolctl import threadpool_info
             info["blas"] = [f"{p.get('internal_api')} {p.get('version')} ({p.get('num_threads')} threads)"
@@ -417,7 +444,8 @@ class OpenVinoEngine:
         return {"version": f"OpenVINO {version.split('-')[0]}", "precision": self.precision}
 
 
-ENGINE_CLASSES = {"numba": FastalexEngine, "numba-bf16": FastalexEngine, "numpy": FastalexEngine,
+ENGINE_CLASSES = {"numba": FastalexEngine, "numba-bf16": FastalexEngine, "numba-avx2": FastalexEngine,
+                  "numpy": FastalexEngine,
                   "torch": TorchEngine, "onnxruntime": OrtEngine, "openvino-f32": OpenVinoEngine,
                   "openvino": OpenVinoEngine}
 
@@ -451,7 +479,7 @@ def worker(args) -> dict:
     calls, warmup = args.calls, args.warmup
     if engine in SLOW_ENGINES:
         calls, warmup = max(1, min(calls, SLOW_ENGINES[engine])), min(warmup, 1)
-    if engine in ("numba", "numba-bf16"):
+    if engine in NUMBA_ENGINES:
         warmup = max(warmup, 1)  # the call where Numba's threads start, before their count is set
     try:
         runner = ENGINE_CLASSES[engine](engine, args.threads)
@@ -494,6 +522,15 @@ def worker(args) -> dict:
 
 
 # ============================================================================ the parent
+
+def avx2_env(data) -> dict:
+    """The environment of the ``numba-avx2`` worker: kernels compiled for an AVX2 CPU
+    (``haswell``, its own features only: without the empty feature string Numba would keep the
+    host's AVX-512), in a Numba cache of its own that starts empty in each comparison (under the
+    data directory; the rounds after the first reuse it)."""
+    return {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "",
+            "NUMBA_CACHE_DIR": os.path.join(data, "numba-cache-avx2")}
+
 
 def run_worker(args, engine, data, extra_env=None) -> dict:
     """Run ``compare.py --worker ENGINE`` in a new process; its JSON report, or an error report."""
@@ -574,11 +611,14 @@ def _header(meta, results, title) -> list[str]:
     versions = list(dict.fromkeys(r["version"] for r in ok.values() if r.get("version")))
     if ok.get("openvino", {}).get("precision"):
         versions.append(f"OpenVINO's default precision here: {ok['openvino']['precision']}")
-    fast = [results[e] for e in ("numba", "numba-bf16", "numpy") if results.get(e, {}).get("status") == "ok"]
+    fast = [results[e] for e in FASTALEX_ENGINES if results.get(e, {}).get("status") == "ok"]
     tl = ", ".join(sorted({r["threading_layer"] for r in fast if r.get("threading_layer")})) or "-"
+    kernels = [f"{ENGINES[e]}: {results[e]['kernels']}" for e in FASTALEX_ENGINES
+               if results.get(e, {}).get("status") == "ok" and results[e].get("kernels")]
     lines = [f"### {title}", "",
              f"- CPU: {cpu['model']} ({cpu['cpus']} logical CPUs); ISA: {' '.join(cpu['isa']) or '-'}",
              f"- threads: {meta['threads']} per engine; fastalex's threading layer as it ran: {tl}",
+             *([f"- fastalex's kernels compiled for: {'; '.join(kernels)}"] if kernels else []),
              f"- date: {meta['date']}; commit: {meta['commit']}",
              f"- versions: {'; '.join(versions) or '-'}",
              f"- method: each engine in its own process, {meta['rounds']} round(s), order rotated each round; "
@@ -814,7 +854,10 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             for engine in rotated(active, r):
                 t0 = time.perf_counter()
-                report = run_worker(args, engine, data, extra_env if engine in ("numba", "numba-bf16", "numpy") else None)
+                env = dict(extra_env) if engine in FASTALEX_ENGINES else {}
+                if engine == "numba-avx2":
+                    env.update(avx2_env(data))
+                report = run_worker(args, engine, data, env)
                 reports[engine].append(report)
                 status = report["status"] if report["status"] == "ok" else \
                     f"{report['status']}: {report.get('reason') or report.get('error')}"

@@ -82,6 +82,47 @@ def test_layers_tiny_run(tmp_path):
     assert "NumPy sgemm" in proc.stdout
 
 
+def test_avx2_build_runs_in_its_own_process_and_cache(tmp_path, compare):
+    """``numba-avx2``: fastalex with kernels compiled for an AVX2 CPU (haswell), in a Numba cache
+    that starts empty under the run's data folder, on an x86 CPU with AVX2; skipped elsewhere."""
+    env = compare.avx2_env(str(tmp_path))
+    assert env == {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "",
+                   "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache-avx2")}
+    import llvmlite.binding as ll
+    try:
+        host = ll.get_host_cpu_features()
+    except RuntimeError:
+        host = {}
+    out = tmp_path / "out.json"
+    proc = _run(tmp_path, "--engines", "numba-avx2", "--rounds", "1", "--calls", "1", "--warmup", "0",
+                "--batches", "1", "--variants", "torchvision", "--threads", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())["results"]["numba-avx2"]
+    if not (host.get("avx2") and host.get("fma")):
+        assert result["status"] == "skipped" and "AVX2" in result["reason"]
+        return
+    assert result["status"] == "ok", result
+    assert result["kernels"].startswith("haswell, avx2, micro-kernel ")
+    assert result["cells"]["torchvision_b1"]["check"]["agree"]
+    assert "fastalex's kernels compiled for: fastalex AVX2 build: haswell, avx2" in proc.stdout
+
+
+def test_avx2_engine_skips_unless_the_kernels_compile_for_avx2(monkeypatch, compare):
+    import llvmlite.binding as ll
+    from fastalex.backends import _target
+    native = _target.make_target("x86_64", "znver4", frozenset({"avx2", "fma", "avx512f"}))
+    avx2 = _target.make_target("x86_64", "haswell", frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(ll, "get_host_cpu_features", lambda: {"avx2": True, "fma": True})
+    monkeypatch.setattr(_target, "target", lambda: native)
+    with pytest.raises(compare.Skip, match="not AVX2: set NUMBA_CPU_NAME=haswell"):
+        compare._check_avx2_build()
+    monkeypatch.setattr(_target, "target", lambda: avx2)
+    compare._check_avx2_build()
+    monkeypatch.setattr(ll, "get_host_cpu_features", lambda: {"sse2": True})
+    with pytest.raises(compare.Skip, match="no AVX2"):
+        compare._check_avx2_build()
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path):
     proc = _run(tmp_path, "--engines", "numba,tensorflow")
     assert proc.returncode == 2 and "unknown engine 'tensorflow'" in proc.stderr
@@ -123,6 +164,7 @@ def test_table_from_made_up_results(compare):
     results = {
         "numba": _report("numba", {c: 10.0 for c in cells}),
         "numba-bf16": _report("numba-bf16", {c: 4.0 for c in cells}, rel=4e-3),
+        "numba-avx2": dict(_report("numba-avx2", {c: 11.0 for c in cells}), kernels="haswell, avx2, micro-kernel 6x16"),
         "onnxruntime": _report("onnxruntime", {c: 20.0 for c in cells}),
         "openvino": _report("openvino", {c: 5.0 for c in cells}, rel=6e-3),
         "torch": {"engine": "torch", "status": "skipped", "reason": "torch is not installed"},
@@ -134,10 +176,11 @@ def test_table_from_made_up_results(compare):
     results["numba"]["stderr"] = "/x/y.py:494: RuntimeWarning: fastalex: threads spin\n  warnings.warn(message)"
     table = compare.model_table(meta, results)
     rows = [line for line in table.splitlines() if line.startswith("|")]
-    assert rows[0] == ("| model | batch | fastalex numba | fastalex bf16 | fastalex numpy | ONNX Runtime | "
-                       "OpenVINO default | fastalex/ORT | fastalex-bf16/OV-default |")
-    assert rows[2] == "| torchvision | 1 | 10.0 | 4.00 | 50.0 | 20.0 | 5.00 | 0.50x | 0.80x |"
-    assert rows[5] == "| 2012 | 16 | 10.0 | 4.00 | 50.0 ! | 20.0 | 5.00 | 0.50x | 0.80x |"
+    assert rows[0] == ("| model | batch | fastalex numba | fastalex bf16 | fastalex AVX2 build | fastalex numpy | "
+                       "ONNX Runtime | OpenVINO default | fastalex/ORT | fastalex-bf16/OV-default | AVX2/native |")
+    assert rows[2] == "| torchvision | 1 | 10.0 | 4.00 | 11.0 | 50.0 | 20.0 | 5.00 | 0.50x | 0.80x | 1.10x |"
+    assert rows[5] == "| 2012 | 16 | 10.0 | 4.00 | 11.0 | 50.0 ! | 20.0 | 5.00 | 0.50x | 0.80x | 1.10x |"
+    assert "- fastalex's kernels compiled for: fastalex AVX2 build: haswell, avx2, micro-kernel 6x16" in table
     assert "- skipped: PyTorch (torch is not installed)" in table
     assert "- FAILED: OpenVINO f32 (RuntimeError: boom)" in table
     assert "fastalex numpy disagrees with the reference: 2012 / 16 (0.5 > 0.001)" in table
