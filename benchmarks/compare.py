@@ -238,16 +238,13 @@ def _time(fn, x, warmup, calls):
 
 def _check_avx2_build():
     """``Skip`` unless this CPU runs AVX2 code and the kernels are being compiled for AVX2."""
-    import llvmlite.binding as ll
-    try:
-        host = ll.get_host_cpu_features()
-    except RuntimeError:
-        host = {}
+    from fastalex.backends import _target
+    host = _target.host_features()
     if not (host.get("avx2") and host.get("fma")):
         raise Skip("this CPU has no AVX2 + FMA: an AVX2 build cannot run here")
-    from fastalex.backends import _target
-    if _target.target().isa != "avx2":
-        raise Skip(f"the kernels compile for {_target.target().cpu_name} ({_target.target().isa}), not AVX2: "
+    t = _target.target()
+    if t.isa != "avx2":
+        raise Skip(f"the kernels compile for {t.cpu_name} ({t.isa}), not AVX2: "
                    "set NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= (compare.py does)")
 
 

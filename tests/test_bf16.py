@@ -19,7 +19,7 @@ import pytest
 
 import fastalex
 from fastalex import functional as F
-from fastalex.backends import _bf16
+from fastalex.backends import _bf16, _target
 from fastalex.layers import Conv2D, Dense
 from fastalex.lowp import from_bfloat16, to_bfloat16
 
@@ -276,13 +276,13 @@ def test_the_cpu_is_asked_for_its_features_once(monkeypatch):
     asked = []
     real = llvm.get_host_cpu_features
     monkeypatch.setattr(llvm, "get_host_cpu_features", lambda: asked.append(1) or real())
-    _bf16._host_features.cache_clear()
+    _target.host_features.cache_clear()
     try:
         first = _bf16.cpu_paths()
         assert all(_bf16.cpu_paths() == first for _ in range(5))
         assert asked == [1]
     finally:
-        _bf16._host_features.cache_clear()
+        _target.host_features.cache_clear()
 
 
 @pytest.mark.skipif("avx512_bf16" not in AVAILABLE, reason="this CPU has no AVX512-BF16: nothing to hide")

@@ -88,11 +88,8 @@ def test_avx2_build_runs_in_its_own_process_and_cache(tmp_path, compare):
     env = compare.avx2_env(str(tmp_path))
     assert env == {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "",
                    "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache-avx2")}
-    import llvmlite.binding as ll
-    try:
-        host = ll.get_host_cpu_features()
-    except RuntimeError:
-        host = {}
+    from fastalex.backends import _target
+    host = _target.host_features()
     out = tmp_path / "out.json"
     proc = _run(tmp_path, "--engines", "numba-avx2", "--rounds", "1", "--calls", "1", "--warmup", "0",
                 "--batches", "1", "--variants", "torchvision", "--threads", "1", "--json", str(out))
@@ -108,17 +105,16 @@ def test_avx2_build_runs_in_its_own_process_and_cache(tmp_path, compare):
 
 
 def test_avx2_engine_skips_unless_the_kernels_compile_for_avx2(monkeypatch, compare):
-    import llvmlite.binding as ll
     from fastalex.backends import _target
     native = _target.make_target("x86_64", "znver4", frozenset({"avx2", "fma", "avx512f"}))
     avx2 = _target.make_target("x86_64", "haswell", frozenset({"avx2", "fma"}))
-    monkeypatch.setattr(ll, "get_host_cpu_features", lambda: {"avx2": True, "fma": True})
+    monkeypatch.setattr(_target, "host_features", lambda: {"avx2": True, "fma": True})
     monkeypatch.setattr(_target, "target", lambda: native)
     with pytest.raises(compare.Skip, match="not AVX2: set NUMBA_CPU_NAME=haswell"):
         compare._check_avx2_build()
     monkeypatch.setattr(_target, "target", lambda: avx2)
     compare._check_avx2_build()
-    monkeypatch.setattr(ll, "get_host_cpu_features", lambda: {"sse2": True})
+    monkeypatch.setattr(_target, "host_features", lambda: {"sse2": True})
     with pytest.raises(compare.Skip, match="no AVX2"):
         compare._check_avx2_build()
 

@@ -37,7 +37,6 @@ environment variable ``FASTALEX_BF16_PATH`` chose another (a tuner can time each
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -57,21 +56,10 @@ _SER = dict(cache=True, nogil=True, error_model="numpy")
 
 # ----------------------------------------------------------------------------- the CPU
 
-@functools.lru_cache(maxsize=1)
-def _host_features() -> dict:
-    """LLVM's feature flags of this CPU (asked once: the call costs ~0.2 ms, a layer's whole
-    time at batch 1)."""
-    try:
-        import llvmlite.binding as llvm
-        return dict(llvm.get_host_cpu_features())
-    except Exception:  # noqa: BLE001 - no feature list: only the emulation
-        return {}
-
-
 def _usable(*features) -> bool:
     """Whether this CPU has ``features`` and Numba compiles for them: with ``NUMBA_CPU_NAME=haswell``
     (a portable build) on an AVX-512 machine, LLVM would abort the process on a bf16 kernel."""
-    host, target = _host_features(), _target.target().features
+    host, target = _target.host_features(), _target.target().features
     return all(host.get(f) and f in target for f in features)
 
 

@@ -26,6 +26,8 @@ import subprocess
 import sys
 import threading
 
+from . import _target
+
 __all__ = ["start", "stop", "running", "enabled", "ENV_VARIABLE"]
 
 #: "0" turns the helper off
@@ -36,7 +38,7 @@ _helper: subprocess.Popen | None = None
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV_VARIABLE, "1").strip() != "0"
+    return _target.env_flag(ENV_VARIABLE)
 
 
 def start(args) -> subprocess.Popen | None:
