@@ -78,10 +78,10 @@ def compile_all() -> None:
     run(dense, features[:1], "linear", "tiled")
     run(dense, features, "linear", "tiled")
     run(layers.MaxPool2D(3, 2), x)
-    run(conv, x, "conv2d", "winograd-chunked", activation="relu")
+    run(conv, x, "conv2d", "winograd-chunked-4x4", activation="relu")
     run(dense, features, "linear", "microkernel")
     run(layers.LocalResponseNorm(5, 1e-4, 0.75, 2.0), x)
-    run(conv, x, "conv2d", "winograd-fused", activation="relu")
+    run(conv, x, "conv2d", "winograd-fused-4x4", activation="relu")
 
 
 if __name__ == "__main__":

@@ -149,8 +149,8 @@ def test_unfused_products_match(path, groups, m, k, n):
 # from it of a product of unrounded inputs (checked too).
 TUNED_CONV_GRID = [
     # N, C, H, W, O, k, stride, padding, groups
-    (1, 3, 27, 27, 32, 11, 4, 2, 1),      # conv1-like: space-to-depth, then F(4, 3)
-    (2, 16, 13, 13, 32, 3, 1, 1, 1),      # F(4, 3)
+    (1, 3, 27, 27, 32, 11, 4, 2, 1),      # conv1-like: space-to-depth, then F(4 or 6, 3)
+    (2, 16, 13, 13, 32, 3, 1, 1, 1),      # F(4 or 5, 3)
     (1, 32, 11, 11, 64, 5, 1, 2, 2),      # F(4, 5), groups
     (3, 20, 9, 10, 24, 3, 1, 0, 1),       # output channels not a multiple of 32: chunked on sgemm
 ]
@@ -163,7 +163,7 @@ def _agrees(y, ref, what):
 
 
 @pytest.mark.parametrize("shape", TUNED_CONV_GRID, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("schedule", ["winograd-fused", "winograd-chunked", "winograd-chunked-small"])
+@pytest.mark.parametrize("schedule", ["winograd-fused-4x4", "winograd-chunked-4x4", "winograd-chunked-small-4x4"])
 def test_tuned_winograd_schedules_compute_the_rounded_convolution(monkeypatch, shape, schedule):
     from fastalex.backends import _tune, _winograd
     N, C, H, W, O, k, s, p, g = shape
@@ -173,7 +173,7 @@ def test_tuned_winograd_schedules_compute_the_rounded_convolution(monkeypatch, s
     b = rng.standard_normal(O, dtype=np.float32)
     plan = F.prepare_conv2d(w, b, s, groups=g, backend="numba", precision="bfloat16")
     packed = (O // g) % 32 == 0
-    if schedule == "winograd-fused" and not packed:
+    if schedule.startswith("winograd-fused") and not packed:
         pytest.skip("the fused schedule needs output channels in multiples of 32")
     monkeypatch.setitem(_tune.FORCE, "conv2d_bf16", schedule)
     y = F.conv2d(x, w, b, s, p, groups=g, activation="relu", backend="numba", precision="bfloat16", plan=plan)
@@ -219,11 +219,11 @@ def test_a_chosen_path_runs_alone_and_the_summary_names_each_layers_product(monk
     from fastalex.backends import _tune
     model = fastalex.alexnet("torchvision", backend="numba", precision="bfloat16")
     x = np.random.default_rng(2).standard_normal((1, 3, 224, 224), dtype=np.float32)
-    monkeypatch.setitem(_tune.FORCE, "conv2d_bf16", "winograd-chunked")
+    monkeypatch.setitem(_tune.FORCE, "conv2d_bf16", "winograd-chunked-4x4")
     monkeypatch.setitem(_tune.FORCE, "linear_bf16", "stream")
     model(x)
     text = model.summary()
-    assert "batch 1: winograd-chunked on float32 units (forced)" in text
+    assert "batch 1: winograd-chunked-4x4 on float32 units (forced)" in text
     fastalex.set_bf16_path("emulation")
     try:
         fresh = fastalex.alexnet("torchvision", backend="numba", precision="bfloat16")

@@ -23,9 +23,18 @@ fast = pytest.importorskip("fastalex.backends.fast")
 from fastalex.backends import _gemm, _tune, _winograd, tunables  # noqa: E402  (after the numba skip)
 
 
+def _names(*schedules):
+    """Every tile size's name of each schedule, the larger tiles first (the first that applies
+    runs: the tile of fewest multiplies where it is a candidate, else the smallest)."""
+    tiles = sorted({m for ms in _winograd.TILES.values() for m in ms}, reverse=True)
+    return tuple(fast.winograd_schedule(s, m) for s in schedules for m in tiles)
+
+
 #: the schedules of a Winograd plan, each first where it applies
-SCHEDULES = {"fused": ("winograd-fused", "winograd-chunked"), "chunked": ("winograd-chunked",),
-             "chunked-small": ("winograd-chunked-small",)}
+SCHEDULES = {"fused": _names("winograd-fused", "winograd-chunked"), "chunked": _names("winograd-chunked"),
+             "chunked-small": _names("winograd-chunked-small")}
+#: every (m, r) of the tiles in use
+TILE_PAIRS = sorted((m, r) for r, ms in _winograd.TILES.items() for m in ms)
 
 
 @pytest.fixture(params=list(SCHEDULES))
@@ -49,7 +58,7 @@ def _planned(x, w, b, stride, padding, groups, relu):
     return y, ref
 
 
-@pytest.mark.parametrize("m, r", sorted((m, r) for r, m in _winograd.TILE.items()))
+@pytest.mark.parametrize("m, r", TILE_PAIRS)
 def test_matrices_compute_a_correlation(m, r):
     """``A^T [(G g) * (B^T d)] = correlation(d, g)`` in 1-D, for every F(m, r) in use."""
     AT, G, BT = _winograd.matrices(m, r)
@@ -63,21 +72,58 @@ def test_matrices_compute_a_correlation(m, r):
         np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("m, r", sorted((m, r) for r, m in _winograd.TILE.items()))
+@pytest.mark.parametrize("m, r", TILE_PAIRS)
 def test_transform_kernels_spell_out_the_matrices(m, r):
-    """The kernels' hand-written ``B^T`` (``_bt6``/``_bt8``) and ``A^T`` (``_at``) are those of
-    :func:`matrices`, on vectors of channels."""
+    """The kernels' hand-written ``B^T`` (``_bt6``/``_bt7``/``_bt8``) and ``A^T`` (``_at``) are
+    those of :func:`matrices`, on vectors of channels."""
     AT, _, BT = _winograd.matrices(m, r)
     alpha, C = m + r - 1, 19
     rng = np.random.default_rng(alpha)
     f = rng.standard_normal(alpha * C).astype(np.float32)     # alpha vectors of C channels
     want_b = (BT @ f.reshape(alpha, C).astype(np.float64)).reshape(-1)
     got = np.zeros(alpha * C, np.float32)
-    (_winograd._bt6 if alpha == 6 else _winograd._bt8)(f, 0, C, got, 0, C, C)
+    {6: _winograd._bt6, 7: _winograd._bt7, 8: _winograd._bt8}[alpha](f, 0, C, got, 0, C, C)
     np.testing.assert_allclose(got, want_b, rtol=1e-5, atol=1e-4)
     got = np.zeros(m * C, np.float32)
     _winograd._at(alpha, m, f, 0, C, got, 0, C, C)
     np.testing.assert_allclose(got, (AT @ f.reshape(alpha, C).astype(np.float64)).reshape(-1), rtol=1e-5, atol=1e-4)
+
+
+def test_tile_has_the_fewest_multiplies():
+    """13x13 (AlexNet's conv3-5): 9 tiles of F(5, 3), 441 multiplies against 16 x 36 = 576 for
+    F(4, 3); 12x12: 4 of F(6, 3) (256); 8x8: 4 of F(4, 3) (144); 27x27: F(4, 3) and F(5, 3)
+    tie at 1764, F(6, 3) takes 1600. Ties go to the smaller tile."""
+    assert [_winograd.tile_for(3, n, n) for n in (13, 12, 8, 55, 27)] == [5, 6, 4, 5, 6]
+    assert _winograd.tile_for(5, 27, 27) == 4 and _winograd.tile_for(2, 9, 9) == 5
+    for r, tiles in _winograd.TILES.items():
+        for ho, wo in ((1, 1), (7, 30), (13, 13), (55, 55), (16, 9)):
+            cost = {m: -(-ho // m) * -(-wo // m) * (m + r - 1) ** 2 for m in tiles}
+            best = _winograd.tile_for(r, ho, wo)
+            assert cost[best] == min(cost.values()) and best == min(m for m in tiles if cost[m] == cost[best])
+
+
+#: (m, r, kernel, stride): each tile size on a plain kernel and on one after space-to-depth
+TILE_KERNELS = [(m, r, k, s) for m, r in TILE_PAIRS for k, s in ((2, 1), (3, 1), (4, 1), (5, 1), (11, 4), (6, 2))
+                if -(-k // s) == r]
+
+
+@pytest.mark.parametrize("m, r, k, s", TILE_KERNELS)
+@pytest.mark.parametrize("schedule", ["fused", "chunked"])
+def test_every_tile_size_agrees(monkeypatch, m, r, k, s, schedule):
+    """Each tile size of :data:`TILES`, forced, on kernels whose effective size it serves, output
+    sizes not multiples of it, groups, padding and both schedules (products by the micro-kernel
+    and by sgemm)."""
+    monkeypatch.setattr(tunables, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setitem(_winograd.TILES, r, (m,))
+    for cout_g, groups in ((32, 2), (5, 1)):
+        if schedule == "fused" and cout_g % 32:
+            continue
+        monkeypatch.setitem(_tune.FORCE, "conv2d", fast.winograd_schedule(f"winograd-{schedule}", m))
+        x = _array(m * 7 + k, (2, 3 * groups, 2 * m * s + k + 3, m * s + k + 1))
+        w = _array(m * 7 + k + 1, (cout_g * groups, 3, k, k))
+        b = _array(k, (cout_g * groups,))
+        y, ref = _planned(x, w, b, s, 1, groups, relu=True)
+        assert_agree(y, ref, f"F({m}, {r}) k={k} s={s} {schedule} out/g={cout_g}")
 
 
 # (kernel, stride): effective kernels 2, 3, 4, 5 with and without space-to-depth
@@ -223,8 +269,13 @@ def test_tiles_in_chunks_agree(every_shape, monkeypatch, k, s, groups, cout_g):
 def test_summary_shows_the_plan():
     m = fastalex.alexnet("original", seed=0, backend="numba")
     text = m.summary()
-    assert "features.0   Winograd F(4x4, 3x3) after space-to-depth 4x4 (11x11 stride 4 -> 3x3 over 48 channels)" in text
+    assert ("features.0   Winograd F(4x4 or 5x5 or 6x6, 3x3) after space-to-depth 4x4 (11x11 stride 4 -> "
+            "3x3 over 48 channels)") in text   # no input seen yet: the tiles it may take
     assert "features.4   Winograd F(4x4, 5x5)" in text
+    m(np.zeros((1, *m.input_shape), np.float32))
+    text = m.summary()  # the tile its 55x55 output took (of fewest multiplies: FASTALEX_TUNE=0 here)
+    assert "features.0   Winograd F(5x5, 3x3) after space-to-depth" in text, text
+    assert "features.8   Winograd F(5x5, 3x3)" in text and "batch 1: winograd-fused-5x5 (default)" in text
     m.backend = "numpy"
     assert "Winograd" not in m.summary()
 
@@ -252,13 +303,13 @@ def test_batch_size_picks_the_algorithm(monkeypatch, out, winograd_at_1):
 @pytest.mark.parametrize("batch, fused", [(1, True), (16, True), (64, False)])
 def test_schedule_follows_the_weight_traffic(monkeypatch, batch, fused):
     """Without measuring (``FASTALEX_TUNE=0``, as in this suite): fused (one launch) while the tile rows together read at most FUSED_MAX_WEIGHT_TRAFFIC
-    bytes of transformed weights (10 MB here, 4 rows per image), else the chunked three
+    bytes of transformed weights (14 MB here, F(5, 3): 3 rows per image), else the chunked three
     launches; the same result either way."""
-    w = _array(1, (384, 192, 3, 3)) * np.float32(0.03)   # torchvision's conv3: 10 MB transformed
+    w = _array(1, (384, 192, 3, 3)) * np.float32(0.03)   # torchvision's conv3: 14 MB transformed
     b = _array(2, (384,))
     x = np.abs(_array(3, (batch, 192, 13, 13)))
     plan = F.prepare_conv2d(w, b, 1, 1, 1, backend="numba")
-    assert fused == (plan.data.weights.nbytes * batch * 4 <= tunables.FUSED_MAX_WEIGHT_TRAFFIC)
+    assert fused == (plan.data.weights(5).nbytes * batch * 3 <= tunables.FUSED_MAX_WEIGHT_TRAFFIC)
     launched = []
     real = fast._launch
     monkeypatch.setattr(fast, "_launch", lambda kernel, *args: (launched.append(kernel), real(kernel, *args)))

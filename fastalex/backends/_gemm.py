@@ -12,7 +12,7 @@ fused multiply-adds, the scheme of BLIS/OpenBLAS's kernels and of ONNX Runtime's
 ``A`` is read in place (row-major, any row stride); ``B`` is packed in panels of 32 columns
 (:func:`pack_b`), so each step reads one contiguous 128-byte row of the panel.
 
-:func:`batched_gemm` runs ``C[e] = A[e] @ B[e]`` for a batch of products (Winograd's 36 or 64,
+:func:`batched_gemm` runs ``C[e] = A[e] @ B[e]`` for a batch of products (Winograd's 36, 49 or 64,
 for every group) in one parallel launch: one task per ``(group, product, panel of 32
 columns)``, tiles of ``MR = 6`` rows (12 accumulators + 2 loads + 1 broadcast: 15 of the 32
 ``zmm`` registers), and smaller tiles for the rows left over. Sums run in ``k`` order, in float32, with FMA.
@@ -206,7 +206,7 @@ def product_task(af, acols, ak, dk, bf, G, E, P, K, cf, ccols, cn, dn, T, task):
 def batched_gemm(a, bp, c, T, ak, cn, dk, dn):
     """``c[:T, e, cn + g*dn : +P*32] = a[:T, e, ak + g*dk : +K] @ B[g, e]`` for every group ``g``
     and product ``e``, where ``bp[g]`` is ``pack_b(B[g])`` (G, E, P, K, 32): ``a`` (rows, E, cols)
-    and ``c`` (rows, E, cols) hold each row's ``E`` vectors together (a Winograd tile's 36 or 64
+    and ``c`` (rows, E, cols) hold each row's ``E`` vectors together (a Winograd tile's 36, 49 or 64
     transformed vectors: the transforms read and write one contiguous block per tile), and the
     products take a column slice of each (a group's channels). One launch for every group, one
     task per ``(g, e, panel)``. Pass the arguments through :func:`checked`."""

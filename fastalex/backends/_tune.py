@@ -43,7 +43,7 @@ from .tunables import TUNE_SETTLE_SECONDS
 #: not listed is tuned as usual
 FORCE: dict = {}
 #: bump when the candidates change meaning: older files are then ignored
-VERSION = 1
+VERSION = 2
 
 _lock = threading.Lock()
 _memory: dict = {}        # key string -> schedule name (this process)

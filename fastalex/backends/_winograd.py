@@ -16,8 +16,11 @@ elementwise products become ``alpha**2`` independent matrix products, one per po
 run in one parallel launch by the register-blocked micro-kernel of :mod:`._gemm` on ``U``
 packed once (where each group's output channels are a multiple of 32: every AlexNet layer;
 ~190 GFLOP/s here, where OpenBLAS reached 50-140 on these thin products), else by NumPy's
-sgemm. For AlexNet's 3x3 layers ``F(4, 3)`` does 36 multiplies per 16 outputs where a direct
-method does 144 (4x fewer), with the points ``0, +-1, +-2, inf`` (alpha = 6); its 5x5 layer uses
+sgemm. For 3x3 kernels ``F(4, 3)`` does 36 multiplies per 16 outputs where a direct method
+does 144 (4x fewer), with the points ``0, +-1, +-2, inf`` (alpha = 6); ``F(5, 3)`` (with
+``1/2``, alpha = 7) and ``F(6, 3)`` (alpha 8) do 49 per 25 and 64 per 36, and the tile is chosen
+per output size (:func:`tile_for`: AlexNet's 13x13 maps take 1.3x fewer multiplies in 5x5
+tiles than in 4x4 ones, whose last row and column are mostly past the map); its 5x5 layer uses
 ``F(4, 5)``, 64 multiplies per 16 outputs instead of 400 (6.25x fewer), with ``+-1/2`` added
 (alpha = 8). ``F(2, 5)`` (alpha 6, 2.8x fewer) took 1.6-1.9x as long on AlexNet's conv2, at
 batch 1 and 16. The error of both stays far inside the agreement tolerance (the tests check every
@@ -28,7 +31,7 @@ A strided convolution becomes a stride-1 one first (space-to-depth): with stride
 input phase ``(u, v)`` of each ``s x s`` block is a channel of its own, and the kernel,
 zero-padded to a multiple of ``s``, becomes ``ceil(k/s) x ceil(k/s)`` over ``C*s*s``
 channels. AlexNet's first layer (11x11, stride 4, 3 channels) is then a 3x3 convolution
-over 48 channels, and ``F(4, 3)`` applies.
+over 48 channels, and ``F(5, 3)`` or ``F(4, 3)`` applies.
 
 Layout inside a call: one task per row of tiles. The input rows it needs are gathered from
 NCHW into a zero-padded, channels-last band (space-to-depth folded in) that stays in cache,
@@ -37,7 +40,7 @@ AlexNet's maps are too small, 13x13, to vectorize over pixels). The output trans
 bias, applies the ReLU into a channels-last band, and writes it into the NCHW result row by
 row: no pass over the whole input or output besides the transforms themselves. A row's
 transformed tiles ``V`` and products ``M`` are tile-major, ``(tiles, alpha**2, channels)``: a
-tile's 36 (or 64) vectors are one contiguous block, which the transforms write and read as one
+tile's 36, 49 or 64 vectors are one contiguous block, which the transforms write and read as one
 stream (36 streams, one per product, were too many for the hardware prefetchers).
 
 Two schedules, the same arithmetic:
@@ -77,13 +80,28 @@ _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 # whole helper, and a cold start compiled _input_row and _output_row four times each
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 
-#: output tile size ``m`` used for each (effective, stride-1) kernel size ``r``, and the
-#: transform size ``alpha = m + r - 1`` it makes: 6 points (``0, +-1, +-2, inf``) for 2-4 taps,
-#: 8 (``0, +-1, +-2, +-1/2, inf``) for 5 taps, where ``F(4, 5)`` does 2.25x fewer multiplies
-#: than ``F(2, 5)`` (AlexNet's conv2: 27x27 outputs as 7x7 tiles of 4x4 instead of 14x14 of 2x2)
-TILE = {2: 5, 3: 4, 4: 3, 5: 4}
-ALPHAS = (6, 8)
+#: the output tile sizes ``m`` tried for each (effective, stride-1) kernel size ``r``, with the
+#: transform size ``alpha = m + r - 1`` each makes: 6 points (``0, +-1, +-2, inf``), 7 (with
+#: ``1/2``) or 8 (with ``+-1/2``). :func:`tile_for` picks, for the output's size, the one with
+#: the fewest multiplies (``alpha**2`` per tile, tiles cropped at the edge doing the same work
+#: as whole ones): AlexNet's 13x13 maps take 16 tiles of ``F(4, 3)`` (576 multiplies per channel
+#: pair) or 9 of ``F(5, 3)`` (441, 1.3x fewer); a 12x12 map takes 4 of ``F(6, 3)`` (256).
+#: ``F(4, 5)`` does 2.25x fewer multiplies than ``F(2, 5)`` (conv2: 27x27 as 7x7 tiles of 4x4
+#: instead of 14x14 of 2x2). Larger tiles lose accuracy fast: ``F(7, 3)`` (alpha 9, a point
+#: ``3`` or ``1/4`` more) erred by 4e-4 of the largest output in float32, past the tolerance;
+#: ``F(4..6, 3)`` by 1.2-1.5e-5.
+TILES = {2: (5,), 3: (4, 5, 6), 4: (3,), 5: (4,)}
+ALPHAS = (6, 7, 8)
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)  # and infinity
+
+
+def tile_for(r: int, ho: int, wo: int) -> int:
+    """The output tile size ``m`` of :data:`TILES` ``[r]`` whose tiles cover an ``ho x wo``
+    output with the fewest multiplies, ``ceil(ho/m) * ceil(wo/m) * (m + r - 1)**2``; on a tie the
+    smaller transform (cheaper, and the more accurate)."""
+    return min(TILES[r], key=lambda m: (-(-ho // m) * -(-wo // m) * (m + r - 1) ** 2, m))
+
+
 def matrices(m: int, r: int):
     """``(AT, G, BT)`` of ``F(m, r)`` in float64: ``AT`` (m, alpha), ``G`` (alpha, r), ``BT`` (alpha, alpha).
 
@@ -117,21 +135,20 @@ def matrices(m: int, r: int):
 
 class Plan:
     """A convolution prepared for Winograd: its geometry, and the transformed weights, computed
-    from the weights the first time a convolution needs them.
+    from the weights the first time a convolution needs them, for each tile size the inputs
+    it runs on need (:func:`tile_for`: one for a model's layer).
 
-    The ``alpha**2`` (36 or 64) products per chunk of tiles run on the register-blocked kernel
-    of :mod:`._gemm` when each group's output channels are a multiple of 32 (every AlexNet
-    layer), every group's in one launch: ``weights`` then holds ``U`` packed in panels of 32
-    channels, the groups stacked, ``(groups, alpha**2, out/groups/32, C*s*s/groups, 32)``.
-    Otherwise they run on NumPy's sgemm and ``weights`` holds, per group, ``U`` itself,
+    The ``alpha**2`` (36, 49 or 64) products per chunk of tiles run on the register-blocked
+    kernel of :mod:`._gemm` when each group's output channels are a multiple of 32 (every
+    AlexNet layer), every group's in one launch: :meth:`weights` then holds ``U`` packed in
+    panels of 32 channels, the groups stacked, ``(groups, alpha**2, out/groups/32, C*s*s/groups,
+    32)``. Otherwise they run on NumPy's sgemm and it holds, per group, ``U`` itself,
     ``(alpha**2, C*s*s/groups, out/groups)``: ``U[e]`` is one product's right side."""
 
     def __init__(self, weight, bias, stride, groups):
         O, cin_g, k, _ = weight.shape
         self.s = stride[0]                       # stride folded into channels (1 = none)
         self.r = -(-k // self.s)                 # effective kernel size after space-to-depth
-        self.m = TILE[self.r]                    # output tile size
-        self.alpha = self.m + self.r - 1         # transform size: alpha**2 products
         self.kernel = (k, k)
         self.out_channels = O
         self.in_channels = cin_g * groups * self.s * self.s   # after space-to-depth
@@ -140,24 +157,39 @@ class Plan:
         self.packed = (O // groups) % _gemm.NR == 0
         self.bias = np.zeros(O, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self._weight = weight
-        self._weights = None
+        self._weights = {}                       # tile size m -> transformed weights
         #: batch size -> (schedule, origin) of the runs so far (``_tune.run_for``)
         self.chosen = {}
 
-    @property
-    def weights(self):
-        """The transformed weights, on first use: packed, every group's stacked in one array
-        ``(groups, alpha**2, out/groups/32, C*s*s/groups, 32)``; else a tuple of ``U`` per group."""
-        if self._weights is None:
-            U = _transform(self._weight, self.s, self.r, self.m, self.groups)
-            self._weights = np.stack([_gemm.pack_b(u) for u in U]) if self.packed else U
-        return self._weights
+    def tile(self, ho: int, wo: int) -> int:
+        """The output tile size for an ``ho x wo`` output (:func:`tile_for`)."""
+        return tile_for(self.r, ho, wo)
+
+    def tiles(self, ho: int, wo: int) -> tuple:
+        """The tile sizes worth timing for an ``ho x wo`` output: the one of fewest multiplies,
+        and the smallest (alpha 6) if that differs. Fewer multiplies did not always win: on
+        AlexNet's layers ``F(5, 3)`` took 0.78-0.95x the time of ``F(4, 3)`` (best schedule of
+        each, one Zen 4 run) at batch 1 and 16, but 1.26x on torchvision's conv3 at batch 1:
+        its 3 rows of 3 tiles split unevenly over 2 cores where 4 rows of 4 did not."""
+        best, small = self.tile(ho, wo), TILES[self.r][0]
+        return (best,) if best == small else (best, small)
+
+    def weights(self, m: int):
+        """The weights transformed for ``F(m, r)``, on first use: packed, every group's stacked in
+        one array ``(groups, alpha**2, out/groups/32, C*s*s/groups, 32)``; else a tuple of ``U``
+        per group."""
+        if m not in self._weights:
+            U = _transform(self._weight, self.s, self.r, m, self.groups)
+            self._weights[m] = np.stack([_gemm.pack_b(u) for u in U]) if self.packed else U
+        return self._weights[m]
 
 
 def describe(plan: Plan) -> str:
-    """One line for a model's plan: ``Winograd F(4x4, 3x3)``, with the space-to-depth if any."""
+    """One line for a model's plan: ``Winograd F(4x4, 3x3)`` (the tile sizes it ran with so
+    far, else those it may take), with the space-to-depth if any."""
     k, s, r = plan.kernel[0], plan.s, plan.r
-    text = f"Winograd F({plan.m}x{plan.m}, {r}x{r})"
+    tiles = sorted(plan._weights) or TILES[r]
+    text = f"Winograd F({' or '.join(f'{m}x{m}' for m in tiles)}, {r}x{r})"
     if s > 1:
         text += f" after space-to-depth {s}x{s} ({k}x{k} stride {s} -> {r}x{r} over {plan.in_channels} channels)"
     return text + (", products by the micro-kernel" if plan.packed else ", products by sgemm")
@@ -170,7 +202,7 @@ def supports(weight_shape, stride, dilation) -> bool:
     (sh, sw), (dh, dw) = stride, dilation
     if kh != kw or sh != sw or dh != 1 or dw != 1:
         return False
-    return -(-kh // sh) in TILE and (kh > 1 or sh > 1)
+    return -(-kh // sh) in TILES and (kh > 1 or sh > 1)
 
 
 def prepare(weight, bias, stride, groups) -> Plan:
@@ -271,6 +303,29 @@ def _bt6(f, o, step, g, d, dstep, C):
 
 
 @njit(**_SER)
+def _bt7(f, o, step, g, d, dstep, C):
+    """As :func:`_bt6` for alpha = 7 (points 0, +-1, +-2, 1/2, inf): the ``B^T`` of
+    :func:`matrices` ``(5, 3)``, row by row."""
+    x0, x1, x2 = f[o:o + C], f[o + step:o + step + C], f[o + 2 * step:o + 2 * step + C]
+    x3, x4, x5 = f[o + 3 * step:o + 3 * step + C], f[o + 4 * step:o + 4 * step + C], f[o + 5 * step:o + 5 * step + C]
+    x6 = f[o + 6 * step:o + 6 * step + C]
+    g0, g1, g2 = g[d:d + C], g[d + dstep:d + dstep + C], g[d + 2 * dstep:d + 2 * dstep + C]
+    g3, g4, g5 = g[d + 3 * dstep:d + 3 * dstep + C], g[d + 4 * dstep:d + 4 * dstep + C], g[d + 5 * dstep:d + 5 * dstep + C]
+    g6 = g[d + 6 * dstep:d + 6 * dstep + C]
+    c2, c4, c5, c6 = np.float32(2.0), np.float32(4.0), np.float32(5.0), np.float32(6.0)
+    c05, c15, c25, c35, c45 = np.float32(0.5), np.float32(1.5), np.float32(2.5), np.float32(3.5), np.float32(4.5)
+    for c in range(C):
+        a0, a1, a2, a3, a4, a5, a6 = x0[c], x1[c], x2[c], x3[c], x4[c], x5[c], x6[c]
+        g0[c] = c4 * a1 - c2 * a0 + c25 * a2 - c5 * a3 - c05 * a4 + a5
+        g1[c] = c2 * (a1 - a2) - c45 * a3 + c05 * a4 + a5
+        g2[c] = c6 * a2 - c2 * a1 - c35 * a3 - c15 * a4 + a5
+        g3[c] = a1 - c15 * a2 - c2 * a3 + c15 * a4 + a5
+        g4[c] = c25 * (a2 - a4) - a1 + a5
+        g5[c] = c4 * a1 - c5 * a3 + a5
+        g6[c] = c4 * a2 - c2 * a1 + c25 * a3 - c5 * a4 - c05 * a5 + a6
+
+
+@njit(**_SER)
 def _bt8(f, o, step, g, d, dstep, C):
     """As :func:`_bt6` for alpha = 8 (points 0, +-1, +-2, +-1/2, inf): the ``B^T`` of
     :func:`matrices` ``(4, 5)``, its rows paired as ``t +- u`` (26 multiply-adds per 8 values)."""
@@ -298,7 +353,7 @@ def _bt8(f, o, step, g, d, dstep, C):
 def _at(alpha, m, f, o, step, g, d, dstep, C):
     """``g[d + i*dstep : +C] = (A^T [f[o + a*step : +C] for a < alpha])[i]`` for i < m: the output
     transform, ``A^T[i] = [i == 0, 1, (-1)^i, 2^i, (-2)^i, (1/2)^i, (-1/2)^i, i == m-1]``
-    (without the two ``(+-1/2)^i`` columns for alpha = 6)."""
+    (without the ``(-1/2)^i`` column for alpha = 7, nor ``(+-1/2)^i`` for alpha = 6)."""
     x0, x1, x2 = f[o:o + C], f[o + step:o + step + C], f[o + 2 * step:o + 2 * step + C]
     x3, x4 = f[o + 3 * step:o + 3 * step + C], f[o + 4 * step:o + 4 * step + C]
     for i in range(m):
@@ -311,6 +366,12 @@ def _at(alpha, m, f, o, step, g, d, dstep, C):
             x5 = f[o + 5 * step:o + 5 * step + C]
             for c in range(C):
                 gi[c] = first * x0[c] + (x1[c] + sign * x2[c]) + two * (x3[c] + sign * x4[c]) + last * x5[c]
+        elif alpha == 7:
+            x5, x6 = f[o + 5 * step:o + 5 * step + C], f[o + 6 * step:o + 6 * step + C]
+            half = np.float32(0.5 ** i)
+            for c in range(C):
+                gi[c] = (first * x0[c] + (x1[c] + sign * x2[c]) + two * (x3[c] + sign * x4[c])
+                         + half * x5[c] + last * x6[c])
         else:
             x5, x6 = f[o + 5 * step:o + 5 * step + C], f[o + 6 * step:o + 6 * step + C]
             x7 = f[o + 7 * step:o + 7 * step + C]
@@ -329,7 +390,7 @@ def _input_row(x, V, k, r, m, s, pt, pl, th, tw, Wp, rnd):
     channels at once. ``rnd``: the band's values rounded to bfloat16 first (a convolution of
     ``precision="bfloat16"`` on float32 units: ``fast.conv2d_bf16``)."""
     C, A = V.shape[2], V.shape[1]
-    alpha = 8 if A == 64 else 6
+    alpha = 8 if A == 64 else (7 if A == 49 else 6)
     vf = V.reshape(-1)
     n, ty = r // th, r % th
     band = np.empty((alpha, Wp, C), np.float32)
@@ -346,6 +407,11 @@ def _input_row(x, V, k, r, m, s, pt, pl, th, tw, Wp, rnd):
                 _bt6(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 6 * C, C)
             for a in range(6):
                 _bt6(tmp, a * 6 * C, C, vf, (t * 36 + a * 6) * C, C, C)
+        elif alpha == 7:
+            for s_ in range(7):
+                _bt7(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 7 * C, C)
+            for a in range(7):
+                _bt7(tmp, a * 7 * C, C, vf, (t * 49 + a * 7) * C, C, C)
         else:
             for s_ in range(8):
                 _bt8(bf, (tx * m + s_) * C, Wp * C, tmp, s_ * C, 8 * C, C)
@@ -361,7 +427,7 @@ def _output_row(M, y, k, r, m, bias, relu, th, tw):
     (m x Wo x O, in L1/L2), then into ``y``'s rows, each written contiguously: NCHW out,
     without a pass over the whole output."""
     O, A = M.shape[2], M.shape[1]
-    alpha = 8 if A == 64 else 6
+    alpha = 8 if A == 64 else (7 if A == 49 else 6)
     Ho, Wo = y.shape[2], y.shape[3]
     mf = M.reshape(-1)
     n, ty = r // th, r % th
@@ -443,7 +509,7 @@ def checked_fused(x, bp, y, bias, relu, m, s, pt, pl, th, tw, Wp, cs, rnd=False)
     directly. ``ValueError`` otherwise."""
     G, E, P, K, nr = bp.shape
     O = y.shape[1]
-    if not (bp.dtype == np.float32 and bp.flags.c_contiguous and nr == _gemm.NR and E in (36, 64)
+    if not (bp.dtype == np.float32 and bp.flags.c_contiguous and nr == _gemm.NR and E in (36, 49, 64)
             and G * K == cs and G * P * _gemm.NR == O and tw >= 1):
         raise ValueError(f"winograd: packed weights {bp.shape} do not fit {cs} input and {O} output "
                          f"channels")
@@ -472,22 +538,36 @@ def fuses_by_default(plan: Plan, batch: int, height: int, padding) -> bool:
     """The heuristic (``FASTALEX_TUNE=0``): :func:`_fused` while its tasks together read at most
     ``tunables.FUSED_MAX_WEIGHT_TRAFFIC`` bytes of transformed weights."""
     ho = conv_output_size(height, plan.kernel[0], plan.s, padding[0], 1)
-    rows = batch * -(-ho // plan.m)
-    return plan.packed and plan.weights.nbytes * rows <= tunables.FUSED_MAX_WEIGHT_TRAFFIC
+    m = plan.tile(ho, ho)
+    rows = batch * -(-ho // m)
+    return plan.packed and plan.weights(m).nbytes * rows <= tunables.FUSED_MAX_WEIGHT_TRAFFIC
 
 
-def conv2d(x, plan: Plan, padding, relu, launch, schedule="chunked", chunk_bytes=None, round_bf16=False):
+def output_size(x_shape, plan: Plan, padding) -> tuple:
+    """``(ho, wo)``: the output size of ``plan``'s convolution on an input of ``x_shape``."""
+    k, s = plan.kernel[0], plan.s
+    return (conv_output_size(x_shape[2], k, s, padding[0], 1), conv_output_size(x_shape[3], k, s, padding[1], 1))
+
+
+def conv2d(x, plan: Plan, padding, relu, launch, schedule="chunked", chunk_bytes=None, round_bf16=False,
+           tile=None):
     """The convolution of ``x`` (N, C, H, W) by the prepared ``plan``; ``launch(kernel, *args)``
     runs a parallel kernel (the backend's launch lock). ``schedule``: ``"fused"`` (one launch,
     products on the micro-kernel: ``plan.packed`` only) or ``"chunked"`` (three launches per
     chunk of tile rows whose ``V`` and ``M`` take about ``chunk_bytes``, by default
     ``tunables.CHUNK_BYTES``). ``round_bf16``: the input's values rounded to bfloat16 as they
-    are gathered (the weights of such a plan are rounded already)."""
+    are gathered (the weights of such a plan are rounded already). ``tile``: the output tile
+    size ``m`` (one of :data:`TILES` for the kernel), by default :meth:`Plan.tile`'s."""
     N, C, H, W = x.shape
     k = plan.kernel[0]
-    s, m, r = plan.s, plan.m, plan.r
+    s, r = plan.s, plan.r
     (ph, pw) = padding
     ho, wo = conv_output_size(H, k, s, ph, 1), conv_output_size(W, k, s, pw, 1)
+    m = plan.tile(ho, wo) if tile is None else tile
+    if m not in TILES[r]:
+        raise ValueError(f"winograd: no {m}x{m} tiles for a {r}x{r} kernel (tiles: {TILES[r]})")
+    U = plan.weights(m)
+    alpha = m + r - 1
     th, tw = -(-ho // m), -(-wo // m)
     Wp = tw * m + r - 1                           # band width in (space-to-depth) blocks
     Cs = C * s * s
@@ -496,13 +576,13 @@ def conv2d(x, plan: Plan, padding, relu, launch, schedule="chunked", chunk_bytes
         if not plan.packed:
             raise ValueError("winograd: the fused schedule needs products on the micro-kernel")
         y = np.empty((N, O, ho, wo), np.float32)
-        launch(_fused, *checked_fused(x, plan.weights, y, plan.bias, relu, m, s, ph, pw, th, tw, Wp, Cs, round_bf16))
+        launch(_fused, *checked_fused(x, U, y, plan.bias, relu, m, s, ph, pw, th, tw, Wp, Cs, round_bf16))
         return y
     cg, og = Cs // plan.groups, O // plan.groups
     # whole tile rows in chunks whose transformed input and products (V, M) stay in the
     # last-level cache
     R = N * th
-    A = plan.alpha * plan.alpha
+    A = alpha * alpha
     per_row = A * 4 * (Cs + O) * tw
     chunk = max(1, min(R, (chunk_bytes or tunables.CHUNK_BYTES) // per_row))
     V = _workspace("V", (chunk * tw, A, Cs))
@@ -513,10 +593,10 @@ def conv2d(x, plan: Plan, padding, relu, launch, schedule="chunked", chunk_bytes
         count = rows * tw
         launch(_input_transform, x, V, m, s, ph, pw, th, tw, Wp, r0, rows, bool(round_bf16))
         if plan.packed:  # alpha**2 products per group, every group's in one launch
-            launch(_gemm.batched_gemm, *_gemm.checked(V, plan.weights, M, count, 0, 0, cg, og))
+            launch(_gemm.batched_gemm, *_gemm.checked(V, U, M, count, 0, 0, cg, og))
         else:
-            for g, U in enumerate(plan.weights):
-                np.matmul(V[:count, :, g * cg:(g + 1) * cg].transpose(1, 0, 2), U,
+            for g, Ug in enumerate(U):
+                np.matmul(V[:count, :, g * cg:(g + 1) * cg].transpose(1, 0, 2), Ug,
                           out=M[:count, :, g * og:(g + 1) * og].transpose(1, 0, 2))
         launch(_output_transform, M, y, m, plan.bias, relu, th, tw, r0, rows)
     return y

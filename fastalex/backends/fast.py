@@ -8,7 +8,7 @@ valid input and only do arithmetic, float32 throughout (adaptive pooling sums in
 * **Convolution** with prepared weights (``Conv2D`` layers, or ``functional.conv2d(plan=...)``)
   runs the Winograd algorithm of :mod:`._winograd` where it applies (square kernels, any
   stride folded into channels, at least ``WINOGRAD_MIN_CHANNELS`` channels per group: every
-  AlexNet layer): 4-6.25x fewer multiplies than any direct method, as 36 (or 64) products per
+  AlexNet layer): 4-6.25x fewer multiplies than any direct method, as 36, 49 or 64 products per
   tile. Where each group's output channels are a multiple of 32 (every AlexNet layer) the
   products run on the register-blocked micro-kernel of :mod:`._gemm`, at any batch size,
   usually in one launch per layer (one task per row of tiles: transforms and products);
@@ -243,8 +243,18 @@ def forward_pass():
     return _awake.keep_awake()
 
 
-#: the convolution schedules (see :func:`conv2d`)
-CONV_SCHEDULES = ("winograd-fused", "winograd-chunked", "winograd-chunked-small", "im2col-sgemm")
+#: the Winograd schedules (see :func:`conv2d`), each with a tile size: ``winograd-fused-5x5``
+WINOGRAD_SCHEDULES = ("winograd-fused", "winograd-chunked", "winograd-chunked-small")
+
+
+def winograd_schedule(schedule: str, m: int) -> str:
+    """The name of a Winograd schedule with output tiles of ``m x m``: ``winograd-fused-5x5``."""
+    return f"{schedule}-{m}x{m}"
+
+
+#: every convolution schedule (see :func:`conv2d`)
+CONV_SCHEDULES = tuple(winograd_schedule(s, m) for s in WINOGRAD_SCHEDULES
+                       for m in sorted({m for ms in _winograd.TILES.values() for m in ms})) + ("im2col-sgemm",)
 
 
 def describe_plan(plan) -> str:
@@ -273,26 +283,30 @@ def _conv_candidates(x, weight, bias, stride, padding, dilation, groups, relu, p
 
 def _winograd_schedules(x, plan, padding, relu, round_bf16=False):
     """name -> zero-argument function for each Winograd schedule of ``plan`` on ``x``
-    (``round_bf16``: its values rounded to bfloat16 as the transforms gather them)."""
+    (``round_bf16``: its values rounded to bfloat16 as the transforms gather them), with each
+    tile size worth trying on this output size (``_winograd.Plan.tiles``)."""
     cands = {}
-    if plan.packed:
-        cands["winograd-fused"] = lambda: _winograd.conv2d(x, plan, padding, relu, _launch, "fused",
-                                                           round_bf16=round_bf16)
-    cands["winograd-chunked"] = lambda: _winograd.conv2d(x, plan, padding, relu, _launch, "chunked",
-                                                         round_bf16=round_bf16)
-    cands["winograd-chunked-small"] = lambda: _winograd.conv2d(x, plan, padding, relu, _launch, "chunked",
-                                                               tunables.CHUNK_BYTES // 4, round_bf16)
+    for m in plan.tiles(*_winograd.output_size(x.shape, plan, padding)):
+        def run(schedule, chunk=None, m=m):
+            return _winograd.conv2d(x, plan, padding, relu, _launch, schedule, chunk, round_bf16, tile=m)
+        if plan.packed:
+            cands[winograd_schedule("winograd-fused", m)] = lambda run=run: run("fused")
+        cands[winograd_schedule("winograd-chunked", m)] = lambda run=run: run("chunked")
+        cands[winograd_schedule("winograd-chunked-small", m)] = lambda run=run: run("chunked", tunables.CHUNK_BYTES // 4)
     return cands
 
 
 def _conv_default(x, plan, padding):
-    """The schedule used without measuring (``FASTALEX_TUNE=0``)."""
+    """The schedule used without measuring (``FASTALEX_TUNE=0``): the tile of fewest multiplies."""
     if not isinstance(plan, _winograd.Plan):
         return "im2col-sgemm"
+    m = plan.tile(*_winograd.output_size(x.shape, plan, padding))
     if plan.packed:
         fused = _winograd.fuses_by_default(plan, x.shape[0], x.shape[2], padding)
-        return "winograd-fused" if fused else "winograd-chunked"
-    return "winograd-chunked" if x.shape[0] >= tunables.WINOGRAD_MIN_BATCH else "im2col-sgemm"
+        return winograd_schedule("winograd-fused" if fused else "winograd-chunked", m)
+    if x.shape[0] >= tunables.WINOGRAD_MIN_BATCH:
+        return winograd_schedule("winograd-chunked", m)
+    return "im2col-sgemm"
 
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
