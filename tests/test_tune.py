@@ -127,6 +127,30 @@ def test_tuned_convolutions_and_dense_layers_agree_and_say_what_runs(tuning):
     assert set(saved) == {k for k, (_, origin) in chosen.items() if origin == "measured"}
 
 
+def test_the_tuner_times_both_tile_sizes_and_keeps_the_chosen_ones_weights(tuning, monkeypatch):
+    """A 3x3 convolution on a 13x13 map has two tile sizes to time (5x5, the fewest multiplies,
+    and 4x4); once one is chosen the other's transformed weights are freed, and a later batch
+    size that picks the other transforms it again."""
+    from fastalex.backends import _winograd
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 32, 3, 3), dtype=np.float32)
+    plan = F.prepare_conv2d(w, None, 1, backend="numba")
+    ran = []
+    real = _winograd.conv2d
+    monkeypatch.setattr(_winograd, "conv2d", lambda *a, **k: ran.append(k["tile"]) or real(*a, **k))
+    x = rng.standard_normal((2, 32, 13, 13), dtype=np.float32)
+    F.conv2d(x, w, None, 1, 1, backend="numba", plan=plan)
+    assert set(ran) == {4, 5}
+    (name, origin), = plan.data.chosen.values()
+    assert origin == "measured" and name.endswith(("-4x4", "-5x5"))
+    assert set(plan.data._weights) == {int(name[-1])}
+    other = 9 - int(name[-1])
+    monkeypatch.setitem(_tune.FORCE, "conv2d", fast.winograd_schedule("winograd-chunked", other))
+    y = F.conv2d(x[:1], w, None, 1, 1, backend="numba", plan=plan)
+    assert set(plan.data._weights) == {4, 5}   # both batch sizes' tiles kept
+    assert_agree(y, F.conv2d(x[:1], w, None, 1, 1, backend="numpy"), f"{other}x{other} after the free")
+
+
 @pytest.mark.parametrize("schedule", ["tiled", "microkernel"])
 @pytest.mark.parametrize("n, out, k", [(2, 40, 300), (16, 96, 1000), (17, 6, 33), (33, 130, 64)])
 def test_every_dense_schedule_agrees(monkeypatch, schedule, n, out, k):

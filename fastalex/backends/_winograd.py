@@ -178,10 +178,18 @@ class Plan:
         """The weights transformed for ``F(m, r)``, on first use: packed, every group's stacked in
         one array ``(groups, alpha**2, out/groups/32, C*s*s/groups, 32)``; else a tuple of ``U``
         per group."""
-        if m not in self._weights:
+        weights = self._weights.get(m)
+        if weights is None:
             U = _transform(self._weight, self.s, self.r, m, self.groups)
-            self._weights[m] = np.stack([_gemm.pack_b(u) for u in U]) if self.packed else U
-        return self._weights[m]
+            weights = self._weights[m] = np.stack([_gemm.pack_b(u) for u in U]) if self.packed else U
+        return weights
+
+    def keep(self, tiles):
+        """Free the transformed weights of the tile sizes not in ``tiles`` (those the tuner tried
+        and did not choose: 1.4x the layer's weights for a 5x5 tile of a 3x3 kernel); a later
+        call that needs one transforms it again."""
+        for m in [m for m in self._weights if m not in tiles]:
+            del self._weights[m]
 
 
 def describe(plan: Plan) -> str:

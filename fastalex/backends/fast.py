@@ -318,7 +318,18 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
     if len(cands) == 1:
         return cands[default]()
     key = _tune.make_key("conv2d", x.shape, weight.shape, stride, padding, dilation, groups)
-    return _tune.run_for(plan.chosen, x.shape[0], "conv2d", key, cands, default)
+    y = _tune.run_for(plan.chosen, x.shape[0], "conv2d", key, cands, default)
+    _keep_chosen_tiles(plan, plan.chosen)
+    return y
+
+
+def _keep_chosen_tiles(plan, chosen):
+    """Free the Winograd ``plan``'s weights transformed for tile sizes that no schedule in
+    ``chosen`` (batch -> (schedule, origin)) runs with."""
+    if isinstance(plan, _winograd.Plan) and len(plan._weights) > 1:
+        tiles = {int(name.rsplit("x", 1)[1]) for name, _ in chosen.values()
+                 if name and name.startswith("winograd-")}
+        plan.keep(tiles)
 
 
 def _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu):
@@ -728,7 +739,10 @@ def conv2d_bf16(x, weight, bias, stride, padding, dilation, groups, relu, plan=N
     if len(cands) == 1:
         return cands[paths[0]]()
     key = _tune.make_key("conv2d_bf16", x.shape, weight.shape, stride, padding, dilation, groups)
-    return _tune.run_for(plan.chosen, x.shape[0], "conv2d_bf16", key, cands, paths[0])
+    y = _tune.run_for(plan.chosen, x.shape[0], "conv2d_bf16", key, cands, paths[0])
+    if explicit is None:
+        _keep_chosen_tiles(plan.extra["winograd"], plan.chosen)
+    return y
 
 
 def linear_bf16(x, weight, bias, relu, plan=None):
