@@ -9,6 +9,8 @@ runs through it, over a grid of kernels, strides, paddings, groups and sizes.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from support import assert_agree
@@ -300,6 +302,21 @@ def test_batch_size_picks_the_algorithm(monkeypatch, out, winograd_at_1):
     assert calls[-1] == 2
 
 
+def test_weights_are_transformed_once(monkeypatch):
+    """A planned layer transforms its weights on its first call only, whichever schedule runs
+    (choosing the default schedule must not transform a tile size it does not run)."""
+    calls = []
+    real = _winograd._transform
+    monkeypatch.setattr(_winograd, "_transform", lambda *a: calls.append(a[3]) or real(*a))
+    conv = L.Conv2D(384, 384, 3, padding=1, groups=2, rng=0)   # the 2012 network's conv4
+    conv.backend = "numba"
+    x = np.abs(_array(6, (1, 384, 13, 13)))
+    for schedule in (None, "winograd-chunked-small-4x4", "winograd-chunked-small-4x4"):
+        with _tune.forced("conv2d", schedule) if schedule else contextlib.nullcontext():
+            conv(x)
+    assert calls == [5, 4], calls   # the default F(5x5) once, then F(4x4) once
+
+
 @pytest.mark.parametrize("batch, fused", [(1, True), (16, True), (64, False)])
 def test_schedule_follows_the_weight_traffic(monkeypatch, batch, fused):
     """Without measuring (``FASTALEX_TUNE=0``, as in this suite): fused (one launch) while the tile rows together read at most FUSED_MAX_WEIGHT_TRAFFIC
@@ -309,7 +326,8 @@ def test_schedule_follows_the_weight_traffic(monkeypatch, batch, fused):
     b = _array(2, (384,))
     x = np.abs(_array(3, (batch, 192, 13, 13)))
     plan = F.prepare_conv2d(w, b, 1, 1, 1, backend="numba")
-    assert fused == (plan.data.weights(5).nbytes * batch * 3 <= tunables.FUSED_MAX_WEIGHT_TRAFFIC)
+    assert plan.data.weight_bytes(5) == plan.data.weights(5).nbytes and plan.data.weight_bytes(4) == 384 * 192 * 36 * 4
+    assert fused == (plan.data.weight_bytes(5) * batch * 3 <= tunables.FUSED_MAX_WEIGHT_TRAFFIC)
     launched = []
     real = fast._launch
     monkeypatch.setattr(fast, "_launch", lambda kernel, *args: (launched.append(kernel), real(kernel, *args)))

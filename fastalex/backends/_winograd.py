@@ -184,6 +184,12 @@ class Plan:
             weights = self._weights[m] = np.stack([_gemm.pack_b(u) for u in U]) if self.packed else U
         return weights
 
+    def weight_bytes(self, m: int) -> int:
+        """The size of :meth:`weights` ``(m)``, without transforming anything."""
+        og, cg = self.out_channels // self.groups, self.in_channels // self.groups
+        cols = -(-og // _gemm.NR) * _gemm.NR if self.packed else og
+        return 4 * self.groups * (m + self.r - 1) ** 2 * cg * cols
+
     def keep(self, tiles):
         """Free the transformed weights of the tile sizes not in ``tiles`` (those the tuner tried
         and did not choose: 1.4x the layer's weights for a 5x5 tile of a 3x3 kernel); a later
@@ -548,7 +554,7 @@ def fuses_by_default(plan: Plan, batch: int, height: int, padding) -> bool:
     ho = conv_output_size(height, plan.kernel[0], plan.s, padding[0], 1)
     m = plan.tile(ho, ho)
     rows = batch * -(-ho // m)
-    return plan.packed and plan.weights(m).nbytes * rows <= tunables.FUSED_MAX_WEIGHT_TRAFFIC
+    return plan.packed and plan.weight_bytes(m) * rows <= tunables.FUSED_MAX_WEIGHT_TRAFFIC
 
 
 def output_size(x_shape, plan: Plan, padding) -> tuple:
