@@ -190,6 +190,10 @@ class Plan:
         cols = -(-og // _gemm.NR) * _gemm.NR if self.packed else og
         return 4 * self.groups * (m + self.r - 1) ** 2 * cg * cols
 
+    def held(self) -> tuple:
+        """The tile sizes whose transformed weights this plan holds now."""
+        return tuple(sorted(self._weights))
+
     def keep(self, tiles):
         """Free the transformed weights of the tile sizes not in ``tiles`` (those the tuner tried
         and did not choose: 1.4x the layer's weights for a 5x5 tile of a 3x3 kernel); a later
@@ -202,7 +206,7 @@ def describe(plan: Plan) -> str:
     """One line for a model's plan: ``Winograd F(4x4, 3x3)`` (the tile sizes it ran with so
     far, else those it may take), with the space-to-depth if any."""
     k, s, r = plan.kernel[0], plan.s, plan.r
-    tiles = sorted(plan._weights) or TILES[r]
+    tiles = plan.held() or TILES[r]
     text = f"Winograd F({' or '.join(f'{m}x{m}' for m in tiles)}, {r}x{r})"
     if s > 1:
         text += f" after space-to-depth {s}x{s} ({k}x{k} stride {s} -> {r}x{r} over {plan.in_channels} channels)"
@@ -548,11 +552,10 @@ def _workspace(name, shape):
     return buf[:size].reshape(shape)
 
 
-def fuses_by_default(plan: Plan, batch: int, height: int, padding) -> bool:
-    """The heuristic (``FASTALEX_TUNE=0``): :func:`_fused` while its tasks together read at most
+def fuses_by_default(plan: Plan, batch: int, ho: int, m: int) -> bool:
+    """The heuristic (``FASTALEX_TUNE=0``) for ``batch`` outputs of ``ho`` rows in ``m x m``
+    tiles: :func:`_fused` while its tasks (one per row of tiles) together read at most
     ``tunables.FUSED_MAX_WEIGHT_TRAFFIC`` bytes of transformed weights."""
-    ho = conv_output_size(height, plan.kernel[0], plan.s, padding[0], 1)
-    m = plan.tile(ho, ho)
     rows = batch * -(-ho // m)
     return plan.packed and plan.weight_bytes(m) * rows <= tunables.FUSED_MAX_WEIGHT_TRAFFIC
 
@@ -572,11 +575,10 @@ def conv2d(x, plan: Plan, padding, relu, launch, schedule="chunked", chunk_bytes
     ``tunables.CHUNK_BYTES``). ``round_bf16``: the input's values rounded to bfloat16 as they
     are gathered (the weights of such a plan are rounded already). ``tile``: the output tile
     size ``m`` (one of :data:`TILES` for the kernel), by default :meth:`Plan.tile`'s."""
-    N, C, H, W = x.shape
-    k = plan.kernel[0]
+    N, C = x.shape[:2]
     s, r = plan.s, plan.r
     (ph, pw) = padding
-    ho, wo = conv_output_size(H, k, s, ph, 1), conv_output_size(W, k, s, pw, 1)
+    ho, wo = output_size(x.shape, plan, padding)
     m = plan.tile(ho, wo) if tile is None else tile
     if m not in TILES[r]:
         raise ValueError(f"winograd: no {m}x{m} tiles for a {r}x{r} kernel (tiles: {TILES[r]})")

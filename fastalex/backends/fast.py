@@ -252,6 +252,13 @@ def winograd_schedule(schedule: str, m: int) -> str:
     return f"{schedule}-{m}x{m}"
 
 
+def schedule_tile(name: str):
+    """The tile size ``m`` of a :func:`winograd_schedule` name, or None for another schedule."""
+    if name and name.startswith(WINOGRAD_SCHEDULES):
+        return int(name.rsplit("x", 1)[1])
+    return None
+
+
 #: every convolution schedule (see :func:`conv2d`)
 CONV_SCHEDULES = tuple(winograd_schedule(s, m) for s in WINOGRAD_SCHEDULES
                        for m in sorted({m for ms in _winograd.TILES.values() for m in ms})) + ("im2col-sgemm",)
@@ -300,9 +307,10 @@ def _conv_default(x, plan, padding):
     """The schedule used without measuring (``FASTALEX_TUNE=0``): the tile of fewest multiplies."""
     if not isinstance(plan, _winograd.Plan):
         return "im2col-sgemm"
-    m = plan.tile(*_winograd.output_size(x.shape, plan, padding))
+    ho, wo = _winograd.output_size(x.shape, plan, padding)
+    m = plan.tile(ho, wo)
     if plan.packed:
-        fused = _winograd.fuses_by_default(plan, x.shape[0], x.shape[2], padding)
+        fused = _winograd.fuses_by_default(plan, x.shape[0], ho, m)
         return winograd_schedule("winograd-fused" if fused else "winograd-chunked", m)
     if x.shape[0] >= tunables.WINOGRAD_MIN_BATCH:
         return winograd_schedule("winograd-chunked", m)
@@ -326,10 +334,8 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, relu, plan=None):
 def _keep_chosen_tiles(plan, chosen):
     """Free the Winograd ``plan``'s weights transformed for tile sizes that no schedule in
     ``chosen`` (batch -> (schedule, origin)) runs with."""
-    if isinstance(plan, _winograd.Plan) and len(plan._weights) > 1:
-        tiles = {int(name.rsplit("x", 1)[1]) for name, _ in chosen.values()
-                 if name and name.startswith("winograd-")}
-        plan.keep(tiles)
+    if isinstance(plan, _winograd.Plan) and len(plan.held()) > 1:
+        plan.keep({schedule_tile(name) for name, _ in chosen.values()})
 
 
 def _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu):
