@@ -116,6 +116,35 @@ def test_adaptive_avg_pool2d_agrees(N, C, H, W, oh, ow, seed):
     assert_agree(*both("adaptive_avg_pool2d", x, (oh, ow)), f"adaptive {x.shape} -> {(oh, ow)}")
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("kernel", [1, 2, 3, 5])
+def test_max_pool2d_every_row_length_is_exact(kernel, stride):
+    """The vector kernel (blocks of 16, 8, 4, 2, 1 lanes; 3-tap windows straight-line; stride 2
+    by a shuffle) over every row length from 1 to 40 and both ceil modes, with a NaN and a -inf
+    in some planes: exactly the reference's values (a maximum is exact)."""
+    rng = np.random.default_rng(kernel * 10 + stride)
+    for W in range(max(1, kernel - 2 * (kernel // 2)), 41):
+        for ceil_mode in (False, True):
+            pad = (W % 2) * (kernel // 2)  # some with padding, some without
+            if W + 2 * pad < kernel:
+                continue
+            x = rng.standard_normal((2, 3, kernel + 4, W)).astype(np.float32)
+            x[0, 1, rng.integers(kernel + 4), rng.integers(W)] = np.nan
+            x[1, 2, rng.integers(kernel + 4), rng.integers(W)] = -np.inf
+            fast, ref = both("max_pool2d", x, (kernel, kernel), (stride, stride), (pad, pad), ceil_mode)
+            np.testing.assert_array_equal(fast, ref, err_msg=f"W={W} pad={pad} ceil_mode={ceil_mode}")
+
+
+def test_max_pool2d_tasks_of_several_planes():
+    """Small planes go several to a task (POOL_TASK_VALUES): every plane of a batch whose plane
+    count is not a multiple of a task's is pooled, none twice or from another plane."""
+    from fastalex.backends import tunables
+    per = tunables.POOL_TASK_VALUES // (13 * 13)
+    x = _array(40, (3, per + 7, 13, 13))
+    fast, ref = both("max_pool2d", x, 3, 2)
+    np.testing.assert_array_equal(fast, ref)
+
+
 def test_max_pool2d_propagates_nan():
     x = _array(5, (2, 3, 9, 8))
     x[0, 1, 4, 4] = np.nan
@@ -229,9 +258,9 @@ def test_one_compiled_version_per_kernel():
         assert_agree(*both("local_response_norm", xx, 3, 1e-3, 0.75, 1.0), "lrn")
         assert_agree(*both("local_response_norm", xx, 4, 1e-3, 0.5, 1.0), "lrn")
         assert_agree(*both("relu", xx), "relu")
-    kernels = [fast._im2col, fast._bias_relu, fast._scatter_bias_relu, fast._max_pool, fast._avg_pool,
-               fast._adaptive_avg_pool, fast._lrn, fast._relu]
-    counts = {k.__name__: len(k.signatures) for k in kernels}
+    kernels = ["_im2col", "_bias_relu", "_scatter_bias_relu", "_max_pool", "_avg_pool",
+               "_adaptive_avg_pool", "_lrn", "_relu"]
+    counts = {name: len(getattr(fast, name).signatures) for name in kernels}
     assert all(n <= 1 for n in counts.values()), counts  # _bias_relu (batch-1 path) may be unused here
     assert counts["_im2col"] == counts["_scatter_bias_relu"] == counts["_lrn"] == counts["_max_pool"] == 1
 

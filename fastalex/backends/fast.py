@@ -22,8 +22,9 @@ valid input and only do arithmetic, float32 throughout (adaptive pooling sums in
   kernel adds the bias, applies the fused ReLU and writes NCHW. At batch 1 the product is
   written straight into the output. Chunks of samples keep small maps (13x13) in products
   wide enough for BLAS to run at full speed.
-* **Pooling** is separable: a window's input rows are reduced into a row buffer (contiguous,
-  vectorizable), then each output cell reduces its columns; one image plane per task.
+* **Pooling** is separable: a window's input rows are reduced into a row buffer, then each
+  output cell reduces its columns; whole image planes per task. Max pooling does both passes
+  in explicit vectors (:mod:`._pool`), NaN-propagating maxima without branches.
   Adaptive average pooling to the input's own size (torchvision's AlexNet at 224) is a copy.
 * **LRN** sums the squares over each channel window for a block of pixels in O(1) per channel
   whatever the window size, without subtracting (a running sum that subtracts lets one NaN,
@@ -78,7 +79,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from ..shapes import conv_output_size, pool_output_size
-from . import _gemm, _tune, _winograd, auto_configure_threads, tunables
+from . import _gemm, _pool, _tune, _winograd, auto_configure_threads, tunables
 from ._dense_lowp import linear_lowp_kernel
 
 NAME = "numba"
@@ -369,57 +370,8 @@ def _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu):
     return y
 
 
-@njit(**_SER)
-def _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, r):
-    """Plane ``r`` of ``(N*C)``: ``y[n, c, i, j]`` = max of ``x[n, c]`` over the window, rows
-    first into a row buffer, then columns (padding never wins; NaN propagates, as in torch)."""
-    N, C, H, W = x.shape
-    ho, wo = y.shape[2], y.shape[3]
-    n, c = r // C, r % C
-    src, dst = x[n, c], y[n, c]
-    rowmax = np.empty(W, np.float32)
-    # the columns whose window lies inside the row: one pass per tap over all of them (a loop
-    # over j with a fixed stride, which vectorizes), the others one by one
-    j0 = min(wo, -(-pw // sw))
-    j1 = max(j0, min(wo, (W - kw + pw) // sw + 1))
-    for i in range(ho):
-        h0 = i * sh - ph
-        h1 = min(h0 + kh, H)
-        h0 = max(h0, 0)
-        for q in range(W):
-            rowmax[q] = src[h0, q]
-        for h in range(h0 + 1, h1):
-            for q in range(W):
-                v = src[h, q]
-                m = rowmax[q]
-                rowmax[q] = v if (v > m or v != v) else m
-        out = dst[i]
-        for j in range(j0, j1):
-            out[j] = rowmax[j * sw - pw]
-        for dq in range(1, kw):
-            for j in range(j0, j1):
-                v = rowmax[j * sw - pw + dq]
-                m = out[j]
-                out[j] = v if (v > m or v != v) else m
-        for j in range(wo):
-            if j0 <= j < j1:
-                continue
-            w0 = j * sw - pw
-            w1 = min(w0 + kw, W)
-            w0 = max(w0, 0)
-            m = rowmax[w0]
-            for q in range(w0 + 1, w1):
-                v = rowmax[q]
-                if v > m or v != v:
-                    m = v
-            out[j] = m
-
-
-@njit(**_PAR)
-def _max_pool(x, y, kh, kw, sh, sw, ph, pw):
-    """Every image plane in parallel."""
-    for r in prange(x.shape[0] * x.shape[1]):
-        _max_pool_item(x, y, kh, kw, sh, sw, ph, pw, np.int64(r))  # one signature (prange's index may be unsigned)
+#: the max-pooling kernel (:mod:`._pool`: explicit vectors, whole planes per task)
+_max_pool = _pool.max_pool
 
 
 def _pool_output(x, kernel, stride, padding, ceil_mode):
@@ -431,7 +383,9 @@ def _pool_output(x, kernel, stride, padding, ceil_mode):
 
 def max_pool2d(x, kernel, stride, padding, ceil_mode):
     y = _pool_output(x, kernel, stride, padding, ceil_mode)
-    _launch(_max_pool, _writable(x), y, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1])
+    x = np.ascontiguousarray(_writable(x))
+    _launch(_max_pool, x.reshape(-1), y.reshape(-1), x.shape[2], x.shape[3], y.shape[2], y.shape[3],
+            kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1])
     return y
 
 

@@ -51,6 +51,11 @@ DENSE_MICROKERNEL_MIN_BATCH = 5
 #: Pixels per task of the LRN kernel: a task's window sums stay in L1.
 LRN_BLOCK = 512
 
+#: Input values a max-pooling task covers at least (whole image planes): each task has a fixed
+#: cost (a row buffer, a thread's wake-up), so small maps go several to a task (AlexNet's
+#: 13x13: 25 planes, 55x55: one). Higher: fewer, longer tasks (less overhead, coarser balance).
+POOL_TASK_VALUES = 4096
+
 # ----------------------------------------------------------------------------- threads
 
 #: Seconds ``os.fork()`` waits for a kernel in flight in another thread before forking anyway.
