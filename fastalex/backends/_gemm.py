@@ -26,7 +26,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import _target
+from . import _target, tunables
 
 _TARGET = _target.target()
 #: columns of a packed panel of ``B``: vectors of 16 floats, as many as the target's registers
@@ -35,6 +35,8 @@ NR = _TARGET.nr
 #: rows of ``A`` per register tile (6, or 2 on baseline SSE2)
 MR = _TARGET.mr
 _NV = NR // 16
+#: rows of a packed panel the micro-kernel prefetches ahead (:data:`tunables.GEMM_PREFETCH_BYTES`)
+_PREFETCH = max(1, tunables.GEMM_PREFETCH_BYTES // (4 * NR))
 
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
@@ -81,6 +83,18 @@ def _micro_kernel(rows, nvec):
             for v in acc:
                 v.add_incoming(zero, entry)
             brow = builder.gep(pb, [builder.mul(k, ir.Constant(i64, width))])
+            if _PREFETCH:
+                # the packed rows a few KB ahead (this panel's, then the next task's: a thread's
+                # tasks are consecutive panels; a prefetch never faults, past the array's end
+                # either), so that at batch 1, where each weight is used by
+                # a few rows only and comes from memory, its loads overlap the multiply-adds
+                i8p = ir.IntType(8).as_pointer()
+                pf = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), [i8p] + [ir.IntType(32)] * 3), "llvm.prefetch.p0")
+                for line in range(0, width, 16):
+                    ahead = builder.gep(brow, [ir.Constant(i64, _PREFETCH * width + line)])
+                    builder.call(pf, [builder.bitcast(ahead, i8p), ir.Constant(ir.IntType(32), 0),
+                                      ir.Constant(ir.IntType(32), 3), ir.Constant(ir.IntType(32), 1)])
             bv = [builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, 16 * j)]), vptr), align=4)
                   for j in range(nvec)]
             new = []
