@@ -96,11 +96,12 @@ class _OrderedDict(collections.OrderedDict):
 class _StorageRef:
     """A storage named by a persistent id; ``array`` is filled in once its bytes are read."""
 
-    __slots__ = ("key", "dtype_name", "numel", "view", "array")
+    __slots__ = ("key", "dtype_name", "numel", "view", "array", "given")
 
     def __init__(self, key, dtype_name, numel, view=None):
         self.key, self.dtype_name, self.numel, self.view = key, dtype_name, numel, view
         self.array = None
+        self.given = False  # its array was handed out as a tensor's (see LazyTensor.to_numpy)
 
     def __setstate__(self, state):
         raise UnsafePickleError("the pickle tries to set state on a storage")
@@ -127,12 +128,27 @@ class LazyTensor:
     def __repr__(self):
         return f"LazyTensor({self.storage.dtype_name}, size={self.size})"
 
+    def _whole_storage(self, base, numel) -> bool:
+        """Whether this tensor is all of its storage, in order, as native float32."""
+        expect = 1
+        for n, s in zip(reversed(self.size), reversed(self.stride)):
+            if n > 1 and s != expect:
+                return False
+            expect *= n
+        return (type(self.storage) is _StorageRef and self.offset == 0 and numel == base.size > 0
+                and base.dtype == np.dtype(np.float32))
+
     def to_numpy(self) -> np.ndarray:
-        """A C-contiguous copy; floating types become float32, integer and bool types are kept."""
+        """A C-contiguous array of its own; floating types become float32, integer and bool
+        types are kept. A float32 tensor that is all of its storage (a saved model's weights)
+        gets the storage's array itself, the first time: no second copy of the weights."""
         base = self.storage.array
         if base is None:
             raise WeightsFileError(f"the data of storage {self.storage.key!r} was never read")
         numel = math.prod(self.size)
+        if not self.storage.given and self._whole_storage(base, numel):
+            self.storage.given = True  # a second tensor over the same storage gets a copy
+            return base.reshape(self.size)
         if numel:
             last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
             if last >= base.size:

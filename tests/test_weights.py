@@ -193,6 +193,22 @@ def test_crafted_torch_files_read_in_both_formats(tmp_path):
             assert sd[name].dtype == np.float32 and sd[name].flags.c_contiguous and sd[name].flags.writeable
 
 
+def test_a_weight_that_is_its_whole_storage_is_not_copied(tmp_path):
+    """A saved model's weights are each a whole float32 storage: the array read from the file is
+    the weight (no second copy of 244 MB for AlexNet); two tensors over one storage still get
+    arrays of their own."""
+    shared = Storage(np.arange(12, dtype=np.float32))
+    obj = collections.OrderedDict(w=Tensor(np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)),
+                                  a=Tensor(shared, 0, (3, 4), (4, 1)), b=Tensor(shared, 0, (3, 4), (4, 1)))
+    for fmt in ("zip", "legacy"):
+        sd = load_weights(write_torch_file(tmp_path / f"w_{fmt}.pth", obj, fmt))
+        assert not sd["w"].flags.owndata and sd["w"].flags.writeable and sd["w"].flags.c_contiguous
+        np.testing.assert_array_equal(sd["w"], np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3))
+        np.testing.assert_array_equal(sd["a"], sd["b"])
+        sd["a"][0, 0] = 100.0
+        assert sd["b"][0, 0] == 0.0, f"{fmt}: two tensors over one storage share memory"
+
+
 def test_legacy_storage_views(tmp_path):
     """torch < 1.0 pickled views into a shared storage as (view key, offset, size)."""
     root = Storage(np.arange(10, dtype=np.float32))
