@@ -42,10 +42,11 @@ _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 
 
-def _micro_kernel(rows, nvec):
+def _micro_kernel(rows, nvec, prefetch):
     """The intrinsic ``mk(a, ao, lda, b, bo, c, co, ldc, K)``: for ``i < rows``, ``j < 16*nvec``,
     ``c[co + i*ldc + j] = sum_k a[ao + i*lda + k] * b[bo + k*16*nvec + j]`` (``K >= 1``), on 1-D
-    float32 arrays with element offsets."""
+    float32 arrays with element offsets. ``prefetch``: prefetch ``b`` ahead (a convolution's
+    weights, from memory at batch 1; not the dense layers' packed samples, which stay in L2)."""
     width = 16 * nvec
 
     @intrinsic
@@ -83,7 +84,7 @@ def _micro_kernel(rows, nvec):
             for v in acc:
                 v.add_incoming(zero, entry)
             brow = builder.gep(pb, [builder.mul(k, ir.Constant(i64, width))])
-            if _PREFETCH:
+            if prefetch:
                 # the packed rows a few KB ahead (this panel's, then the next task's: a thread's
                 # tasks are consecutive panels; a prefetch never faults, past the array's end
                 # either), so that at batch 1, where each weight is used by
@@ -123,8 +124,8 @@ def _micro_kernel(rows, nvec):
 
 
 # tiles of 1..6 rows, NR columns (the convolutions' products) and 16 columns (dense layers)
-_mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = (_micro_kernel(r, _NV) for r in range(1, 7))
-_mk1n, _mk2n, _mk3n, _mk4n, _mk5n, _mk6n = (_micro_kernel(r, 1) for r in range(1, 7))
+_mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = (_micro_kernel(r, _NV, True) for r in range(1, 7))
+_mk1n, _mk2n, _mk3n, _mk4n, _mk5n, _mk6n = (_micro_kernel(r, 1, False) for r in range(1, 7))
 
 
 @njit(**_SER)

@@ -36,7 +36,8 @@ FUSED_MAX_WEIGHT_TRAFFIC = 700 << 20
 CHUNK_BYTES = 8 << 20
 
 #: Bytes ahead of the row it multiplies that the micro-kernel prefetches from its packed
-#: operand (a convolution's transformed weights): about memory latency x one core's bandwidth.
+#: operand, in convolutions (their transformed weights; not in dense layers, whose packed
+#: samples stay in L2): about memory latency x one core's bandwidth.
 #: At batch 1 the 13x13 layers' weights come from memory each pass (the dense layers' stream
 #: evicts them) and are used by a few rows only; prefetching overlaps their loads with the
 #: products (Zen 4: torchvision's convolutions at batch 1 ~5% faster, conv2 ~10%; batch 16
