@@ -36,6 +36,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import _cache_stamp  # noqa: F401  (before any cached kernel: see the module)
+
 from . import tunables
 
 #: whether :func:`keep_awake` starts its threads (``FASTALEX_SPIN=0`` turns it off)

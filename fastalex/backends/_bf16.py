@@ -42,6 +42,8 @@ import os
 import numpy as np
 from numba import njit, prange
 
+from . import _cache_stamp  # noqa: F401  (before any cached kernel: see the module)
+
 from ..shapes import conv_output_size
 from . import _target, _tune
 from ._gemm import bias_relu_row

@@ -18,6 +18,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import _cache_stamp  # noqa: F401  (before any cached kernel: see the module)
+
 from ._bf16_common import MB, NR, write_block
 
 MR = 6

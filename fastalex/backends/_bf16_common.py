@@ -15,6 +15,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from . import _cache_stamp  # noqa: F401  (before any cached kernel: see the module)
+
 _SER = dict(cache=True, nogil=True, error_model="numpy")
 
 #: columns of a packed panel of ``B``

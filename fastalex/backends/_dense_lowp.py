@@ -23,6 +23,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from . import _cache_stamp  # noqa: F401  (before any cached kernel: see the module)
+
 ROWS = 4      # output rows per task
 SAMPLES = 4   # samples per register tile
 

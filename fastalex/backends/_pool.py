@@ -30,6 +30,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import _cache_stamp  # noqa: F401  (before any cached kernel: see the module)
+
 from . import tunables
 
 _PAR = dict(parallel=True, cache=True, nogil=True, error_model="numpy")

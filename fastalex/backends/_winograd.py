@@ -70,6 +70,8 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from . import _cache_stamp  # noqa: F401  (before any cached kernel: see the module)
+
 from ..shapes import conv_output_size
 from . import _gemm, tunables
 from ._bf16_common import round_bf16

@@ -78,6 +78,8 @@ import threading
 import numpy as np
 from numba import njit, prange, uint64
 
+from . import _cache_stamp  # noqa: F401  (before any cached kernel: see the module)
+
 from ..shapes import conv_output_size, pool_output_size
 from . import _gemm, _pool, _tune, _winograd, auto_configure_threads, tunables
 from ._dense_lowp import linear_lowp_kernel
