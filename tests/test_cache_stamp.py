@@ -16,7 +16,7 @@ from numba.core.caching import FunctionCache  # noqa: E402
 
 from fastalex.backends import _cache_stamp, _pool, fast  # noqa: E402
 
-KERNELS = [fast._max_pool, fast._im2col, _pool.max_pool]
+KERNELS = [fast._im2col, fast._lrn, _pool.max_pool]
 
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)

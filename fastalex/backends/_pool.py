@@ -15,7 +15,7 @@ the row's rest needs), load every tap of the window (contiguous; at stride 2 one
 a shuffle; at any other stride lane by lane), take ``llvm.maximum`` (a NaN in either operand
 gives NaN: no branches), and store once. 3-tap windows run straight-line. The row buffer is
 padded with -inf, so windows over the padding need no special case. Tasks are runs of whole
-planes (:data:`POOL_TASK_VALUES` input values at least), one row buffer each. Measured on Zen 4
+planes (``tunables.POOL_TASK_VALUES`` input values at least), one row buffer each. Measured on Zen 4
 (2 threads): AlexNet's three pools at batch 1 in 0.09-0.12 ms instead of 0.22-0.32, at batch 16
 1.2 ms instead of 3.2.
 
@@ -120,10 +120,6 @@ def _window_max(stride):
 _max_1, _max_2, _max_s = _window_max(1), _window_max(2), _window_max(None)
 
 
-#: input values a task covers at least (see :mod:`.tunables`)
-POOL_TASK_VALUES = tunables.POOL_TASK_VALUES
-
-
 @njit(**_SER)
 def _max_pool_planes(x, y, H, W, ho, wo, kh, kw, sh, sw, ph, pw, r0, r1):
     """Image planes ``r0 <= r < r1``: ``y[r*ho*wo:]`` from ``x[r*H*W:]``, both flat."""
@@ -149,9 +145,9 @@ def _max_pool_planes(x, y, H, W, ho, wo, kh, kw, sh, sw, ph, pw, r0, r1):
 @njit(**_PAR)
 def max_pool(x, y, H, W, ho, wo, kh, kw, sh, sw, ph, pw):
     """``y`` (flat, ``planes * ho * wo``) from ``x`` (flat, ``planes * H * W``): tasks of whole
-    planes, at least :data:`POOL_TASK_VALUES` input values each, in parallel."""
+    planes, at least ``tunables.POOL_TASK_VALUES`` input values each, in parallel."""
     planes = x.size // (H * W)
-    per = max(1, min(planes, POOL_TASK_VALUES // (H * W)))
+    per = max(1, min(planes, tunables.POOL_TASK_VALUES // (H * W)))
     tasks = (planes + per - 1) // per
     for t in prange(tasks):
         r0 = np.int64(t) * per  # one signature (prange's index may be unsigned)

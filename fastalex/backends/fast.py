@@ -372,10 +372,6 @@ def _conv2d_im2col(x, weight, bias, stride, padding, dilation, groups, relu):
     return y
 
 
-#: the max-pooling kernel (:mod:`._pool`: explicit vectors, whole planes per task)
-_max_pool = _pool.max_pool
-
-
 def _pool_output(x, kernel, stride, padding, ceil_mode):
     N, C, H, W = x.shape
     ho = pool_output_size(H, kernel[0], stride[0], padding[0], ceil_mode)
@@ -385,8 +381,8 @@ def _pool_output(x, kernel, stride, padding, ceil_mode):
 
 def max_pool2d(x, kernel, stride, padding, ceil_mode):
     y = _pool_output(x, kernel, stride, padding, ceil_mode)
-    x = np.ascontiguousarray(_writable(x))
-    _launch(_max_pool, x.reshape(-1), y.reshape(-1), x.shape[2], x.shape[3], y.shape[2], y.shape[3],
+    x = _writable(x)
+    _launch(_pool.max_pool, x.reshape(-1), y.reshape(-1), x.shape[2], x.shape[3], y.shape[2], y.shape[3],
             kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1])
     return y
 

@@ -62,7 +62,7 @@ LRN_BLOCK = 512
 
 #: Input values a max-pooling task covers at least (whole image planes): each task has a fixed
 #: cost (a row buffer, a thread's wake-up), so small maps go several to a task (AlexNet's
-#: 13x13: 25 planes, 55x55: one). Higher: fewer, longer tasks (less overhead, coarser balance).
+#: 13x13: 24 planes, 55x55: one). Higher: fewer, longer tasks (less overhead, coarser balance).
 POOL_TASK_VALUES = 4096
 
 # ----------------------------------------------------------------------------- threads
